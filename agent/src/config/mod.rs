@@ -1,0 +1,728 @@
+//! The agent's configuration: one YAML file, `CUSTOS_*` environment
+//! overrides over it, command-line flags over both.
+//!
+//! Unknown keys are errors. Structural errors (bad YAML, unknown key, wrong
+//! type) stop parsing at the first one, with its line and column; every
+//! semantic problem after that (a service with two selectors, a relative
+//! state dir, an invalid endpoint...) is collected, so one `custos validate`
+//! shows them all.
+
+mod units;
+
+pub use units::{ByteSize, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the configuration file is looked for when none is given.
+#[cfg(not(windows))]
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/custos/custos.yaml";
+#[cfg(windows)]
+pub const DEFAULT_CONFIG_PATH: &str = r"C:\ProgramData\custos\custos.yaml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub exporter: ExporterConfig,
+    pub services: Vec<ServiceEntry>,
+    pub sensors: SensorsConfig,
+    pub detection: DetectionConfig,
+    pub runbooks: RunbooksConfig,
+    pub agent: AgentConfig,
+}
+
+/// Where telemetry goes. Without `otlp`, OTLP/JSON files in the state dir.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExporterConfig {
+    pub otlp: Option<OtlpConfig>,
+    pub spool: SpoolConfig,
+    pub files: FilesConfig,
+}
+
+/// OTLP wire protocol.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    Http,
+}
+
+/// An OTLP collector endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    pub endpoint: Spanned<String>,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+}
+
+/// The on-disk spool that holds telemetry while the collector is away.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Default: `<state_dir>/spool`.
+    pub dir: Option<PathBuf>,
+    pub max_bytes: ByteSize,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig { dir: None, max_bytes: ByteSize::mib(512) }
+    }
+}
+
+/// Local OTLP/JSON files, used when no collector endpoint is configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Default: `<state_dir>/otlp`.
+    pub dir: Option<PathBuf>,
+    /// Size at which a file is rotated.
+    pub max_file_bytes: ByteSize,
+    /// Rotated files kept; the oldest beyond this are deleted.
+    pub max_files: u32,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig { dir: None, max_file_bytes: ByteSize::mib(64), max_files: 8 }
+    }
+}
+
+/// One entry of `services:`: a managed service, or a discovery rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceEntry {
+    pub name: Option<Spanned<String>>,
+    pub systemd_unit: Option<Spanned<String>>,
+    pub windows_service: Option<Spanned<String>>,
+    /// An absolute executable path, or a pattern with `*` matched against the
+    /// path (when it contains `/`) or else the executable's name.
+    pub exe: Option<Spanned<String>>,
+    pub discover: Option<Spanned<Discover>>,
+    pub health: Option<HealthConfig>,
+}
+
+/// What `discover:` manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discover {
+    /// Every systemd service, named after its unit.
+    Systemd,
+    /// Every Windows service, named after its service name.
+    Windows,
+}
+
+/// How a managed service is recognized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    SystemdUnit(String),
+    WindowsService(String),
+    Exe(String),
+}
+
+/// A managed service after validation.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub selector: Selector,
+    pub health: Option<HealthConfig>,
+}
+
+/// Health probes of a service. Exactly one of `http`, `tcp`, `command`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// URL to GET; healthy on the expected status (default: any 2xx).
+    pub http: Option<Spanned<String>>,
+    /// `host:port` to connect to.
+    pub tcp: Option<Spanned<String>>,
+    /// Command to run, argv form, no shell; healthy on exit code 0.
+    pub command: Option<Spanned<Vec<String>>>,
+    #[serde(default = "default_probe_every")]
+    pub every: HumanDuration,
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive failures before the service counts as unhealthy.
+    #[serde(default = "default_probe_failures")]
+    pub failures: u32,
+    /// HTTP only: the status that counts as healthy (default: any 2xx).
+    pub expect_status: Option<u16>,
+    /// HTTP only: a substring the body must contain.
+    pub body_contains: Option<String>,
+}
+
+fn default_probe_every() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_probe_timeout() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn default_probe_failures() -> u32 {
+    3
+}
+
+/// Which sensors run and how they are sized.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorsConfig {
+    pub process: bool,
+    pub tcp: bool,
+    /// Per-cgroup syscall statistics aggregated in the kernel.
+    pub syscalls: bool,
+    /// How often syscall statistics are read out of the kernel.
+    pub syscall_interval: HumanDuration,
+    /// Size of the kernel ring buffer (a power of two, at least 4KiB).
+    pub ring_buffer: ByteSize,
+    /// Capacity of the channel between the sensor and the pipeline.
+    pub channel_capacity: usize,
+    /// Arguments kept per process start; more are cut and flagged.
+    pub argv_max_args: u32,
+}
+
+impl Default for SensorsConfig {
+    fn default() -> Self {
+        SensorsConfig {
+            process: true,
+            tcp: true,
+            syscalls: true,
+            syscall_interval: HumanDuration::secs(10),
+            ring_buffer: ByteSize::mib(8),
+            channel_capacity: 65_536,
+            argv_max_args: 32,
+        }
+    }
+}
+
+/// Anomaly detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionConfig {
+    pub enabled: bool,
+    pub sensitivity: Sensitivity,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig { enabled: true, sensitivity: Sensitivity::Medium }
+    }
+}
+
+/// One knob for how readily anomalies are reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+impl Sensitivity {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Some(Sensitivity::Low),
+            "medium" => Some(Sensitivity::Medium),
+            "high" => Some(Sensitivity::High),
+            _ => None,
+        }
+    }
+}
+
+/// Where runbooks are and whether they act.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunbooksConfig {
+    pub dir: PathBuf,
+    /// Decide and audit, but change nothing on the host.
+    pub dry_run: bool,
+}
+
+impl Default for RunbooksConfig {
+    fn default() -> Self {
+        RunbooksConfig { dir: default_config_dir().join("runbooks"), dry_run: false }
+    }
+}
+
+/// The agent itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`); loopback by default.
+    pub listen: Spanned<String>,
+    pub log_level: Spanned<String>,
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: default_state_dir(),
+            listen: unspanned("127.0.0.1:9464".to_string()),
+            log_level: unspanned("info".to_string()),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// How the agent's own log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+/// `/etc/custos` (or `%ProgramData%\custos`).
+pub fn default_config_dir() -> PathBuf {
+    Path::new(DEFAULT_CONFIG_PATH).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `/var/lib/custos` (or `%ProgramData%\custos\state`).
+pub fn default_state_dir() -> PathBuf {
+    if cfg!(windows) {
+        default_config_dir().join("state")
+    } else {
+        PathBuf::from("/var/lib/custos")
+    }
+}
+
+/// One problem in a configuration source, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `environment` / `command line`.
+    pub source: String,
+    /// 1-based; 0 when unknown (environment, flags).
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}:{}: {}", self.source, self.line, self.column, self.message)
+        } else {
+            write!(f, "{}: {}", self.source, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors with the source they belong to.
+struct Problems<'a> {
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, loc: serde_saphyr::Location, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: self.source.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+}
+
+/// A configuration that passed validation, with what it was read from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub raw: Config,
+    /// Managed services with a single selector each.
+    pub services: Vec<ServiceSpec>,
+    /// Discovery rules (`discover: systemd`).
+    pub discover: Vec<Discover>,
+    /// The file read, or `None` for the embedded default.
+    pub path: Option<PathBuf>,
+}
+
+impl LoadedConfig {
+    /// True when no `services:` were configured: then custos manages every
+    /// process on the host, each named after its unit, cgroup or executable.
+    pub fn manages_everything(&self) -> bool {
+        self.services.is_empty() && self.discover.is_empty()
+    }
+
+    /// Where the local spool lives.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.raw.exporter.spool.dir.clone().unwrap_or_else(|| self.raw.agent.state_dir.join("spool"))
+    }
+
+    /// Where local OTLP/JSON files are written.
+    pub fn files_dir(&self) -> PathBuf {
+        self.raw.exporter.files.dir.clone().unwrap_or_else(|| self.raw.agent.state_dir.join("otlp"))
+    }
+}
+
+/// Parses and validates configuration text. `source` names it in errors.
+pub fn parse(text: &str, source: &str) -> Result<LoadedConfig, ConfigErrors> {
+    let raw: Config = if text.trim().is_empty() {
+        Config::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(&e, source)]))?
+    };
+    validate(raw, source)
+}
+
+fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
+    let loc = e.location().unwrap_or(serde_saphyr::Location::UNKNOWN);
+    // The library's Display repeats the location and may quote a snippet over
+    // several lines; the first line holds the message itself.
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("invalid configuration").trim();
+    let message = first
+        .split(" at line ")
+        .next()
+        .unwrap_or(first)
+        .trim_end_matches(|c: char| c == ',' || c == '.')
+        .to_string();
+    ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
+}
+
+fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
+    let mut p = Problems { source, errors: Vec::new() };
+    let mut services = Vec::new();
+    let mut discover = Vec::new();
+    let mut names = std::collections::HashMap::<String, serde_saphyr::Location>::new();
+
+    for entry in &raw.services {
+        let selectors: Vec<(&str, &Spanned<String>)> = [
+            ("systemd_unit", entry.systemd_unit.as_ref()),
+            ("windows_service", entry.windows_service.as_ref()),
+            ("exe", entry.exe.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+
+        if let Some(d) = &entry.discover {
+            if let Some((k, v)) = selectors.first() {
+                p.at(
+                    v.referenced,
+                    format!(
+                        "`discover` cannot be combined with `{k}`: a discovery rule selects many services"
+                    ),
+                );
+            }
+            if let Some(n) = &entry.name {
+                p.at(
+                    n.referenced,
+                    "`discover` entries take no `name`: discovered services are named after their unit",
+                );
+            }
+            discover.push(d.value);
+            continue;
+        }
+        let Some(name) = &entry.name else {
+            let loc = selectors.first().map(|(_, v)| v.referenced).unwrap_or(serde_saphyr::Location::UNKNOWN);
+            p.at(loc, "a service needs a `name` (or use `discover: systemd`)");
+            continue;
+        };
+        if name.value.trim().is_empty() {
+            p.at(name.referenced, "service `name` must not be empty");
+        }
+        if let Some(first) = names.insert(name.value.clone(), name.referenced) {
+            p.at(
+                name.referenced,
+                format!("service `{}` is defined twice (first at line {})", name.value, first.line()),
+            );
+        }
+        let selector = match selectors.as_slice() {
+            [] => {
+                p.at(
+                    name.referenced,
+                    format!(
+                        "service `{}` needs one of `systemd_unit`, `windows_service` or `exe`",
+                        name.value
+                    ),
+                );
+                continue;
+            }
+            [(k, v)] => match *k {
+                "systemd_unit" => Selector::SystemdUnit(normalize_unit(&v.value)),
+                "windows_service" => Selector::WindowsService(v.value.clone()),
+                _ => {
+                    if v.value.trim().is_empty() {
+                        p.at(v.referenced, "`exe` must not be empty");
+                    }
+                    Selector::Exe(v.value.clone())
+                }
+            },
+            [_, (k2, v2), ..] => {
+                p.at(
+                    v2.referenced,
+                    format!("service `{}` has more than one selector (`{k2}` too): use one", name.value),
+                );
+                continue;
+            }
+        };
+        if let Some(h) = &entry.health {
+            validate_health(h, &mut p);
+        }
+        services.push(ServiceSpec { name: name.value.clone(), selector, health: entry.health.clone() });
+    }
+
+    if let Some(otlp) = &raw.exporter.otlp {
+        let ep = &otlp.endpoint.value;
+        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+            p.at(
+                otlp.endpoint.referenced,
+                format!("expected an endpoint URL such as `http://127.0.0.1:4317`, found `{ep}`"),
+            );
+        }
+    }
+    if !raw.agent.state_dir.is_absolute() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`agent.state_dir` must be an absolute path");
+    }
+    if raw.agent.listen.value.parse::<std::net::SocketAddr>().is_err() {
+        p.at(
+            raw.agent.listen.referenced,
+            format!(
+                "`agent.listen` expects `address:port` such as `127.0.0.1:9464`, found `{}`",
+                raw.agent.listen.value
+            ),
+        );
+    }
+    if tracing_subscriber::EnvFilter::try_new(&raw.agent.log_level.value).is_err() {
+        p.at(
+            raw.agent.log_level.referenced,
+            format!(
+                "`agent.log_level` expects error, warn, info, debug or trace, found `{}`",
+                raw.agent.log_level.value
+            ),
+        );
+    }
+    let rb = raw.sensors.ring_buffer.0;
+    if rb < 4096 || !rb.is_power_of_two() {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!("`sensors.ring_buffer` must be a power of two of at least 4KiB, found {rb} bytes"),
+        );
+    }
+    if raw.sensors.channel_capacity == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
+    }
+
+    if p.errors.is_empty() {
+        Ok(LoadedConfig { raw, services, discover, path: None })
+    } else {
+        Err(ConfigErrors(p.errors))
+    }
+}
+
+fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
+    let kinds = [
+        h.http.as_ref().map(|s| s.referenced),
+        h.tcp.as_ref().map(|s| s.referenced),
+        h.command.as_ref().map(|s| s.referenced),
+    ];
+    let set: Vec<_> = kinds.iter().flatten().collect();
+    if set.is_empty() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`health` needs one of `http`, `tcp` or `command`");
+    } else if set.len() > 1 {
+        p.at(*set[1], "`health` takes one probe: `http`, `tcp` or `command`");
+    }
+    if let Some(u) = &h.http {
+        if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+            p.at(
+                u.referenced,
+                format!(
+                    "`health.http` expects a URL such as `http://127.0.0.1:8080/healthz`, found `{}`",
+                    u.value
+                ),
+            );
+        }
+    }
+    if let Some(t) = &h.tcp {
+        if !t.value.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+            p.at(t.referenced, format!("`health.tcp` expects `host:port`, found `{}`", t.value));
+        }
+    }
+    if let Some(c) = &h.command {
+        if c.value.first().is_none_or(|a| a.is_empty()) {
+            p.at(
+                c.referenced,
+                "`health.command` expects a non-empty argv list such as [\"/usr/bin/check\", \"--quick\"]",
+            );
+        }
+    }
+    if h.timeout.0 > h.every.0 {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!("`health.timeout` ({}) must not exceed `health.every` ({})", h.timeout, h.every),
+        );
+    }
+    if h.failures == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`health.failures` must be at least 1");
+    }
+}
+
+/// `api` → `api.service`; names with a unit suffix are kept.
+pub fn normalize_unit(unit: &str) -> String {
+    let known = [".service", ".scope", ".slice", ".socket", ".timer", ".mount"];
+    if known.iter().any(|s| unit.ends_with(s)) {
+        unit.to_string()
+    } else {
+        format!("{unit}.service")
+    }
+}
+
+/// Refuses a file that could let someone other than root (or the agent's
+/// own user) make the agent run a command: group- or world-writable, or
+/// owned by another user.
+#[cfg(unix)]
+pub fn check_file_permissions(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mode = md.mode();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != 0 && md.uid() != euid {
+        return Err(format!(
+            "{} is owned by uid {}, not by root: refusing it because custos runs its commands as root (chown root {})",
+            path.display(),
+            md.uid(),
+            path.display()
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "{} is group- or world-writable (mode {:o}): refusing it because custos runs its commands as root (chmod go-w {})",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+pub fn check_file_permissions(_path: &Path) -> Result<(), String> {
+    // Windows: files under %ProgramData% inherit an ACL writable by
+    // administrators only; the installer sets it.
+    Ok(())
+}
+
+/// Reads the configuration: the given file, else the default path when it
+/// exists, else the embedded default. Then applies `CUSTOS_*` overrides.
+pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
+    let chosen = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    let mut loaded = match &chosen {
+        Some(p) => {
+            let source = p.display().to_string();
+            let one = |message: String| {
+                ConfigErrors(vec![ConfigError { source: source.clone(), line: 0, column: 0, message }])
+            };
+            let text =
+                std::fs::read_to_string(p).map_err(|e| one(format!("cannot read the configuration: {e}")))?;
+            check_file_permissions(p).map_err(one)?;
+            let mut c = parse(&text, &source)?;
+            c.path = Some(p.clone());
+            c
+        }
+        None => parse("", "embedded default")?,
+    };
+    apply_env(&mut loaded, std::env::vars())?;
+    Ok(loaded)
+}
+
+/// The environment variables that override the file, with what they set.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("CUSTOS_OTLP_ENDPOINT", "exporter.otlp.endpoint"),
+    ("CUSTOS_OTLP_PROTOCOL", "exporter.otlp.protocol (grpc or http)"),
+    ("CUSTOS_STATE_DIR", "agent.state_dir"),
+    ("CUSTOS_LISTEN", "agent.listen"),
+    ("CUSTOS_LOG_LEVEL", "agent.log_level"),
+    ("CUSTOS_LOG_FORMAT", "agent.log_format (text or json)"),
+    ("CUSTOS_RUNBOOKS_DIR", "runbooks.dir"),
+    ("CUSTOS_DRY_RUN", "runbooks.dry_run (true or false)"),
+    ("CUSTOS_SENSITIVITY", "detection.sensitivity (low, medium or high)"),
+];
+
+/// Applies `CUSTOS_*` overrides from `vars`, then validates again.
+pub fn apply_env(
+    loaded: &mut LoadedConfig,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut err = |var: &str, msg: String| {
+        errors.push(ConfigError { source: format!("environment {var}"), line: 0, column: 0, message: msg })
+    };
+    let c = &mut loaded.raw;
+    for (k, v) in vars {
+        match k.as_str() {
+            "CUSTOS_OTLP_ENDPOINT" => {
+                let protocol = c.exporter.otlp.as_ref().map(|o| o.protocol).unwrap_or_default();
+                c.exporter.otlp = Some(OtlpConfig { endpoint: unspanned(v), protocol });
+            }
+            "CUSTOS_OTLP_PROTOCOL" => match (v.as_str(), c.exporter.otlp.as_mut()) {
+                ("grpc", Some(o)) => o.protocol = OtlpProtocol::Grpc,
+                ("http", Some(o)) => o.protocol = OtlpProtocol::Http,
+                (_, None) => err(&k, "is set but no OTLP endpoint is configured".into()),
+                _ => err(&k, format!("expected `grpc` or `http`, found `{v}`")),
+            },
+            "CUSTOS_STATE_DIR" => c.agent.state_dir = PathBuf::from(v),
+            "CUSTOS_LISTEN" => c.agent.listen = unspanned(v),
+            "CUSTOS_LOG_LEVEL" => c.agent.log_level = unspanned(v),
+            "CUSTOS_LOG_FORMAT" => match v.as_str() {
+                "text" => c.agent.log_format = LogFormat::Text,
+                "json" => c.agent.log_format = LogFormat::Json,
+                _ => err(&k, format!("expected `text` or `json`, found `{v}`")),
+            },
+            "CUSTOS_RUNBOOKS_DIR" => c.runbooks.dir = PathBuf::from(v),
+            "CUSTOS_DRY_RUN" => match v.as_str() {
+                "1" | "true" | "yes" => c.runbooks.dry_run = true,
+                "0" | "false" | "no" => c.runbooks.dry_run = false,
+                _ => err(&k, format!("expected `true` or `false`, found `{v}`")),
+            },
+            "CUSTOS_SENSITIVITY" => match Sensitivity::parse(&v) {
+                Some(s) => c.detection.sensitivity = s,
+                None => err(&k, format!("expected `low`, `medium` or `high`, found `{v}`")),
+            },
+            _ => {}
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let path = loaded.path.take();
+    let source = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded default".into());
+    *loaded = validate(loaded.raw.clone(), &source)?;
+    loaded.path = path;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

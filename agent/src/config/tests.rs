@@ -1,0 +1,158 @@
+use super::*;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(text, "custos.yaml").expect_err("expected an error").0
+}
+
+#[test]
+fn empty_file_is_the_embedded_default() {
+    let c = parse("", "x").unwrap();
+    assert!(c.manages_everything());
+    assert!(c.raw.exporter.otlp.is_none());
+    assert_eq!(c.raw.agent.state_dir, default_state_dir());
+    assert_eq!(c.raw.exporter.spool.max_bytes, ByteSize::mib(512));
+}
+
+#[test]
+fn design_sketch_parses() {
+    let text = r#"
+exporter:
+  otlp: { endpoint: "http://127.0.0.1:4317", protocol: grpc }
+  spool: { dir: /var/lib/custos/spool, max_bytes: 512MiB }
+services:
+  - name: api
+    systemd_unit: api.service
+    health: { http: "http://127.0.0.1:8080/healthz", every: 10s, timeout: 2s }
+  - name: worker
+    exe: /usr/bin/worker
+  - discover: systemd
+sensors: { syscalls: true }
+detection: { sensitivity: medium }
+runbooks: { dir: /etc/custos/runbooks }
+agent: { state_dir: /var/lib/custos, listen: "127.0.0.1:9464", log_level: info }
+"#;
+    let c = parse(text, "x").unwrap();
+    assert_eq!(c.services.len(), 2);
+    assert_eq!(c.services[0].selector, Selector::SystemdUnit("api.service".into()));
+    assert_eq!(c.services[1].selector, Selector::Exe("/usr/bin/worker".into()));
+    assert_eq!(c.discover, vec![Discover::Systemd]);
+    assert_eq!(c.raw.exporter.otlp.as_ref().unwrap().endpoint.value, "http://127.0.0.1:4317");
+    assert_eq!(c.services[0].health.as_ref().unwrap().every.0.as_secs(), 10);
+}
+
+#[test]
+fn unknown_key_names_line_and_column() {
+    let e = errors("agent:\n  state_dir: /var/lib/custos\n  listne: 127.0.0.1:1\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3, "{e:?}");
+    assert!(e[0].column >= 1);
+    assert!(e[0].message.contains("listne"), "{}", e[0].message);
+    assert!(e[0].to_string().starts_with("custos.yaml:3:"), "{}", e[0]);
+}
+
+#[test]
+fn wrong_type_and_bad_units_are_located() {
+    let e = errors("sensors:\n  syscalls: sometimes\n");
+    assert_eq!(e[0].line, 2, "{e:?}");
+    let e = errors("exporter:\n  spool:\n    max_bytes: lots\n");
+    assert_eq!(e[0].line, 3, "{e:?}");
+    assert!(e[0].message.contains("expected a size"), "{}", e[0].message);
+    let e = errors("services:\n  - name: a\n    exe: /x\n    health: { tcp: \"h:1\", every: often }\n");
+    assert!(e[0].message.contains("expected a duration"), "{}", e[0].message);
+}
+
+#[test]
+fn invalid_yaml_is_located() {
+    let e = errors("agent: {state_dir: /x\n");
+    assert!(e[0].line >= 1, "{e:?}");
+}
+
+#[test]
+fn every_semantic_problem_is_reported() {
+    let text = r#"
+services:
+  - name: api
+    systemd_unit: api
+    exe: /usr/bin/api
+  - name: db
+  - systemd_unit: nameless.service
+  - name: api2
+    exe: /bin/x
+    health: { http: "ftp://x" }
+  - name: api2
+    exe: /bin/y
+exporter:
+  otlp: { endpoint: "127.0.0.1:4317" }
+agent:
+  listen: "everywhere"
+"#;
+    let e = errors(text);
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let all = msgs.join("\n");
+    assert!(all.contains("more than one selector"), "{all}");
+    assert!(all.contains("service `db` needs one of"), "{all}");
+    assert!(all.contains("needs a `name`"), "{all}");
+    assert!(all.contains("`health.http` expects a URL"), "{all}");
+    assert!(all.contains("defined twice"), "{all}");
+    assert!(all.contains("expected an endpoint URL"), "{all}");
+    assert!(all.contains("`agent.listen` expects"), "{all}");
+    assert_eq!(e.len(), 7, "{all}");
+    // Each points at its own line.
+    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:5:")), "{all}");
+    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:14:")), "{all}");
+}
+
+#[test]
+fn discover_rules() {
+    let e = errors("services:\n  - discover: systemd\n    name: x\n");
+    assert!(e[0].message.contains("take no `name`"), "{e:?}");
+    let e = errors("services:\n  - discover: everything\n");
+    assert_eq!(e[0].line, 2, "{e:?}");
+}
+
+#[test]
+fn environment_overrides_file_and_is_validated() {
+    let mut c = parse("agent: { log_level: info }\n", "x").unwrap();
+    apply_env(
+        &mut c,
+        [
+            ("CUSTOS_LOG_LEVEL".to_string(), "debug".to_string()),
+            ("CUSTOS_OTLP_ENDPOINT".into(), "http://10.0.0.1:4318".into()),
+            ("CUSTOS_OTLP_PROTOCOL".into(), "http".into()),
+            ("CUSTOS_SENSITIVITY".into(), "high".into()),
+            ("UNRELATED".into(), "1".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.raw.agent.log_level.value, "debug");
+    let o = c.raw.exporter.otlp.as_ref().unwrap();
+    assert_eq!((o.endpoint.value.as_str(), o.protocol), ("http://10.0.0.1:4318", OtlpProtocol::Http));
+    assert_eq!(c.raw.detection.sensitivity, Sensitivity::High);
+
+    let mut c = parse("", "x").unwrap();
+    let e = apply_env(&mut c, [("CUSTOS_SENSITIVITY".to_string(), "extreme".to_string())]).unwrap_err();
+    assert!(e.to_string().contains("environment CUSTOS_SENSITIVITY: expected `low`"), "{e}");
+    let mut c = parse("", "x").unwrap();
+    let e = apply_env(&mut c, [("CUSTOS_LISTEN".to_string(), "nowhere".to_string())]).unwrap_err();
+    assert!(e.to_string().contains("agent.listen"), "{e}");
+}
+
+#[cfg(unix)]
+#[test]
+fn writable_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("custos.yaml");
+    std::fs::write(&f, "").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = load(Some(&f)).unwrap_err();
+    assert!(e.to_string().contains("world-writable"), "{e}");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(load(Some(&f)).is_ok());
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let e = load(Some(Path::new("/nonexistent/custos.yaml"))).unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/custos.yaml: cannot read"), "{e}");
+}

@@ -1,0 +1,5 @@
+//! custos: the agent's platform-neutral core and its platform modules.
+//!
+//! See ARCHITECTURE.md at the repository root for the code map.
+
+pub mod config;

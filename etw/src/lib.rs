@@ -1,0 +1,1 @@
+//! Windows sensor of custos: ETW kernel providers decoded into custos events.
