@@ -3,3 +3,4 @@
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod config;
+pub mod service_manager;

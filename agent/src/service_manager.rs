@@ -1,0 +1,95 @@
+//! The platform seam for acting on services: systemd over D-Bus on Linux,
+//! the Service Control Manager on Windows, a fake in tests.
+//!
+//! Calls are blocking (both D-Bus and the SCM are request/response and the
+//! runbook engine runs one action per service at a time); async callers use
+//! `tokio::task::spawn_blocking`. `unit` is the platform's name for the
+//! service: a systemd unit (`api.service`) or a Windows service name (`Api`).
+
+use std::fmt;
+
+/// Coarse state of a service, common to systemd and the SCM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActiveState {
+    Active,
+    /// Starting (systemd `activating`, SCM `START_PENDING`).
+    Activating,
+    /// Stopping (systemd `deactivating`, SCM `STOP_PENDING`).
+    Deactivating,
+    Inactive,
+    Failed,
+    /// Known to the manager but in a state it does not map (reloading...).
+    Other,
+}
+
+impl ActiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActiveState::Active => "active",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Other => "other",
+        }
+    }
+}
+
+/// What the service manager says about one service now.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    pub state: ActiveState,
+    /// The manager's finer state (systemd `SubState`, e.g. `auto-restart`).
+    pub sub_state: String,
+    pub main_pid: Option<u32>,
+    /// Cgroup path relative to the cgroup v2 root (`/system.slice/api.service`).
+    pub cgroup: Option<String>,
+    /// True while the manager itself is restarting the service (systemd
+    /// `Restart=` in `auto-restart`, SCM recovery pending): custos must not
+    /// restart it on top.
+    pub manager_restarting: bool,
+    /// Restarts the manager has done on its own, when it counts them.
+    pub manager_restarts: Option<u32>,
+}
+
+/// Why a service manager call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("service `{0}` is not known to the service manager")]
+    NotFound(String),
+    #[error("not permitted to {action} `{unit}`: {detail}")]
+    PermissionDenied { action: &'static str, unit: String, detail: String },
+    #[error("{action} `{unit}` did not finish within {waited_ms} ms")]
+    Timeout { action: &'static str, unit: String, waited_ms: u64 },
+    #[error("the service manager is not reachable: {0}")]
+    Unavailable(String),
+    #[error("{action} `{unit}` failed: {detail}")]
+    Failed { action: &'static str, unit: String, detail: String },
+}
+
+/// Acting on services through the platform's service manager.
+pub trait ServiceManager: Send + Sync + 'static {
+    /// A short name for logs and audit records (`systemd`, `scm`, `fake`).
+    fn name(&self) -> &'static str;
+    fn status(&self, unit: &str) -> Result<ServiceStatus, ServiceError>;
+    fn start(&self, unit: &str) -> Result<(), ServiceError>;
+    fn stop(&self, unit: &str) -> Result<(), ServiceError>;
+    /// Stops (waiting, bounded) then starts.
+    fn restart(&self, unit: &str) -> Result<(), ServiceError>;
+    /// Clears a failed state and start-limit counters (systemd); no-op where
+    /// the manager has none.
+    fn reset_failed(&self, unit: &str) -> Result<(), ServiceError>;
+    /// Sends `signal` to the main process (on Windows only termination).
+    fn kill(&self, unit: &str, signal: i32) -> Result<(), ServiceError>;
+}
+
+impl fmt::Display for ServiceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.state.as_str(), self.sub_state)?;
+        if let Some(pid) = self.main_pid {
+            write!(f, " pid {pid}")?;
+        }
+        Ok(())
+    }
+}
