@@ -2,5 +2,6 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod anomaly;
 pub mod config;
 pub mod service_manager;
