@@ -191,6 +191,11 @@ impl RateLimiter {
         RateLimiter { max, per, windows: HashMap::new() }
     }
 
+    /// The length of a window.
+    pub fn window(&self) -> Duration {
+        self.per
+    }
+
     /// Whether a record of `service` may pass now. `summaries` receives the
     /// summary of a window that just ended with suppressed records.
     pub fn admit(&mut self, service: &str, now: Instant, summaries: &mut Vec<LogRecord>) -> bool {

@@ -321,7 +321,7 @@ impl MainLoop {
         while let Ok(rec) = logs.try_recv() {
             self.push_log(rec).await;
         }
-        self.flush().await;
+        self.flush_at(Instant::now() + self.limiter.window()).await;
         health.exporter_running.store(false, Ordering::Relaxed);
         // Dropping the sink closes the sender's queue: it finishes and stops.
     }
@@ -352,8 +352,15 @@ impl MainLoop {
     }
 
     async fn flush(&mut self) {
+        self.flush_at(Instant::now()).await;
+    }
+
+    /// Flushes as if the clock read `limits_now` for the rate limiter
+    /// (shutdown passes a time past every window so that suppressed
+    /// counts are reported before exit).
+    async fn flush_at(&mut self, limits_now: Instant) {
         let mut summaries = Vec::new();
-        self.limiter.expire(Instant::now(), &mut summaries);
+        self.limiter.expire(limits_now, &mut summaries);
         self.pending_logs.extend(summaries);
         let now = SystemTime::now();
         let snap = self.stats.snapshot();
@@ -482,13 +489,21 @@ impl Sender {
                             Outcome::Permanent { kind, reason } => self.permanent(&batch, &kind, &reason),
                         }
                     }
-                    // Shutdown: what could not be sent is in the spool.
                     None => break,
                 },
                 _ = tokio::time::sleep_until(due), if next_try.is_some() => {
                     next_try = self.drain_one().await;
                 }
             }
+        }
+        // Shutdown: keep draining the spool while the collector answers
+        // and the budget lasts; what remains stays spooled for next start.
+        while let (Some(t), Some(deadline)) = (next_try, self.shared.deadline()) {
+            if t.into_std() + Duration::from_millis(100) > deadline {
+                break;
+            }
+            tokio::time::sleep_until(t).await;
+            next_try = self.drain_one().await;
         }
     }
 
