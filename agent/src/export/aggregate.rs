@@ -591,3 +591,57 @@ fn service_metrics(s: &ServiceAgg, start: u64, t: u64) -> Vec<Metric> {
     ));
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_event::{SyscallStat, SyscallStats};
+
+    fn stats_event(calls: &[(&str, u64)]) -> Event {
+        let mut e = Event::new(
+            SystemTime::now(),
+            EventBody::SyscallStats(SyscallStats {
+                interval_ns: 1,
+                syscalls: calls
+                    .iter()
+                    .map(|(n, c)| SyscallStat { name: n.to_string(), count: *c, ..Default::default() })
+                    .collect(),
+            }),
+        );
+        e.service = Some("api".into());
+        e
+    }
+
+    fn count(a: &Aggregator, name: &str) -> Option<u64> {
+        a.services["api"].syscalls.get(name).map(|s| s.count)
+    }
+
+    #[test]
+    fn syscall_series_are_capped_and_sticky() {
+        let mut a = Aggregator::new(SystemTime::now(), 2);
+        a.observe(&stats_event(&[("read", 10), ("write", 50), ("futex", 5)]));
+        assert_eq!((count(&a, "write"), count(&a, "read"), count(&a, "futex")), (Some(50), Some(10), None));
+        assert_eq!(a.services["api"].syscall_other.as_ref().map(|o| o.count), Some(5));
+        // futex becomes the heaviest, but read and write keep their series
+        // so that every cumulative series stays monotonic.
+        a.observe(&stats_event(&[("futex", 1000), ("read", 1)]));
+        assert_eq!(count(&a, "read"), Some(11));
+        assert_eq!(a.services["api"].syscall_other.as_ref().map(|o| o.count), Some(1005));
+    }
+
+    #[test]
+    fn events_without_service_and_beyond_the_service_cap_make_no_series() {
+        let mut a = Aggregator::new(SystemTime::now(), 2);
+        let mut e = stats_event(&[("read", 1)]);
+        e.service = None;
+        a.observe(&e);
+        assert_eq!(a.service_count(), 0);
+        for i in 0..MAX_SERVICES + 10 {
+            let mut e = stats_event(&[("read", 1)]);
+            e.service = Some(format!("s{i}"));
+            a.observe(&e);
+        }
+        assert_eq!(a.service_count(), MAX_SERVICES);
+        assert_eq!(a.over_limit, 10);
+    }
+}
