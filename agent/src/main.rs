@@ -97,7 +97,10 @@ fn load_config(path: Option<&std::path::Path>) -> Result<custos::config::LoadedC
 fn init_logging(config: &custos::config::LoadedConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.raw.agent.log_level.value));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match config.raw.agent.log_format {
         custos::config::LogFormat::Json => builder.json().init(),
         custos::config::LogFormat::Text => builder.init(),

@@ -27,18 +27,17 @@ pub fn privileged_required() -> bool {
     std::env::var("CUSTOS_REQUIRE_BPF").is_ok_and(|v| v == "1")
 }
 
-/// Gate for a privileged test: `Ok(())` to go on; otherwise prints why the
-/// test is skipped and returns `Err(())`, or panics under
-/// `CUSTOS_REQUIRE_BPF=1`.
-pub fn gate(test: &str, available: Result<(), String>) -> Result<(), ()> {
+/// Gate for a privileged test: true to go on; otherwise prints why the test
+/// is skipped and returns false, or panics under `CUSTOS_REQUIRE_BPF=1`.
+pub fn gate(test: &str, available: Result<(), String>) -> bool {
     match available {
-        Ok(()) => Ok(()),
+        Ok(()) => true,
         Err(reason) if privileged_required() => {
             panic!("{test}: required by CUSTOS_REQUIRE_BPF=1 but cannot run: {reason}")
         }
         Err(reason) => {
             eprintln!("skipped: {test}: {reason}");
-            Err(())
+            false
         }
     }
 }
