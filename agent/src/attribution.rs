@@ -111,8 +111,9 @@ const CACHE_LIMIT: usize = 65_536;
 
 /// Decides the service of each event and the contents of the kernel filter.
 pub struct Attributor {
-    units: Vec<(String, String)>, // (unit, service name)
-    exes: Vec<(String, String)>,  // (pattern, service name)
+    units: Vec<(String, String)>,   // (unit, service name)
+    cgroups: Vec<(String, String)>, // (cgroup path, service name)
+    exes: Vec<(String, String)>,    // (pattern, service name)
     discover_systemd: bool,
     everything: bool,
     /// cgroup id → service name (None: known not to be managed).
@@ -127,6 +128,7 @@ pub struct Attributor {
 impl Attributor {
     pub fn new(config: &LoadedConfig, host: Box<dyn HostView>) -> Self {
         let mut units = Vec::new();
+        let mut cgroups = Vec::new();
         let mut exes = Vec::new();
         for s in &config.services {
             match &s.selector {
@@ -135,10 +137,12 @@ impl Attributor {
                 // reach here; on Linux such a selector matches nothing.
                 Selector::WindowsService(_) => {}
                 Selector::Exe(p) => exes.push((p.clone(), s.name.clone())),
+                Selector::Cgroup(p) => cgroups.push((p.clone(), s.name.clone())),
             }
         }
         Attributor {
             units,
+            cgroups,
             exes,
             discover_systemd: config.discover.contains(&Discover::Systemd),
             everything: config.manages_everything(),
@@ -163,7 +167,7 @@ impl Attributor {
     /// Names of the configured services (for tables that list services with
     /// no events yet).
     pub fn configured_services(&self) -> Vec<String> {
-        self.units.iter().chain(self.exes.iter()).map(|(_, n)| n.clone()).collect()
+        self.units.iter().chain(&self.cgroups).chain(&self.exes).map(|(_, n)| n.clone()).collect()
     }
 
     /// Re-resolves the cgroups of configured units (they get a new cgroup id
@@ -173,8 +177,7 @@ impl Attributor {
     pub fn refresh(&mut self) -> FilterUpdate {
         let mut update = FilterUpdate::default();
         let discovered_units = if self.discover_systemd { self.host.systemd_services() } else { Vec::new() };
-        let mut wanted: Vec<(String, String)> =
-            self.units.iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+        let mut wanted: Vec<(String, String)> = self.units.iter().chain(&self.cgroups).cloned().collect();
         if self.discover_systemd {
             for (unit, path) in &discovered_units {
                 if !self.units.iter().any(|(u, _)| u == unit) {
@@ -279,6 +282,10 @@ impl Attributor {
     }
 
     fn service_of_path(&self, path: &str) -> Option<String> {
+        let under = |root: &str| path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'));
+        if let Some((_, name)) = self.cgroups.iter().find(|(root, _)| under(root)) {
+            return Some(name.clone());
+        }
         let unit = unit_of_cgroup(path);
         if let Some(unit) = unit {
             if let Some((_, name)) = self.units.iter().find(|(u, _)| u == unit) {
@@ -449,6 +456,21 @@ mod tests {
         let mut forked = exit(300, 0);
         assert!(a.attribute(&mut forked, &mut u), "found through the parent chain");
         assert_eq!(forked.service.as_deref(), Some("worker"));
+    }
+
+    #[test]
+    fn cgroup_selector_covers_its_subtree() {
+        let mut host = FakeHost::default();
+        host.paths.insert(30, "/bench".into());
+        host.paths.insert(31, "/bench/child".into());
+        host.paths.insert(32, "/benchmark".into());
+        let mut a = Attributor::new(&cfg("services:\n  - name: b\n    cgroup: /bench/\n"), Box::new(host));
+        assert_eq!(a.refresh().add_cgroups, vec![30]);
+        let mut u = FilterUpdate::default();
+        let mut e = exit(1, 31);
+        assert!(a.attribute(&mut e, &mut u), "a child cgroup belongs to the service");
+        assert_eq!(e.service.as_deref(), Some("b"));
+        assert!(!a.attribute(&mut exit(1, 32), &mut u), "a sibling with the same prefix does not");
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct ServiceEntry {
     /// An absolute executable path, or a pattern with `*` matched against the
     /// path (when it contains `/`) or else the executable's name.
     pub exe: Option<Spanned<String>>,
+    /// A cgroup v2 path relative to the cgroup2 root (`/custos-bench`,
+    /// `/kubepods.slice/...`): for services that systemd does not run.
+    pub cgroup: Option<Spanned<String>>,
     pub discover: Option<Spanned<Discover>>,
     pub health: Option<HealthConfig>,
 }
@@ -125,6 +128,7 @@ pub enum Selector {
     SystemdUnit(String),
     WindowsService(String),
     Exe(String),
+    Cgroup(String),
 }
 
 /// A managed service after validation.
@@ -420,6 +424,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             ("systemd_unit", entry.systemd_unit.as_ref()),
             ("windows_service", entry.windows_service.as_ref()),
             ("exe", entry.exe.as_ref()),
+            ("cgroup", entry.cgroup.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -462,7 +467,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 p.at(
                     name.referenced,
                     format!(
-                        "service `{}` needs one of `systemd_unit`, `windows_service` or `exe`",
+                        "service `{}` needs one of `systemd_unit`, `windows_service`, `exe` or `cgroup`",
                         name.value
                     ),
                 );
@@ -471,6 +476,12 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             [(k, v)] => match *k {
                 "systemd_unit" => Selector::SystemdUnit(normalize_unit(&v.value)),
                 "windows_service" => Selector::WindowsService(v.value.clone()),
+                "cgroup" => {
+                    if !v.value.starts_with('/') {
+                        p.at(v.referenced, format!("`cgroup` expects a path from the cgroup2 root such as `/system.slice/x.scope`, found `{}`", v.value));
+                    }
+                    Selector::Cgroup(v.value.trim_end_matches('/').to_string())
+                }
                 _ => {
                     if v.value.trim().is_empty() {
                         p.at(v.referenced, "`exe` must not be empty");
