@@ -113,14 +113,31 @@ fn main() -> ExitCode {
 }
 
 fn exec_loop(p: &mut Pacer) -> (u64, u64) {
-    let (mut ok, mut failed) = (0, 0);
+    // Children are reaped by another thread so that the spawn rate is not
+    // capped by each child's lifetime.
+    let (tx, rx) = std::sync::mpsc::channel::<std::process::Child>();
+    let reaper = std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        for mut child in rx {
+            match child.wait() {
+                Ok(s) if s.success() => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    });
+    let mut spawn_failed = 0;
     while p.next() {
-        match Command::new("/bin/true").stdin(Stdio::null()).stdout(Stdio::null()).status() {
-            Ok(s) if s.success() => ok += 1,
-            _ => failed += 1,
+        match Command::new("/bin/true").stdin(Stdio::null()).stdout(Stdio::null()).spawn() {
+            Ok(child) => {
+                let _ = tx.send(child);
+            }
+            Err(_) => spawn_failed += 1,
         }
     }
-    (ok, failed)
+    drop(tx);
+    let (ok, failed) = reaper.join().unwrap_or((0, 0));
+    (ok, failed + spawn_failed)
 }
 
 fn connect_loop(p: &mut Pacer) -> (u64, u64) {
