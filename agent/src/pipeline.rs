@@ -6,7 +6,7 @@
 //! and count what they drop), so one slow consumer cannot stall the sensor.
 
 use crate::attribution::{Attributor, FilterUpdate};
-use custos_event::{Event, LossCounters};
+use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -83,6 +83,7 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn EventSink>>,
     stats: Arc<PipelineStats>,
     tick: Duration,
+    reported_loss: LossCounters,
 }
 
 impl Pipeline {
@@ -92,7 +93,14 @@ impl Pipeline {
         stats: Arc<PipelineStats>,
     ) -> Self {
         sensor.emit_all_execs(attributor.needs_all_execs());
-        Pipeline { attributor, sensor, sinks: Vec::new(), stats, tick: Duration::from_secs(1) }
+        Pipeline {
+            attributor,
+            sensor,
+            sinks: Vec::new(),
+            stats,
+            tick: Duration::from_secs(1),
+            reported_loss: LossCounters::default(),
+        }
     }
 
     pub fn with_tick(mut self, tick: Duration) -> Self {
@@ -158,6 +166,7 @@ impl Pipeline {
                         self.sensor.apply(&refreshed);
                     }
                     let tick = Tick { now: SystemTime::now(), loss: self.sensor.loss() };
+                    self.mark_gaps(&tick);
                     for s in &mut self.sinks {
                         s.on_tick(&tick);
                     }
@@ -168,10 +177,31 @@ impl Pipeline {
             self.sensor.apply(&update);
         }
         let tick = Tick { now: SystemTime::now(), loss: self.sensor.loss() };
+        self.mark_gaps(&tick);
         for s in &mut self.sinks {
             s.on_finish(&tick);
         }
         Finished { sinks: self.sinks, loss: tick.loss }
+    }
+
+    /// Puts a `loss` event into the stream where counters grew since the
+    /// last tick, so consumers see a gap as a gap. Lost events cannot be
+    /// attributed, so the marker has no service: it concerns every one.
+    fn mark_gaps(&mut self, tick: &Tick) {
+        let stages = [
+            (LossStage::Kernel, tick.loss.kernel, self.reported_loss.kernel),
+            (LossStage::Channel, tick.loss.channel, self.reported_loss.channel),
+            (LossStage::Platform, tick.loss.platform, self.reported_loss.platform),
+        ];
+        for (stage, now, before) in stages {
+            if now > before {
+                let marker = Event::new(tick.now, EventBody::Loss(Loss { stage, lost: now - before }));
+                for s in &mut self.sinks {
+                    s.on_event(&marker);
+                }
+            }
+        }
+        self.reported_loss = tick.loss;
     }
 
     fn handle(&mut self, mut e: Event, update: &mut FilterUpdate) {
@@ -237,6 +267,51 @@ mod tests {
         assert_eq!(stats.events_in.load(Ordering::Relaxed), 2);
         assert_eq!(stats.events_unmanaged.load(Ordering::Relaxed), 1);
         assert!(ticks.load(Ordering::Relaxed) >= 1, "sinks get a final tick");
+    }
+
+    struct Lossy(Arc<AtomicU64>);
+    impl SensorControl for Lossy {
+        fn apply(&mut self, _: &FilterUpdate) {}
+        fn loss(&self) -> LossCounters {
+            LossCounters { kernel: self.0.load(Ordering::Relaxed), ..Default::default() }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_loss_is_marked_in_the_stream() {
+        let cfg = config::parse("", "t").unwrap();
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut p = Pipeline::new(
+            Attributor::new(&cfg, Box::new(NoHost)),
+            Box::new(Lossy(lost.clone())),
+            Arc::new(PipelineStats::default()),
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        p.add_sink(Box::new(Collect(got.clone(), Arc::new(AtomicU64::new(0)))));
+        let (tx, rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let run = tokio::spawn(p.run(rx, stop_rx));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        lost.store(7, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop_tx.send(true).unwrap();
+        run.await.unwrap();
+        drop(tx);
+        let markers: Vec<_> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match &e.body {
+                EventBody::Loss(l) => Some((l.stage, l.lost)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            markers,
+            vec![(LossStage::Kernel, 7)],
+            "one marker for the gap, none while nothing is lost"
+        );
     }
 
     #[tokio::test]

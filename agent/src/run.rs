@@ -112,7 +112,10 @@ impl WatchPrinter {
 
 impl EventSink for WatchPrinter {
     fn on_event(&mut self, e: &Event) {
-        if self.broken || self.service.as_ref().is_some_and(|s| e.service.as_ref() != Some(s)) {
+        // Gap markers concern every service, so a filtered stream shows them too.
+        let other_service = e.kind() != custos_event::EventKind::Loss
+            && self.service.as_ref().is_some_and(|s| e.service.as_ref() != Some(s));
+        if self.broken || other_service {
             return;
         }
         let line = if self.json { e.to_json_line() } else { event_line(e) };

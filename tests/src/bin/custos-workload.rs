@@ -7,7 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: custos-workload [--cgroup DIR] (exec|connect) (--count N | --rate PER_SEC --duration SECS)
+const USAGE: &str =
+    "usage: custos-workload [--cgroup DIR] (exec|connect) (--count N | --rate PER_SEC --duration SECS)
        custos-workload [--cgroup DIR] syscalls --count N";
 
 struct Args {
@@ -27,7 +28,9 @@ fn parse() -> Result<Args, String> {
             "--cgroup" => a.cgroup = Some(value("--cgroup")?),
             "--count" => a.count = Some(value("--count")?.parse().map_err(|e| format!("--count: {e}"))?),
             "--rate" => a.rate = Some(value("--rate")?.parse().map_err(|e| format!("--rate: {e}"))?),
-            "--duration" => a.duration = Some(value("--duration")?.parse().map_err(|e| format!("--duration: {e}"))?),
+            "--duration" => {
+                a.duration = Some(value("--duration")?.parse().map_err(|e| format!("--duration: {e}"))?)
+            }
             "exec" | "connect" | "syscalls" if a.mode.is_empty() => a.mode = arg,
             other => return Err(format!("unexpected argument `{other}`")),
         }
