@@ -123,6 +123,7 @@ pub struct Attributor {
     /// Units' current cgroup ids, to notice restarts (new cgroup, new id).
     unit_cgroups: HashMap<String, u64>,
     host: Box<dyn HostView>,
+    own_pid: u32,
 }
 
 impl Attributor {
@@ -150,6 +151,7 @@ impl Attributor {
             by_pid: HashMap::new(),
             unit_cgroups: HashMap::new(),
             host,
+            own_pid: std::process::id(),
         }
     }
 
@@ -213,6 +215,11 @@ impl Attributor {
     pub fn attribute(&mut self, event: &mut Event, update: &mut FilterUpdate) -> bool {
         if event.service.is_some() {
             return true;
+        }
+        // The agent's own activity (its exporter's connections, its
+        // syscalls) would feed back into what it reports.
+        if event.pid != 0 && event.pid == self.own_pid {
+            return false;
         }
         if self.by_pid.len() > CACHE_LIMIT {
             self.by_pid.clear();
@@ -504,6 +511,13 @@ mod tests {
             names.push(e.service.unwrap());
         }
         assert_eq!(names, ["cron", "/custom/group", "bash"]);
+    }
+
+    #[test]
+    fn the_agent_does_not_watch_itself() {
+        let mut a = Attributor::new(&cfg(""), Box::new(NoHost));
+        let mut e = exit(std::process::id(), 0);
+        assert!(!a.attribute(&mut e, &mut FilterUpdate::default()));
     }
 
     #[test]
