@@ -30,6 +30,9 @@ char LICENSE[] SEC("license") = "GPL";
 /* include/linux/sched/signal.h; unchanged since 5.x */
 #define SIGNAL_GROUP_EXIT 0x00000004
 
+/* enum sock_flags: set when the peer's FIN arrived */
+#define SOCK_DONE 1
+
 #define ECONNABORTED 103
 #define MAX_ERRNO 4095
 
@@ -83,7 +86,10 @@ struct sock_owner {
 	__u32 pid;
 	__u32 tid;
 	__u32 flags;	 /* CUSTOS_TCP_* */
-	__u32 _pad0;
+	/* The local port once known: the socket may have released it by the
+	 * time it reaches TCP_CLOSE. */
+	__u16 sport;
+	__u16 _pad0;
 	char comm[CUSTOS_COMM_LEN];
 };
 
@@ -457,6 +463,8 @@ static __always_inline struct custos_tcp *reserve_tcp(__u32 kind, const struct s
 	e->hdr.cgroup_id = o->cgroup_id;
 	__builtin_memcpy(e->hdr.comm, o->comm, sizeof(e->hdr.comm));
 	fill_tcp_addrs(e, sk);
+	if (!e->sport)
+		e->sport = o->sport;
 	e->err = 0;
 	e->retransmits = 0;
 	e->flags = o->flags;
@@ -482,6 +490,7 @@ static __always_inline int current_owner(struct sock_owner *o, __u64 now)
 	o->pid = tgid;
 	o->tid = tid;
 	o->flags = 0;
+	o->sport = 0;
 	o->_pad0 = 0;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 	return 1;
@@ -530,9 +539,10 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 			}
 			bpf_ringbuf_submit(e, 0);
 		}
-		if (newstate == TCP_ESTABLISHED)
+		if (newstate == TCP_ESTABLISHED) {
 			o->est_ns = now;
-		else
+			o->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+		} else
 			bpf_map_delete_elem(&socks, &key);
 		return 0;
 	}
@@ -549,8 +559,15 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 		struct custos_tcp *e = reserve_tcp(CUSTOS_EV_CLOSE, sk, o);
 		if (e) {
 			struct tcp_sock *tp = (struct tcp_sock *)sk;
-			e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
-			e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+			/* Payload only: bytes_sent counts retransmitted data again,
+			 * bytes_received counts the peer's FIN as one byte. */
+			__u64 sent = BPF_CORE_READ(tp, bytes_sent);
+			__u64 retrans = BPF_CORE_READ(tp, bytes_retrans);
+			__u64 received = BPF_CORE_READ(tp, bytes_received);
+			if (received && (BPF_CORE_READ(sk, __sk_common.skc_flags) & (1UL << SOCK_DONE)))
+				received--;
+			e->bytes_sent = sent > retrans ? sent - retrans : 0;
+			e->bytes_received = received;
 			e->retransmits = BPF_CORE_READ(tp, total_retrans);
 			e->latency_ns = now - o->est_ns;
 			bpf_ringbuf_submit(e, 0);
@@ -598,6 +615,7 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	 * from here, the moment the service took the connection. */
 	o.est_ns = now;
 	o.flags = CUSTOS_TCP_INBOUND;
+	o.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u64 key = (__u64)sk;
 	bpf_map_update_elem(&socks, &key, &o, BPF_ANY);
 	struct custos_tcp *e = reserve_tcp(CUSTOS_EV_ACCEPT, sk, &o);

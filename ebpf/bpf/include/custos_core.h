@@ -136,6 +136,7 @@ struct sock_common {
 	u16 skc_dport;
 	u16 skc_num;
 	unsigned short skc_family;
+	unsigned long skc_flags;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
 };
@@ -147,8 +148,9 @@ struct sock {
 };
 
 struct tcp_sock {
+	u64 bytes_sent;
+	u64 bytes_retrans;
 	u64 bytes_received;
-	u64 bytes_acked;
 	u32 total_retrans;
 };
 
