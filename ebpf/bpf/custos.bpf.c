@@ -418,10 +418,10 @@ int BPF_PROG(handle_mark_victim, struct task_struct *task, uid_t uid)
 		return 0;
 	}
 	fill_hdr_task(&e->hdr, CUSTOS_EV_OOM, task, tgid, task_ns_tid(task), cgroup_id);
-	/* mark_victim runs in the allocating task: a cgroup-limited OOM kill
-	 * happens inside the same cgroup, a global one usually not. */
-	e->memcg = bpf_get_current_cgroup_id() == cgroup_id &&
-		   cgroup_id != 1 /* the root cgroup has no limit */;
+	/* Whether the kill was limited to a memory cgroup is only known to
+	 * oom_kill_process (its oom_control), reachable through fentry, which
+	 * some kernels refuse: not reported. */
+	e->memcg = 0;
 	e->_pad0 = 0;
 	bpf_ringbuf_submit(e, 0);
 	return 0;

@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMa
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -297,6 +297,7 @@ impl EbpfSensor {
             decode: DecodeOptions { argv_max_args: opts.argv_max_args },
             process: opts.process,
             pending_channel_loss: 0,
+            oom_victims: HashSet::new(),
         };
         tasks.push(tokio::spawn(reader.run(ring, stop_rx.clone())));
         tasks.push(tokio::spawn(watch_kernel_loss(shared.clone(), tx.clone(), stop_rx.clone())));
@@ -457,6 +458,9 @@ struct Reader {
     decode: DecodeOptions,
     process: bool,
     pending_channel_loss: u64,
+    /// Pids chosen by the OOM killer whose exit has not been seen yet, so
+    /// that the exit can say `oom_killed`.
+    oom_victims: HashSet<u32>,
 }
 
 impl Reader {
@@ -500,6 +504,18 @@ impl Reader {
         let mut event = decoded.event;
         if matches!(event.body, EventBody::ProcessStart(_) | EventBody::ProcessExit(_)) && !self.process {
             return true;
+        }
+        match &mut event.body {
+            EventBody::OomKill(_) => {
+                // Bounded: victims whose exit is never seen (out of scope,
+                // lost) must not accumulate.
+                if self.oom_victims.len() >= 4096 {
+                    self.oom_victims.clear();
+                }
+                self.oom_victims.insert(event.pid);
+            }
+            EventBody::ProcessExit(exit) => exit.oom_killed = self.oom_victims.remove(&event.pid),
+            _ => {}
         }
         if let EventBody::ProcessStart(start) = &mut event.body {
             // The kernel gives the path as passed to execve; a relative one

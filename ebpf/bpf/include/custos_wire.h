@@ -90,7 +90,7 @@ struct custos_signal {
 
 struct custos_oom {
 	struct custos_hdr hdr; /* the victim */
-	__u32 memcg;
+	__u32 memcg; /* 1 when known to be a memory cgroup limit; 0 unknown */
 	__u32 _pad0;
 };
 
