@@ -32,10 +32,8 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     );
     let stop = stop_on_signals();
     let finished = tokio::spawn(pipeline.run(started.rx, stop)).await?;
-    match started.task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(e.into()),
+    if let Some(task) = started.task {
+        task.await??;
     }
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
