@@ -89,6 +89,25 @@ impl Recorder {
     pub fn logs(&self) -> Vec<ExportLogsServiceRequest> {
         self.lock().logs.clone()
     }
+    /// Number of accepted log records, without copying them.
+    pub fn log_record_count(&self) -> usize {
+        self.lock()
+            .logs
+            .iter()
+            .flat_map(|r| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
+    }
+
+    /// Forgets everything recorded so far.
+    pub fn clear(&self) {
+        let mut st = self.lock();
+        st.metrics.clear();
+        st.logs.clear();
+        st.requests.clear();
+    }
+
     /// Every request, failed ones included, in arrival order.
     pub fn requests(&self) -> Vec<RequestInfo> {
         self.lock().requests.clone()

@@ -538,7 +538,7 @@ async fn metrics_and_healthz_are_served_on_agent_listen() {
         h.submit(&e);
     }
     AgentStats::add(&stats.events_dropped_kernel, 4);
-    let addr = h.http_addr();
+    let addr = h.http_addr().expect("listening");
     assert!(addr.ip().is_loopback());
     let m = http_get(addr, "/metrics").await;
     assert!(m.starts_with("HTTP/1.0 200") || m.starts_with("HTTP/1.1 200"), "{m}");

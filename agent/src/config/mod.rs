@@ -205,6 +205,9 @@ pub struct ServiceEntry {
     /// An absolute executable path, or a pattern with `*` matched against the
     /// path (when it contains `/`) or else the executable's name.
     pub exe: Option<Spanned<String>>,
+    /// A cgroup v2 path relative to the cgroup2 root (`/custos-bench`,
+    /// `/kubepods.slice/...`): for services that systemd does not run.
+    pub cgroup: Option<Spanned<String>>,
     pub discover: Option<Spanned<Discover>>,
     pub health: Option<HealthConfig>,
 }
@@ -225,6 +228,7 @@ pub enum Selector {
     SystemdUnit(String),
     WindowsService(String),
     Exe(String),
+    Cgroup(String),
 }
 
 /// A managed service after validation.
@@ -499,6 +503,12 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
     // several lines; the first line holds the message itself.
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid configuration").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop the library's own `line N column M: ` prefix: ours says it.
+    let first = match first.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => first,
+    };
     let message = first.split(" at line ").next().unwrap_or(first).trim_end_matches([',', '.']).to_string();
     ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
 }
@@ -514,6 +524,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             ("systemd_unit", entry.systemd_unit.as_ref()),
             ("windows_service", entry.windows_service.as_ref()),
             ("exe", entry.exe.as_ref()),
+            ("cgroup", entry.cgroup.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -556,7 +567,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 p.at(
                     name.referenced,
                     format!(
-                        "service `{}` needs one of `systemd_unit`, `windows_service` or `exe`",
+                        "service `{}` needs one of `systemd_unit`, `windows_service`, `exe` or `cgroup`",
                         name.value
                     ),
                 );
@@ -565,6 +576,12 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             [(k, v)] => match *k {
                 "systemd_unit" => Selector::SystemdUnit(normalize_unit(&v.value)),
                 "windows_service" => Selector::WindowsService(v.value.clone()),
+                "cgroup" => {
+                    if !v.value.starts_with('/') {
+                        p.at(v.referenced, format!("`cgroup` expects a path from the cgroup2 root such as `/system.slice/x.scope`, found `{}`", v.value));
+                    }
+                    Selector::Cgroup(v.value.trim_end_matches('/').to_string())
+                }
                 _ => {
                     if v.value.trim().is_empty() {
                         p.at(v.referenced, "`exe` must not be empty");

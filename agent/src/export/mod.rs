@@ -24,6 +24,7 @@ mod files;
 mod http;
 mod logs;
 mod record;
+mod sink;
 mod spool;
 pub mod stats;
 mod transport;
@@ -34,6 +35,7 @@ pub use files::{FileSink, FileSinkError};
 pub use http::Health;
 pub use logs::{event_log, RateLimiter};
 pub use record::{AttrValue, HostInfo, LogRecord, Severity};
+pub use sink::ExportSink;
 pub use spool::{Batch, BatchKind, Spool, SpoolError};
 pub use stats::{AgentStats, StatsSnapshot};
 pub use transport::{Backoff, Outcome, Transport};
@@ -65,8 +67,6 @@ pub enum ExportError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Files(#[from] FileSinkError),
-    #[error("cannot listen on {addr} (agent.listen): {source}")]
-    Listen { addr: String, source: std::io::Error },
 }
 
 /// Starts exporters.
@@ -136,16 +136,27 @@ impl Exporter {
         };
         drop(batch_tx);
 
+        // Telemetry matters more than the local endpoint: a taken port is
+        // reported, not fatal.
         let (http_addr, http_task) =
-            http::serve(addr, stats.clone(), health.clone(), host.agent_version.clone())
-                .map_err(|source| ExportError::Listen { addr: listen.clone(), source })?;
+            match http::serve(addr, stats.clone(), health.clone(), host.agent_version.clone()) {
+                Ok((a, t)) => (Some(a), Some(t)),
+                Err(e) => {
+                    tracing::error!(
+                        listen = %listen,
+                        error = %e,
+                        "Cannot serve /metrics and /healthz (agent.listen); exporting without them."
+                    );
+                    (None, None)
+                }
+            };
 
         let mut identities = BTreeMap::new();
         for s in &cfg.services {
             let id = match &s.selector {
                 Selector::SystemdUnit(u) => ServiceIdentity::SystemdUnit(u.clone()),
                 Selector::WindowsService(w) => ServiceIdentity::WindowsService(w.clone()),
-                Selector::Exe(_) => ServiceIdentity::None,
+                Selector::Exe(_) | Selector::Cgroup(_) => ServiceIdentity::None,
             };
             identities.insert(s.name.clone(), id);
         }
@@ -205,8 +216,8 @@ pub struct ExporterHandle {
     stop: Option<oneshot::Sender<()>>,
     main_task: JoinHandle<()>,
     sender_task: Option<JoinHandle<()>>,
-    http_task: JoinHandle<()>,
-    http_addr: SocketAddr,
+    http_task: Option<JoinHandle<()>>,
+    http_addr: Option<SocketAddr>,
 }
 
 impl ExporterHandle {
@@ -233,8 +244,9 @@ impl ExporterHandle {
         }
     }
 
-    /// The address `/metrics` and `/healthz` are served on.
-    pub fn http_addr(&self) -> SocketAddr {
+    /// The address `/metrics` and `/healthz` are served on (`None` when
+    /// `agent.listen` could not be bound).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
@@ -273,7 +285,9 @@ impl Drop for ExporterHandle {
         if let Some(t) = &self.sender_task {
             t.abort();
         }
-        self.http_task.abort();
+        if let Some(t) = &self.http_task {
+            t.abort();
+        }
     }
 }
 
