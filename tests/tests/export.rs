@@ -285,6 +285,9 @@ async fn collector_down_for_seconds_then_back_receives_every_batch() {
         for i in 2 * N / 3..N {
             h.submit(&failed_connect(i));
         }
+        rx.recorder
+            .wait_for(WAIT, "every record after the outage", |_| connect_pids(&rx).len() >= N as usize)
+            .await;
         h.shutdown(Duration::from_secs(5)).await;
         let mut pids = connect_pids(&rx);
         let total = pids.len();

@@ -511,12 +511,13 @@ impl Sender {
             }
         }
         // Shutdown: keep draining the spool while the collector answers
-        // and the budget lasts; what remains stays spooled for next start.
-        while let (Some(t), Some(deadline)) = (next_try, self.shared.deadline()) {
-            if t.into_std() + Duration::from_millis(100) > deadline {
+        // and the budget lasts (attempts refuse to start too close to the
+        // deadline). A collector that is failing (we are backing off) is
+        // not waited for: the spool keeps the rest for the next start.
+        while let (Some(t), Some(_)) = (next_try, self.shared.deadline()) {
+            if t > tokio::time::Instant::now() {
                 break;
             }
-            tokio::time::sleep_until(t).await;
             next_try = self.drain_one().await;
         }
     }
