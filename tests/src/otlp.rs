@@ -397,6 +397,16 @@ pub struct OtlpReceiver {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     running: Option<Running>,
+    tls: Option<ServerTls>,
+}
+
+/// TLS for the gRPC server: its certificate and key (PEM), and the CA
+/// that client certificates must chain to (mutual TLS) when given.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
 }
 
 struct Running {
@@ -409,10 +419,33 @@ impl OtlpReceiver {
     /// Starts on free loopback ports.
     pub async fn start() -> std::io::Result<Self> {
         let any: SocketAddr = "127.0.0.1:0".parse().map_err(std::io::Error::other)?;
-        let mut r =
-            OtlpReceiver { recorder: Recorder::default(), grpc_addr: any, http_addr: any, running: None };
+        let mut r = OtlpReceiver {
+            recorder: Recorder::default(),
+            grpc_addr: any,
+            http_addr: any,
+            running: None,
+            tls: None,
+        };
         r.start_on(any, any).await?;
         Ok(r)
+    }
+
+    /// Starts with a TLS gRPC server (the HTTP server stays plain).
+    pub async fn start_tls(tls: ServerTls) -> std::io::Result<Self> {
+        let any: SocketAddr = "127.0.0.1:0".parse().map_err(std::io::Error::other)?;
+        let mut r = OtlpReceiver {
+            recorder: Recorder::default(),
+            grpc_addr: any,
+            http_addr: any,
+            running: None,
+            tls: Some(tls),
+        };
+        r.start_on(any, any).await?;
+        Ok(r)
+    }
+
+    pub fn grpc_tls_endpoint(&self) -> String {
+        format!("https://{}", self.grpc_addr)
     }
 
     pub fn grpc_endpoint(&self) -> String {
@@ -429,10 +462,19 @@ impl OtlpReceiver {
         self.http_addr = hl.local_addr()?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let rec = self.recorder.clone();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+            let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+            if let Some(ca) = &tls.client_ca_pem {
+                cfg = cfg.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(cfg).map_err(std::io::Error::other)?;
+        }
         let grpc_task = tokio::spawn(async move {
             use tonic::codec::CompressionEncoding::Gzip;
             let incoming = tonic::transport::server::TcpIncoming::from(gl);
-            let _ = tonic::transport::Server::builder()
+            let _ = builder
                 .add_service(MetricsServiceServer::new(GrpcSvc(rec.clone())).accept_compressed(Gzip))
                 .add_service(LogsServiceServer::new(GrpcSvc(rec)).accept_compressed(Gzip))
                 .serve_with_incoming_shutdown(incoming, async {

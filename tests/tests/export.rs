@@ -604,3 +604,106 @@ fn queue_full_drops_and_counts_without_blocking() {
         h.shutdown(Duration::from_secs(2)).await;
     });
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made
+/// with the openssl command line tool.
+fn make_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out =
+            std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=custos test CA",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    for who in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{who}.key"),
+            "-out",
+            &format!("{who}.csr"),
+            "-subj",
+            &format!("/CN={who}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{who}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{who}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_mutual_tls_with_a_given_ca() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let read = |f: &str| std::fs::read(pki.path().join(f)).unwrap();
+    let rx = OtlpReceiver::start_tls(custos_tests::otlp::ServerTls {
+        cert_pem: read("server.pem"),
+        key_pem: read("server.key"),
+        client_ca_pem: Some(read("ca.pem")),
+    })
+    .await
+    .unwrap();
+    let p = |f: &str| pki.path().join(f).display().to_string();
+
+    // With the CA and a client certificate: delivered.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "    tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    );
+    let cfg = load(dir.path(), &otlp_yaml(&rx.grpc_tls_endpoint(), "grpc", &tls));
+    let (h, stats) = start(&cfg);
+    h.submit(&failed_connect(7));
+    rx.recorder.wait_for(WAIT, "the log over mTLS", |_| connect_pids(&rx) == vec![1007]).await;
+    h.shutdown(Duration::from_secs(3)).await;
+    assert_eq!(stats.snapshot().export_failures, 0);
+
+    // Without a client certificate the server refuses: nothing arrives,
+    // the batch is kept and retried.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!("    tls: {{ ca_file: {} }}\n", p("ca.pem"));
+    let cfg = load(dir.path(), &otlp_yaml(&rx.grpc_tls_endpoint(), "grpc", &tls));
+    let (h, stats) = start(&cfg);
+    h.submit(&failed_connect(8));
+    let deadline = std::time::Instant::now() + WAIT;
+    while stats.snapshot().export_retries == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", stats.snapshot());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stats.snapshot().spool_writes > 0);
+    h.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(connect_pids(&rx), vec![1007], "nothing came through without a client certificate");
+}
