@@ -84,9 +84,9 @@ fn event(i: u64) -> Event {
     Event::from_json_line(&json).expect("valid event")
 }
 
-fn exporter_config(state: &std::path::Path, endpoint: &str) -> config::LoadedConfig {
+fn exporter_config(state: &std::path::Path, endpoint: &str, queue: u64) -> config::LoadedConfig {
     let text = format!(
-        "agent:\n  state_dir: {}\n  listen: \"127.0.0.1:0\"\nexporter:\n  interval: 1s\n  queue_capacity: 65536\n  log_rate_limit: {{ max: 1000000000, per: 1m }}\n  spool: {{ max_bytes: 4GiB }}\n  otlp: {{ endpoint: \"{endpoint}\", protocol: grpc, timeout: 5s }}\n",
+        "agent:\n  state_dir: {}\n  listen: \"127.0.0.1:0\"\nexporter:\n  interval: 100ms\n  queue_capacity: {queue}\n  log_rate_limit: {{ max: 1000000000, per: 1m }}\n  spool: {{ max_bytes: 4GiB }}\n  otlp: {{ endpoint: \"{endpoint}\", protocol: grpc, timeout: 5s }}\n",
         state.display()
     );
     config::parse(&text, "bench").expect("bench config")
@@ -150,77 +150,11 @@ fn main() {
     let endpoint = rx.grpc_endpoint();
     let host = HostInfo::detect();
 
-    // Prebuilt events: parsing JSON is not the exporter's cost.
-    let evs: Vec<Event> = (0..events).map(event).collect();
-    let log_events = evs.iter().filter(|e| custos::export::event_log(e).is_some()).count() as u64;
-
-    // 1. Throughput through the exporter.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = exporter_config(dir.path(), &endpoint);
-    let stats = Arc::new(AgentStats::default());
-    let h = exp_rt
-        .block_on(async { Exporter::start_with(&cfg, host.clone(), stats.clone(), RetryPolicy::default()) })
-        .unwrap();
-    let cpu0 = thread_cpu(EXPORTER_THREAD);
-    let t0 = Instant::now();
-    let mut submitted = 0u64;
-    for e in &evs {
-        // Keep the queue from overflowing: a steady producer, not a flood.
-        while stats.snapshot().events_in - stats.snapshot().events_dropped_exporter > submitted + 60_000 {
-            std::thread::yield_now();
-        }
-        h.submit(e);
-        submitted += 1;
-        if submitted % 50_000 == 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    let rec = rx.recorder.clone();
-    let want = log_events - stats.snapshot().events_dropped_exporter.min(log_events);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (rec.log_record_count() as u64) < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = thread_cpu(EXPORTER_THREAD) - cpu0;
-    exp_rt.block_on(h.shutdown(Duration::from_secs(10)));
-    let s = stats.snapshot();
-    let received_logs = rec.log_record_count() as u64;
-    let exporter_rate = received_logs as f64 / elapsed;
-    println!("exporter: {events} events ({log_events} become log records) in {elapsed:.2}s");
-    println!("  events/s                 {:>12.0}", events as f64 / elapsed);
-    println!("  log records/s received   {:>12.0}", exporter_rate);
-    println!("  dropped at submit        {:>12}", s.events_dropped_exporter);
-    println!(
-        "  exporter CPU             {:>12.3} s  ({:.1} ms per 10k events)",
-        cpu,
-        cpu * 1000.0 * 10_000.0 / events as f64
-    );
-
-    // Baseline: the same number of log records, pre-built, sent straight
-    // through tonic in batches of 512 (no aggregation, encoding of ours, spool).
-    let n = received_logs as usize;
-    let batches: Vec<ExportLogsServiceRequest> =
-        (0..n.div_ceil(512)).map(|b| log_request(512.min(n - b * 512), b * 512)).collect();
-    let base_before = rec.log_record_count();
-    let tb = Instant::now();
-    exp_rt.block_on(async {
-        let mut c = LogsServiceClient::connect(endpoint.clone()).await.unwrap();
-        for b in batches {
-            c.export(b).await.unwrap();
-        }
-    });
-    let base = tb.elapsed().as_secs_f64();
-    let base_rate = (rec.log_record_count() - base_before) as f64 / base;
-    println!("baseline (raw tonic, prebuilt requests): {base_rate:.0} log records/s");
-    println!("  exporter / baseline      {:>12.2}", exporter_rate / base_rate);
-
-    // 2. Outage: collector down, steady event rate, the spool grows.
+    // 1. Outage: collector down, steady event rate, the spool grows.
+    // First, before the throughput phase allocates its prebuilt events.
     recv_rt.block_on(rx.stop());
-    drop(evs);
-    rec.clear();
     let dir2 = tempfile::tempdir().unwrap();
-    let cfg2 = exporter_config(dir2.path(), &endpoint);
+    let cfg2 = exporter_config(dir2.path(), &endpoint, 65_536);
     let stats2 = Arc::new(AgentStats::default());
     let h2 = exp_rt
         .block_on(async { Exporter::start_with(&cfg2, host.clone(), stats2.clone(), RetryPolicy::default()) })
@@ -264,4 +198,70 @@ fn main() {
         s2.events_dropped_exporter
     );
     exp_rt.block_on(h2.shutdown(Duration::from_secs(2)));
+    recv_rt.block_on(rx.restart()).unwrap();
+
+    // Prebuilt events: parsing JSON is not the exporter's cost.
+    let evs: Vec<Event> = (0..events).map(event).collect();
+    let log_events = evs.iter().filter(|e| custos::export::event_log(e).is_some()).count() as u64;
+
+    // 2. Throughput through the exporter: every event queued at once (a
+    // queue big enough that none is dropped), timed until the receiver has
+    // every log record.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = exporter_config(dir.path(), &endpoint, events);
+    let stats = Arc::new(AgentStats::default());
+    let h = exp_rt
+        .block_on(async { Exporter::start_with(&cfg, host.clone(), stats.clone(), RetryPolicy::default()) })
+        .unwrap();
+    let cpu0 = thread_cpu(EXPORTER_THREAD);
+    let t0 = Instant::now();
+    for e in &evs {
+        h.submit(e);
+    }
+    let rec = rx.recorder.clone();
+    let want = log_events;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (rec.log_record_count() as u64) < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = thread_cpu(EXPORTER_THREAD) - cpu0;
+    exp_rt.block_on(h.shutdown(Duration::from_secs(10)));
+    let s = stats.snapshot();
+    let received_logs = rec.log_record_count() as u64;
+    let exporter_rate = received_logs as f64 / elapsed;
+    println!("exporter: {events} events ({log_events} become log records) in {elapsed:.2}s");
+    println!("  events/s                 {:>12.0}", events as f64 / elapsed);
+    println!("  log records/s received   {:>12.0}", exporter_rate);
+    println!("  dropped at submit        {:>12}", s.events_dropped_exporter);
+    println!(
+        "  exporter CPU             {:>12.3} s  ({:.1} ms per 10k events)",
+        cpu,
+        cpu * 1000.0 * 10_000.0 / events as f64
+    );
+
+    // Baselines: the same number of log records, pre-built, sent straight
+    // through tonic in batches of 512 (no aggregation, no record building,
+    // no spool), without and with gzip (the exporter's default).
+    let n = received_logs as usize;
+    for gzip in [false, true] {
+        let batches: Vec<ExportLogsServiceRequest> =
+            (0..n.div_ceil(512)).map(|b| log_request(512.min(n - b * 512), b * 512)).collect();
+        let base_before = rec.log_record_count();
+        let tb = Instant::now();
+        exp_rt.block_on(async {
+            let mut c = LogsServiceClient::connect(endpoint.clone()).await.unwrap();
+            if gzip {
+                c = c.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            }
+            for b in batches {
+                c.export(b).await.unwrap();
+            }
+        });
+        let base = tb.elapsed().as_secs_f64();
+        let base_rate = (rec.log_record_count() - base_before) as f64 / base;
+        let label = if gzip { "with gzip" } else { "no compression" };
+        println!("baseline (raw tonic, prebuilt requests, {label}): {base_rate:.0} log records/s");
+        println!("  exporter / baseline      {:>12.2}", exporter_rate / base_rate);
+    }
 }

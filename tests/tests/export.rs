@@ -520,6 +520,8 @@ async fn without_endpoint_writes_otlp_json_lines_to_rotated_files() {
     let all_logs = logs_lines.join("\n");
     assert!(all_logs.contains("\"eventName\":\"custos.process.exit\""), "{all_logs}");
     assert!(all_logs.contains("\"resourceLogs\""));
+    assert!(!all_logs.contains("traceId") && !all_logs.contains("null"), "{all_logs}");
+    assert!(all_logs.contains("\"severityNumber\":17"), "{all_logs}");
     assert_eq!(stats.snapshot().export_failures, 0);
 }
 

@@ -116,7 +116,11 @@ fn fix_json(v: &mut serde_json::Value, key: Option<&str>) {
     use serde_json::Value;
     match v {
         Value::Object(map) => {
-            map.retain(|_, x| !x.is_null());
+            // Absent optionals and empty trace/span ids are omitted, as
+            // protojson does (an empty hex id is not a valid id).
+            map.retain(|k, x| {
+                !(x.is_null() || (matches!(k.as_str(), "traceId" | "spanId") && x.as_str() == Some("")))
+            });
             for (k, x) in map.iter_mut() {
                 fix_json(x, Some(k.as_str()));
             }

@@ -111,7 +111,7 @@ impl Exporter {
             .map_err(|_| ExportError::Config(format!("`agent.listen` is not an address:port: `{listen}`")))?;
         let shared = Arc::new(Shared::default());
 
-        let (batch_tx, sink, sender_task) = match &ex.otlp {
+        let (sink, sender_task) = match &ex.otlp {
             Some(otlp) => {
                 let transport = Transport::new(otlp)?;
                 let spool = Spool::open(&cfg.spool_dir(), ex.spool.max_bytes.0, stats.clone())?;
@@ -126,15 +126,14 @@ impl Exporter {
                 let (tx, rx) = mpsc::channel(BATCH_QUEUE);
                 let sender = Sender::new(transport, spool, stats.clone(), shared.clone(), otlp, retry);
                 let task = tokio::spawn(sender.run(rx));
-                (Some(tx.clone()), Sink::Otlp(tx), Some(task))
+                (Sink::Otlp(tx), Some(task))
             }
             None => {
                 let sink =
                     FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, ex.files.max_files as usize)?;
-                (None, Sink::Files(sink), None)
+                (Sink::Files(sink), None)
             }
         };
-        drop(batch_tx);
 
         // Telemetry matters more than the local endpoint: a taken port is
         // reported, not fatal.

@@ -4,12 +4,8 @@
 use super::spool::{Batch, BatchKind};
 use super::ExportError;
 use crate::config::{Compression, OtlpConfig, OtlpProtocol};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    logs_service_client::LogsServiceClient, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use std::time::Duration;
 
@@ -164,57 +160,85 @@ impl GrpcTransport {
 
     async fn send(&self, batch: &Batch, timeout: Duration) -> Outcome {
         use tonic::codec::CompressionEncoding;
-        match batch.kind {
-            BatchKind::Metrics => {
-                let msg = match ExportMetricsServiceRequest::decode(batch.payload.as_slice()) {
-                    Ok(m) => m,
-                    Err(e) => return undecodable(e),
-                };
-                let mut c = MetricsServiceClient::new(self.channel.clone())
-                    .accept_compressed(CompressionEncoding::Gzip);
-                if self.gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
+        use tonic::codegen::http::uri::PathAndQuery;
+        // The batch is already an encoded request (possibly from the
+        // spool): send its bytes as they are rather than decoding and
+        // re-encoding it.
+        let path = match batch.kind {
+            BatchKind::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            BatchKind::Logs => "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+        };
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).accept_compressed(CompressionEncoding::Gzip);
+        if self.gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        if let Err(e) = grpc.ready().await {
+            return Outcome::Retryable { after: None, reason: format!("gRPC channel not ready: {e}") };
+        }
+        let req = self.request(batch.payload.clone(), timeout);
+        match grpc.unary(req, PathAndQuery::from_static(path), RawCodec).await {
+            Ok(r) => {
+                let body = r.into_inner();
+                let (rejected, message) = match batch.kind {
+                    BatchKind::Metrics => ExportMetricsServiceResponse::decode(body.as_slice())
+                        .ok()
+                        .and_then(|r| r.partial_success)
+                        .map(|p| (p.rejected_data_points.max(0) as u64, p.error_message)),
+                    BatchKind::Logs => ExportLogsServiceResponse::decode(body.as_slice())
+                        .ok()
+                        .and_then(|r| r.partial_success)
+                        .map(|p| (p.rejected_log_records.max(0) as u64, p.error_message)),
                 }
-                match c.export(self.request(msg, timeout)).await {
-                    Ok(r) => {
-                        let p = r.into_inner().partial_success.unwrap_or_default();
-                        Outcome::Ok {
-                            rejected: p.rejected_data_points.max(0) as u64,
-                            message: p.error_message,
-                        }
-                    }
-                    Err(s) => grpc_outcome(&s),
-                }
+                .unwrap_or_default();
+                Outcome::Ok { rejected, message }
             }
-            BatchKind::Logs => {
-                let msg = match ExportLogsServiceRequest::decode(batch.payload.as_slice()) {
-                    Ok(m) => m,
-                    Err(e) => return undecodable(e),
-                };
-                let mut c =
-                    LogsServiceClient::new(self.channel.clone()).accept_compressed(CompressionEncoding::Gzip);
-                if self.gzip {
-                    c = c.send_compressed(CompressionEncoding::Gzip);
-                }
-                match c.export(self.request(msg, timeout)).await {
-                    Ok(r) => {
-                        let p = r.into_inner().partial_success.unwrap_or_default();
-                        Outcome::Ok {
-                            rejected: p.rejected_log_records.max(0) as u64,
-                            message: p.error_message,
-                        }
-                    }
-                    Err(s) => grpc_outcome(&s),
-                }
-            }
+            Err(s) => grpc_outcome(&s),
         }
     }
 }
 
-fn undecodable(e: prost::DecodeError) -> Outcome {
-    Outcome::Permanent {
-        kind: "undecodable batch".into(),
-        reason: format!("batch is not a valid OTLP request: {e}"),
+/// A gRPC codec for messages that are already protobuf bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawEncoder;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
     }
 }
 
