@@ -1,0 +1,172 @@
+//! The Windows sensor as the agent runs it: the ETW sessions of
+//! `custos-etw`, service scoping by process tree with main pids from the
+//! SCM, and the bounded channel to the pipeline.
+//!
+//! Events are attributed here (their `service` is set) for `windows_service`
+//! selectors; other events pass through unattributed for the shared
+//! attribution stage (`exe:` selectors, or everything when no services are
+//! configured).
+
+use crate::config::{LoadedConfig, Selector};
+use crate::service_manager::{ActiveState, ServiceManager};
+use custos_etw::session::{EtwSensor, SensorConfig, SensorCounters, SensorError, SensorSink};
+use custos_etw::{DecoderConfig, ExistingProcess, ServiceScope};
+use custos_event::Event;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::Sender;
+
+/// How often the SCM is asked for the main pid of a service whose main
+/// process is unknown (just restarted), and of every service otherwise.
+const POLL_UNRESOLVED: Duration = Duration::from_millis(250);
+const POLL_ALL: Duration = Duration::from_secs(5);
+
+struct ScopedSink {
+    scope: Arc<Mutex<ServiceScope>>,
+    tx: Sender<Event>,
+}
+
+impl SensorSink for ScopedSink {
+    fn event(&self, mut event: Event) -> bool {
+        self.scope.lock().unwrap_or_else(|p| p.into_inner()).attribute(&mut event);
+        self.tx.try_send(event).is_ok()
+    }
+
+    fn existing_process(&self, p: ExistingProcess) {
+        self.scope.lock().unwrap_or_else(|p| p.into_inner()).observe_existing(p.pid, p.ppid);
+    }
+}
+
+/// The running Windows sensor; dropping it stops the ETW sessions and the
+/// SCM poller.
+pub struct WindowsSensor {
+    etw: Option<EtwSensor>,
+    stop: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+    scope: Arc<Mutex<ServiceScope>>,
+}
+
+/// `(config name, SCM service name)` of every `windows_service` selector.
+pub fn windows_services(config: &LoadedConfig) -> Vec<(String, String)> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| match &s.selector {
+            Selector::WindowsService(scm) => Some((s.name.clone(), scm.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Starts the ETW sessions and the SCM poller, sending events to `tx`
+/// (`try_send`: a full channel drops and counts).
+pub fn start_sensor(
+    config: &LoadedConfig,
+    tx: Sender<Event>,
+    scm: Arc<dyn ServiceManager>,
+) -> Result<WindowsSensor, SensorError> {
+    let s = &config.raw.sensors;
+    if s.syscalls {
+        tracing::info!("Syscall statistics are not collected on Windows: the kernel logger's per-syscall events cost too much.");
+    }
+    let services = windows_services(config);
+    let scope = Arc::new(Mutex::new(ServiceScope::new(services.iter().map(|(n, _)| n.clone()))));
+    let sensor_config = SensorConfig {
+        session_name: config.raw.agent.windows.etw_session.value.clone(),
+        process: s.process,
+        tcp: s.tcp,
+        decoder: DecoderConfig { argv_max_args: s.argv_max_args as usize, ..DecoderConfig::default() },
+        ..SensorConfig::default()
+    };
+    let etw = EtwSensor::start(sensor_config, ScopedSink { scope: scope.clone(), tx })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (scope, stop) = (scope.clone(), stop.clone());
+        std::thread::spawn(move || poll_main_pids(&services, &scope, scm.as_ref(), &stop))
+    };
+    Ok(WindowsSensor { etw: Some(etw), stop, poller: Some(poller), scope })
+}
+
+fn poll_main_pids(
+    services: &[(String, String)],
+    scope: &Mutex<ServiceScope>,
+    scm: &dyn ServiceManager,
+    stop: &AtomicBool,
+) {
+    let mut last_all: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let all = last_all.is_none_or(|t| t.elapsed() >= POLL_ALL);
+        if all {
+            last_all = Some(Instant::now());
+        }
+        let unresolved: Vec<String> =
+            scope.lock().unwrap_or_else(|p| p.into_inner()).unresolved().map(str::to_string).collect();
+        for (name, scm_name) in services {
+            if !all && !unresolved.contains(name) {
+                continue;
+            }
+            let main_pid = match scm.status(scm_name) {
+                Ok(st)
+                    if matches!(
+                        st.state,
+                        ActiveState::Active | ActiveState::Activating | ActiveState::Deactivating
+                    ) =>
+                {
+                    st.main_pid
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    if all {
+                        tracing::warn!(service = %name, windows_service = %scm_name, error = %e, "Cannot query the service.");
+                    }
+                    None
+                }
+            };
+            if scope.lock().unwrap_or_else(|p| p.into_inner()).set_main_pid(name, main_pid) {
+                tracing::info!(service = %name, windows_service = %scm_name, main_pid = ?main_pid, "Following the service's process tree.");
+            }
+        }
+        std::thread::sleep(POLL_UNRESOLVED);
+    }
+}
+
+impl WindowsSensor {
+    /// Decoding, channel and ETW loss counters.
+    pub fn counters(&self) -> SensorCounters {
+        self.etw.as_ref().map(EtwSensor::counters).unwrap_or_default()
+    }
+
+    /// Loss counters in the shared shape (`LossCounters.platform` is ETW's).
+    pub fn loss(&self) -> custos_event::LossCounters {
+        let c = self.counters();
+        custos_event::LossCounters { kernel: 0, channel: c.channel_dropped, platform: c.platform_lost }
+    }
+
+    /// The service a pid belongs to now, for other sources (health probes).
+    pub fn service_of(&self, pid: u32) -> Option<String> {
+        self.scope.lock().unwrap_or_else(|p| p.into_inner()).service_of(pid).map(str::to_string)
+    }
+
+    /// Stops the sessions and the poller, waiting for their threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(etw) = self.etw.take() {
+            etw.stop();
+        }
+        if let Some(p) = self.poller.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+impl Drop for WindowsSensor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
