@@ -1,7 +1,7 @@
 //! [`ServiceManager`] over the Service Control Manager.
 
 use super::ffi::{last_error, open_manager, open_service, service_error, ScHandle};
-use super::status::active_state;
+use super::status::{active_state, kill_exit_code};
 use crate::service_manager::{ServiceError, ServiceManager, ServiceStatus};
 use std::time::{Duration, Instant};
 use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE};
@@ -25,12 +25,6 @@ impl Default for ScmServiceManager {
     fn default() -> Self {
         ScmServiceManager { stop_timeout: Duration::from_secs(30), poll: Duration::from_millis(250) }
     }
-}
-
-/// The exit code a process killed by [`ScmServiceManager::kill`] reports:
-/// 128 + signal, as a shell would show it on Linux.
-pub fn kill_exit_code(signal: i32) -> u32 {
-    128 + signal.clamp(0, 127) as u32
 }
 
 fn query(service: &ScHandle, unit: &str) -> Result<SERVICE_STATUS_PROCESS, ServiceError> {

@@ -130,6 +130,13 @@ pub fn classify_control(control: u32) -> ControlRequest {
     }
 }
 
+/// The exit code of a service process terminated by a runbook's `kill`:
+/// Windows has no signals, so the process ends with 128 + signal, as a
+/// shell reports a process killed by that signal on Linux.
+pub fn kill_exit_code(signal: i32) -> u32 {
+    128 + signal.clamp(0, 127) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +180,13 @@ mod tests {
     fn stopping_with_an_error_reports_a_service_specific_exit_code() {
         let r = StatusTracker::default().report(Phase::Stopped(Some(3)), 0);
         assert_eq!((r.win32_exit_code, r.service_specific_exit_code), (ERROR_SERVICE_SPECIFIC_ERROR, 3));
+    }
+
+    #[test]
+    fn killed_processes_exit_like_a_signal_on_linux() {
+        assert_eq!(kill_exit_code(9), 137);
+        assert_eq!(kill_exit_code(15), 143);
+        assert_eq!(kill_exit_code(-1), 128);
     }
 
     #[test]
