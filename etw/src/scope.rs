@@ -69,6 +69,14 @@ pub struct ServiceScope {
     /// Managed service name (the config's `name`) → its main pid, when known.
     roots: BTreeMap<String, Option<u32>>,
     owner: HashMap<u32, String>,
+    /// Executable of every live process known, for [`Self::hints`].
+    exe: HashMap<u32, String>,
+    /// Per service: executable and parent of its last main process. While
+    /// the SCM has not yet reported a restarted service's new pid, a process
+    /// with the same executable started by the same parent (the SCM's
+    /// services.exe) is taken as its main process, so that its start event
+    /// is attributed; the next SCM poll confirms or corrects it.
+    hints: HashMap<String, (String, u32)>,
 }
 
 impl ServiceScope {
@@ -80,9 +88,13 @@ impl ServiceScope {
         }
     }
 
-    /// Records a process that existed before custos looked (rundown or snapshot).
-    pub fn observe_existing(&mut self, pid: u32, ppid: u32) {
+    /// Records a process that existed before custos looked (rundown or
+    /// snapshot); `exe` may be empty when unknown.
+    pub fn observe_existing(&mut self, pid: u32, ppid: u32, exe: &str) {
         self.tree.insert(pid, ppid);
+        if !exe.is_empty() {
+            self.exe.insert(pid, exe.to_string());
+        }
     }
 
     /// Sets the main pid the SCM reports for `service` (`None`: not running).
@@ -97,6 +109,9 @@ impl ServiceScope {
         *root = main_pid;
         self.owner.retain(|_, s| s != service);
         if let Some(main) = main_pid {
+            if let (Some(exe), Some(&parent)) = (self.exe.get(&main), self.tree.parent.get(&main)) {
+                self.hints.insert(service.to_string(), (exe.clone(), parent));
+            }
             // The SCM may know the pid before the sensor saw it start.
             if !self.tree.parent.contains_key(&main) {
                 self.tree.insert(main, 0);
@@ -124,13 +139,27 @@ impl ServiceScope {
         self.owner.get(&pid).map(String::as_str)
     }
 
-    /// A process started: it belongs to its parent's service, if any.
-    pub fn process_started(&mut self, pid: u32, ppid: u32) -> Option<&str> {
+    /// A process started: it belongs to its parent's service, if any, or
+    /// is the new main process of a restarting service (see `hints`).
+    pub fn process_started(&mut self, pid: u32, ppid: u32, exe: &str) -> Option<&str> {
         self.tree.insert(pid, ppid);
+        if exe.is_empty() {
+            self.exe.remove(&pid);
+        } else {
+            self.exe.insert(pid, exe.to_string());
+        }
         // A reused pid must not keep the service of the process that had it.
         self.owner.remove(&pid);
         if let Some(s) = self.owner.get(&ppid).cloned() {
             self.owner.insert(pid, s);
+        } else if !exe.is_empty() {
+            let restarted = self.roots.iter_mut().find(|(s, r)| {
+                r.is_none() && self.hints.get(s.as_str()).is_some_and(|(e, p)| e == exe && *p == ppid)
+            });
+            if let Some((service, root)) = restarted {
+                *root = Some(pid);
+                self.owner.insert(pid, service.clone());
+            }
         }
         self.service_of(pid)
     }
@@ -140,6 +169,7 @@ impl ServiceScope {
     /// SCM reports its next main pid.
     pub fn process_exited(&mut self, pid: u32) -> Option<String> {
         self.tree.remove(pid);
+        self.exe.remove(&pid);
         let owner = self.owner.remove(&pid);
         for root in self.roots.values_mut() {
             if *root == Some(pid) {
@@ -153,7 +183,7 @@ impl ServiceScope {
     /// and exits change the tree, every event is attributed by its pid.
     pub fn attribute(&mut self, event: &mut Event) {
         let service = match &event.body {
-            EventBody::ProcessStart(p) => self.process_started(event.pid, p.ppid).map(str::to_string),
+            EventBody::ProcessStart(p) => self.process_started(event.pid, p.ppid, &p.exe).map(str::to_string),
             EventBody::ProcessExit(_) => self.process_exited(event.pid),
             _ if event.pid != 0 => self.service_of(event.pid).map(str::to_string),
             _ => None,
@@ -180,14 +210,18 @@ mod tests {
     fn table() -> ServiceScope {
         let mut s = ServiceScope::new(["api", "db"]);
         for (pid, ppid) in [(4, 0), (0, 0), (600, 4), (1000, 600), (1001, 1000), (1002, 1001), (2000, 600)] {
-            s.observe_existing(pid, ppid);
+            s.observe_existing(pid, ppid, "");
         }
         s
     }
 
     fn start_event(pid: u32, ppid: u32) -> Event {
-        let mut e =
-            Event::new(UNIX_EPOCH, EventBody::ProcessStart(ProcessStart { ppid, ..Default::default() }));
+        start_exe(pid, ppid, "")
+    }
+
+    fn start_exe(pid: u32, ppid: u32, exe: &str) -> Event {
+        let body = ProcessStart { ppid, exe: exe.to_string(), ..Default::default() };
+        let mut e = Event::new(UNIX_EPOCH, EventBody::ProcessStart(body));
         e.pid = pid;
         e
     }
@@ -255,9 +289,9 @@ mod tests {
         s.set_main_pid("api", Some(1000));
         s.process_exited(1002);
         // pid 1002 is reused by a child of the unrelated process.
-        assert_eq!(s.process_started(1002, 2000), None);
+        assert_eq!(s.process_started(1002, 2000, ""), None);
         // And a stale owner entry is cleared even if the exit was lost.
-        assert_eq!(s.process_started(1001, 2000), None);
+        assert_eq!(s.process_started(1001, 2000, ""), None);
     }
 
     #[test]
@@ -265,7 +299,7 @@ mod tests {
         let mut s = ServiceScope::new(["api"]);
         assert!(s.set_main_pid("api", Some(77)));
         assert_eq!(s.service_of(77), Some("api"));
-        assert_eq!(s.process_started(78, 77), Some("api"));
+        assert_eq!(s.process_started(78, 77, ""), Some("api"));
         assert!(s.set_main_pid("api", None));
         assert_eq!(s.service_of(77), None);
         assert_eq!(s.service_of(78), None);
@@ -274,7 +308,7 @@ mod tests {
     #[test]
     fn two_services_keep_their_own_trees_and_network_events_follow_pids() {
         let mut s = table();
-        s.observe_existing(3000, 600);
+        s.observe_existing(3000, 600, "");
         s.set_main_pid("api", Some(1000));
         s.set_main_pid("db", Some(3000));
         assert_eq!(s.service_of(3000), Some("db"));
@@ -286,6 +320,28 @@ mod tests {
         net.pid = 1002;
         s.attribute(&mut net);
         assert_eq!(net.service.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn a_restarted_main_process_is_recognized_before_the_scm_poll() {
+        let mut s = ServiceScope::new(["api"]);
+        s.observe_existing(600, 4, r"C:\Windows\System32\services.exe");
+        s.observe_existing(1000, 600, r"C:\svc\api.exe");
+        s.set_main_pid("api", Some(1000));
+        s.process_exited(1000);
+        // Same executable, but started by someone else: not the service.
+        let mut other = start_exe(1400, 2000, r"C:\svc\api.exe");
+        s.attribute(&mut other);
+        assert_eq!(other.service, None);
+        // Started by services.exe: the restarted service.
+        let mut e = start_exe(1500, 600, r"C:\svc\api.exe");
+        s.attribute(&mut e);
+        assert_eq!(e.service.as_deref(), Some("api"));
+        assert_eq!(s.unresolved().count(), 0);
+        assert!(!s.set_main_pid("api", Some(1500)), "the SCM confirms it");
+        // Had the SCM said otherwise, it wins.
+        assert!(s.set_main_pid("api", Some(1600)));
+        assert_eq!(s.service_of(1500), None);
     }
 
     #[test]

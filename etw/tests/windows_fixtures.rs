@@ -40,7 +40,7 @@ fn run(records: &str) -> (Vec<Event>, Decoder) {
                 scope.attribute(&mut e);
                 events.push(*e);
             }
-            Some(Decoded::Existing(p)) => scope.observe_existing(p.pid, p.ppid),
+            Some(Decoded::Existing(p)) => scope.observe_existing(p.pid, p.ppid, &p.image),
             Some(Decoded::Updated) | None => {}
         }
     }
@@ -98,9 +98,10 @@ fn api_crash_records_decode_into_the_windows_replay_fixture() {
     // The crash: the main process ends with an access violation.
     let EventBody::ProcessExit(x) = &events[7].body else { panic!() };
     assert_eq!((x.exit_code, x.lifetime_ns, svc(7)), (Some(-1_073_741_819), 1_200_000_000, Some("api")));
-    // The SCM restarts it: before the poll the new main process is unknown,
-    // after it its children are api's again; an unrelated process is not.
-    assert_eq!(svc(8), None);
+    // The SCM restarts it: the new main process (same executable, started by
+    // services.exe) is api's before the SCM poll confirms it, and so are its
+    // children; an unrelated process is not.
+    assert_eq!(svc(8), Some("api"));
     assert_eq!(svc(9), Some("api"));
     assert_eq!(svc(10), None);
 }

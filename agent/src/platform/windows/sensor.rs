@@ -35,7 +35,7 @@ impl SensorSink for ScopedSink {
     }
 
     fn existing_process(&self, p: ExistingProcess) {
-        self.scope.lock().unwrap_or_else(|p| p.into_inner()).observe_existing(p.pid, p.ppid);
+        self.scope.lock().unwrap_or_else(|p| p.into_inner()).observe_existing(p.pid, p.ppid, &p.image);
     }
 }
 
