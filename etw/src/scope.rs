@@ -88,6 +88,15 @@ impl ServiceScope {
         }
     }
 
+    /// Follows one more service (e.g. discovered); `false` if already followed.
+    pub fn add_service(&mut self, service: &str) -> bool {
+        if self.roots.contains_key(service) {
+            return false;
+        }
+        self.roots.insert(service.to_string(), None);
+        true
+    }
+
     /// Records a process that existed before custos looked (rundown or
     /// snapshot); `exe` may be empty when unknown.
     pub fn observe_existing(&mut self, pid: u32, ppid: u32, exe: &str) {
@@ -342,6 +351,16 @@ mod tests {
         // Had the SCM said otherwise, it wins.
         assert!(s.set_main_pid("api", Some(1600)));
         assert_eq!(s.service_of(1500), None);
+    }
+
+    #[test]
+    fn added_services_are_followed_like_configured_ones() {
+        let mut s = table();
+        assert!(s.add_service("Spooler"));
+        assert!(!s.add_service("Spooler"));
+        assert!(!s.add_service("api"));
+        assert!(s.set_main_pid("Spooler", Some(2000)));
+        assert_eq!(s.service_of(2000), Some("Spooler"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! kernel ETW sessions need LocalSystem (or an administrator): `custos
 //! install` creates the service under LocalSystem for that reason.
 
+pub mod discover;
 pub mod eventlog;
 pub mod plan;
 pub mod status;

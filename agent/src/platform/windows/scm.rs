@@ -1,14 +1,18 @@
 //! [`ServiceManager`] over the Service Control Manager.
 
-use super::ffi::{last_error, open_manager, open_service, service_error, ScHandle};
+use super::discover::ListedService;
+use super::ffi::{describe, last_error, open_manager, open_service, service_error, ScHandle};
 use super::status::{active_state, kill_exit_code};
 use crate::service_manager::{ServiceError, ServiceManager, ServiceStatus};
 use std::time::{Duration, Instant};
-use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE};
+use windows_sys::Win32::Foundation::{
+    CloseHandle, ERROR_MORE_DATA, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE,
+};
 use windows_sys::Win32::System::Services::{
-    ControlService, QueryServiceStatusEx, StartServiceW, SC_MANAGER_CONNECT, SC_STATUS_PROCESS_INFO,
-    SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS, SERVICE_START, SERVICE_STATUS, SERVICE_STATUS_PROCESS,
-    SERVICE_STOP, SERVICE_STOPPED,
+    ControlService, EnumServicesStatusExW, QueryServiceStatusEx, StartServiceW, ENUM_SERVICE_STATUS_PROCESSW,
+    SC_ENUM_PROCESS_INFO, SC_MANAGER_CONNECT, SC_MANAGER_ENUMERATE_SERVICE, SC_STATUS_PROCESS_INFO,
+    SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS, SERVICE_START, SERVICE_STATE_ALL, SERVICE_STATUS,
+    SERVICE_STATUS_PROCESS, SERVICE_STOP, SERVICE_STOPPED, SERVICE_WIN32, SERVICE_WIN32_OWN_PROCESS,
 };
 use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
 
@@ -150,4 +154,72 @@ impl ServiceManager for ScmServiceManager {
         }
         Ok(())
     }
+}
+
+/// Every Win32 service the SCM knows, with its process when running.
+pub fn list_services() -> Result<Vec<ListedService>, ServiceError> {
+    let m = open_manager(SC_MANAGER_CONNECT | SC_MANAGER_ENUMERATE_SERVICE)?;
+    let mut out = Vec::new();
+    let mut resume = 0u32;
+    // u64 storage keeps the returned structures aligned.
+    let mut buf = vec![0u64; 8 * 1024];
+    loop {
+        let (mut needed, mut count) = (0u32, 0u32);
+        // SAFETY: the buffer and its byte length match; the SCM writes
+        // `count` ENUM_SERVICE_STATUS_PROCESSW records at its start and the
+        // strings they point to after them, inside the buffer.
+        let ok = unsafe {
+            EnumServicesStatusExW(
+                m.0,
+                SC_ENUM_PROCESS_INFO,
+                SERVICE_WIN32,
+                SERVICE_STATE_ALL,
+                buf.as_mut_ptr().cast(),
+                (buf.len() * 8) as u32,
+                &mut needed,
+                &mut count,
+                &mut resume,
+                std::ptr::null(),
+            )
+        };
+        let more = ok == 0 && last_error() == ERROR_MORE_DATA;
+        if ok == 0 && !more {
+            return Err(ServiceError::Unavailable(describe(last_error())));
+        }
+        // SAFETY: see above; `count` records are initialized.
+        let records = unsafe {
+            std::slice::from_raw_parts(buf.as_ptr().cast::<ENUM_SERVICE_STATUS_PROCESSW>(), count as usize)
+        };
+        for r in records {
+            let st = r.ServiceStatusProcess;
+            out.push(ListedService {
+                // SAFETY: the SCM NUL-terminates each name inside the buffer.
+                name: unsafe { wide_to_string(r.lpServiceName) },
+                own_process: st.dwServiceType & SERVICE_WIN32_OWN_PROCESS != 0,
+                pid: (st.dwProcessId != 0).then_some(st.dwProcessId),
+            });
+        }
+        if !more {
+            return Ok(out);
+        }
+        if count == 0 {
+            // Not even one record fit: grow to what the SCM asked for.
+            buf.resize((needed as usize).div_ceil(8).max(buf.len() * 2), 0);
+        }
+    }
+}
+
+/// # Safety
+/// `p` must point to a NUL-terminated UTF-16 string.
+unsafe fn wide_to_string(p: *const u16) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    let mut len = 0;
+    // SAFETY: the caller guarantees a terminating NUL.
+    while unsafe { *p.add(len) } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` elements were just read.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(p, len) })
 }

@@ -7,7 +7,8 @@
 //! attribution stage (`exe:` selectors, or everything when no services are
 //! configured).
 
-use crate::config::{LoadedConfig, Selector};
+use super::discover::discovered;
+use crate::config::{Discover, LoadedConfig, Selector};
 use crate::service_manager::{ActiveState, ServiceManager};
 use custos_etw::session::{EtwSensor, SensorConfig, SensorCounters, SensorError, SensorSink};
 use custos_etw::{DecoderConfig, ExistingProcess, ServiceScope};
@@ -73,6 +74,16 @@ pub fn start_sensor(
     }
     let services = windows_services(config);
     let scope = Arc::new(Mutex::new(ServiceScope::new(services.iter().map(|(n, _)| n.clone()))));
+    let discovery = config.discover.contains(&Discover::Windows).then(|| Discovery {
+        // Neither a configured name nor a configured SCM name is discovered again.
+        skip: config
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .chain(services.iter().map(|(_, scm)| scm.clone()))
+            .collect(),
+        custos: config.raw.agent.windows.service_name.value.clone(),
+    });
     let sensor_config = SensorConfig {
         session_name: config.raw.agent.windows.etw_session.value.clone(),
         process: s.process,
@@ -84,13 +95,37 @@ pub fn start_sensor(
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
         let (scope, stop) = (scope.clone(), stop.clone());
-        std::thread::spawn(move || poll_main_pids(&services, &scope, scm.as_ref(), &stop))
+        std::thread::spawn(move || poll_main_pids(&services, discovery.as_ref(), &scope, scm.as_ref(), &stop))
     };
     Ok(WindowsSensor { etw: Some(etw), stop, poller: Some(poller), scope })
 }
 
+/// What `discover: windows` follows besides the configured services.
+struct Discovery {
+    skip: Vec<String>,
+    custos: String,
+}
+
+fn discover_services(d: &Discovery, scope: &Mutex<ServiceScope>) {
+    let listed = match super::scm::list_services() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot list Windows services to discover.");
+            return;
+        }
+    };
+    let mut scope = scope.lock().unwrap_or_else(|p| p.into_inner());
+    for (name, pid) in discovered(&listed, &d.skip, &d.custos) {
+        if scope.add_service(name) {
+            tracing::info!(service = %name, "Discovered a Windows service.");
+        }
+        scope.set_main_pid(name, pid);
+    }
+}
+
 fn poll_main_pids(
     services: &[(String, String)],
+    discovery: Option<&Discovery>,
     scope: &Mutex<ServiceScope>,
     scm: &dyn ServiceManager,
     stop: &AtomicBool,
@@ -100,6 +135,9 @@ fn poll_main_pids(
         let all = last_all.is_none_or(|t| t.elapsed() >= POLL_ALL);
         if all {
             last_all = Some(Instant::now());
+            if let Some(d) = discovery {
+                discover_services(d, scope);
+            }
         }
         let unresolved: Vec<String> =
             scope.lock().unwrap_or_else(|p| p.into_inner()).unresolved().map(str::to_string).collect();
