@@ -236,7 +236,10 @@ impl EtwSensor {
                 .add_callback(move |rec: &EventRecord, loc: &SchemaLocator| s1.on_record(rec, loc))
                 .build();
             let s2 = shared.clone();
+            // Keywords 0 would leave keyworded events off: enable all, and
+            // let the event-id filter keep only 1034.
             let failures = Provider::by_guid(to_guid(providers::TCPIP))
+                .any(u64::MAX)
                 .add_filter(EventFilter::ByEventIds(vec![providers::TCPIP_CONNECT_FAILURE]))
                 .add_callback(move |rec: &EventRecord, loc: &SchemaLocator| s2.on_record(rec, loc))
                 .build();
