@@ -2,7 +2,7 @@
 
 use super::discover::ListedService;
 use super::ffi::{describe, last_error, open_manager, open_service, service_error, ScHandle};
-use super::status::{active_state, kill_exit_code};
+use super::status::{active_state, kill_exit_code, wait_until_stopped};
 use crate::service_manager::{ServiceError, ServiceManager, ServiceStatus};
 use std::time::{Duration, Instant};
 use windows_sys::Win32::Foundation::{
@@ -12,7 +12,7 @@ use windows_sys::Win32::System::Services::{
     ControlService, EnumServicesStatusExW, QueryServiceStatusEx, StartServiceW, ENUM_SERVICE_STATUS_PROCESSW,
     SC_ENUM_PROCESS_INFO, SC_MANAGER_CONNECT, SC_MANAGER_ENUMERATE_SERVICE, SC_STATUS_PROCESS_INFO,
     SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS, SERVICE_START, SERVICE_STATE_ALL, SERVICE_STATUS,
-    SERVICE_STATUS_PROCESS, SERVICE_STOP, SERVICE_STOPPED, SERVICE_WIN32, SERVICE_WIN32_OWN_PROCESS,
+    SERVICE_STATUS_PROCESS, SERVICE_STOP, SERVICE_WIN32, SERVICE_WIN32_OWN_PROCESS,
 };
 use windows_sys::Win32::System::Threading::{OpenProcess, TerminateProcess, PROCESS_TERMINATE};
 
@@ -55,19 +55,14 @@ fn query(service: &ScHandle, unit: &str) -> Result<SERVICE_STATUS_PROCESS, Servi
 impl ScmServiceManager {
     fn wait_stopped(&self, service: &ScHandle, unit: &str) -> Result<(), ServiceError> {
         let started = Instant::now();
-        loop {
-            if query(service, unit)?.dwCurrentState == SERVICE_STOPPED {
-                return Ok(());
-            }
-            if started.elapsed() >= self.stop_timeout {
-                return Err(ServiceError::Timeout {
-                    action: "stop",
-                    unit: unit.to_string(),
-                    waited_ms: started.elapsed().as_millis() as u64,
-                });
-            }
-            std::thread::sleep(self.poll);
-        }
+        wait_until_stopped(
+            unit,
+            self.stop_timeout,
+            self.poll,
+            || query(service, unit).map(|s| s.dwCurrentState),
+            || started.elapsed(),
+            std::thread::sleep,
+        )
     }
 }
 

@@ -2,7 +2,8 @@
 //! functions: how SCM states map onto [`ActiveState`], what a status report
 //! says in each phase, and what each control code asks for.
 
-use crate::service_manager::ActiveState;
+use crate::service_manager::{ActiveState, ServiceError};
+use std::time::Duration;
 
 pub const SERVICE_STOPPED: u32 = 1;
 pub const SERVICE_START_PENDING: u32 = 2;
@@ -130,6 +131,33 @@ pub fn classify_control(control: u32) -> ControlRequest {
     }
 }
 
+/// Polls `current_state` until the service is STOPPED, sleeping `poll`
+/// between queries, for at most `timeout` as measured by `elapsed`. The
+/// clock and sleep are parameters so the rule is tested without waiting.
+pub fn wait_until_stopped(
+    unit: &str,
+    timeout: Duration,
+    poll: Duration,
+    mut current_state: impl FnMut() -> Result<u32, ServiceError>,
+    elapsed: impl Fn() -> Duration,
+    mut sleep: impl FnMut(Duration),
+) -> Result<(), ServiceError> {
+    loop {
+        if current_state()? == SERVICE_STOPPED {
+            return Ok(());
+        }
+        let waited = elapsed();
+        if waited >= timeout {
+            return Err(ServiceError::Timeout {
+                action: "stop",
+                unit: unit.to_string(),
+                waited_ms: waited.as_millis() as u64,
+            });
+        }
+        sleep(poll.min(timeout - waited));
+    }
+}
+
 /// The exit code of a service process terminated by a runbook's `kill`:
 /// Windows has no signals, so the process ends with 128 + signal, as a
 /// shell reports a process killed by that signal on Linux.
@@ -180,6 +208,56 @@ mod tests {
     fn stopping_with_an_error_reports_a_service_specific_exit_code() {
         let r = StatusTracker::default().report(Phase::Stopped(Some(3)), 0);
         assert_eq!((r.win32_exit_code, r.service_specific_exit_code), (ERROR_SERVICE_SPECIFIC_ERROR, 3));
+    }
+
+    use std::cell::Cell;
+
+    #[test]
+    fn stop_waits_for_stopped_within_the_timeout() {
+        let clock = Cell::new(Duration::ZERO);
+        let mut states = [SERVICE_STOP_PENDING, SERVICE_STOP_PENDING, SERVICE_STOPPED].into_iter();
+        let r = wait_until_stopped(
+            "Api",
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || Ok(states.next().unwrap()),
+            || clock.get(),
+            |d| clock.set(clock.get() + d),
+        );
+        assert!(r.is_ok());
+        assert_eq!(clock.get(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_service_that_does_not_stop_times_out() {
+        let clock = Cell::new(Duration::ZERO);
+        let r = wait_until_stopped(
+            "Api",
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            || Ok(SERVICE_STOP_PENDING),
+            || clock.get(),
+            |d| clock.set(clock.get() + d),
+        );
+        match r {
+            Err(ServiceError::Timeout { action: "stop", unit, waited_ms }) => {
+                assert_eq!((unit.as_str(), waited_ms), ("Api", 1000));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failing_query_ends_the_wait() {
+        let r = wait_until_stopped(
+            "Api",
+            Duration::from_secs(1),
+            Duration::from_millis(300),
+            || Err(ServiceError::NotFound("Api".into())),
+            || Duration::ZERO,
+            |_| panic!("no sleep after an error"),
+        );
+        assert!(matches!(r, Err(ServiceError::NotFound(_))));
     }
 
     #[test]
