@@ -5,6 +5,20 @@
 //! (most of Windows' own, in svchost.exe) cannot be told apart by process
 //! tree, so attributing that process to one of them would be wrong.
 
+use crate::config::{LoadedConfig, Selector};
+
+/// `(config name, SCM service name)` of every `windows_service` selector.
+pub fn windows_services(config: &LoadedConfig) -> Vec<(String, String)> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| match &s.selector {
+            Selector::WindowsService(scm) => Some((s.name.clone(), scm.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// One service as `EnumServicesStatusExW` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedService {
@@ -39,6 +53,14 @@ mod tests {
 
     fn svc(name: &str, own_process: bool, pid: Option<u32>) -> ListedService {
         ListedService { name: name.to_string(), own_process, pid }
+    }
+
+    #[test]
+    fn windows_service_selectors_are_followed_by_config_name() {
+        let text = "services:\n  - name: api\n    windows_service: Api\n  - name: web\n    exe: 'C:\\web\\web.exe'\n  - discover: windows\n";
+        let c = crate::config::parse(text, "x").unwrap();
+        assert_eq!(windows_services(&c), [("api".to_string(), "Api".to_string())]);
+        assert_eq!(c.discover, [crate::config::Discover::Windows]);
     }
 
     #[test]

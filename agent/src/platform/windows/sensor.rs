@@ -7,8 +7,8 @@
 //! attribution stage (`exe:` selectors, or everything when no services are
 //! configured).
 
-use super::discover::discovered;
-use crate::config::{Discover, LoadedConfig, Selector};
+use super::discover::{discovered, windows_services};
+use crate::config::{Discover, LoadedConfig};
 use crate::service_manager::{ActiveState, ServiceManager};
 use custos_etw::session::{EtwSensor, SensorConfig, SensorCounters, SensorError, SensorSink};
 use custos_etw::{DecoderConfig, ExistingProcess, ServiceScope};
@@ -47,18 +47,6 @@ pub struct WindowsSensor {
     stop: Arc<AtomicBool>,
     poller: Option<JoinHandle<()>>,
     scope: Arc<Mutex<ServiceScope>>,
-}
-
-/// `(config name, SCM service name)` of every `windows_service` selector.
-pub fn windows_services(config: &LoadedConfig) -> Vec<(String, String)> {
-    config
-        .services
-        .iter()
-        .filter_map(|s| match &s.selector {
-            Selector::WindowsService(scm) => Some((s.name.clone(), scm.clone())),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Starts the ETW sessions and the SCM poller, sending events to `tx`
