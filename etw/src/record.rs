@@ -7,6 +7,7 @@
 //! that every interpretation happens in tested code.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
@@ -138,8 +139,11 @@ pub struct Record {
     pub tid: u32,
     /// Header timestamp as a Windows FILETIME (100 ns since 1601-01-01 UTC).
     pub filetime: i64,
+    /// Property values by name. Names borrow from the static field tables
+    /// on the hot path (no allocation per property), and are owned when
+    /// read from fixtures.
     #[serde(default)]
-    pub props: BTreeMap<String, Value>,
+    pub props: BTreeMap<Cow<'static, str>, Value>,
 }
 
 /// 100 ns intervals between 1601-01-01 and 1970-01-01.

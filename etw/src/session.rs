@@ -126,7 +126,7 @@ impl Shared {
                         FieldType::Bytes => parser.try_parse::<Vec<u8>>(name).ok().map(Value::Bytes),
                     };
                     if let Some(v) = value {
-                        props.insert(name.to_string(), v);
+                        props.insert(std::borrow::Cow::Borrowed(name), v);
                     }
                 }
             }

@@ -14,7 +14,7 @@ fn rec(provider: Guid, event_id: u16, opcode: u8, at_ms: i64, props: &[(&str, Va
         pid: u32::MAX,
         tid: 77,
         filetime: T0 + at_ms * 10_000,
-        props: props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        props: props.iter().map(|(k, v)| (k.to_string().into(), v.clone())).collect(),
     }
 }
 
