@@ -249,15 +249,18 @@ impl Decoder {
                 Ok(Decoded::Event(Box::new(event(ts, body, pid, 0, String::new()))))
             }
             net_event::SEND | net_event::RECV | net_event::RETRANSMIT => {
-                if !self.conns.contains_key(&key) {
-                    // Established before the session started.
-                    self.open_connection(key, Conn::default());
-                }
-                if let Some(c) = self.conns.get_mut(&key) {
-                    match id {
-                        net_event::SEND => c.bytes_sent += u64::from(size),
-                        net_event::RECV => c.bytes_received += u64::from(size),
-                        _ => c.retransmits = c.retransmits.saturating_add(1),
+                let add = |c: &mut Conn| match id {
+                    net_event::SEND => c.bytes_sent += u64::from(size),
+                    net_event::RECV => c.bytes_received += u64::from(size),
+                    _ => c.retransmits = c.retransmits.saturating_add(1),
+                };
+                match self.conns.get_mut(&key) {
+                    Some(c) => add(c),
+                    None => {
+                        // Established before the session started.
+                        let mut c = Conn::default();
+                        add(&mut c);
+                        self.open_connection(key, c);
                     }
                 }
                 Ok(Decoded::Updated)
