@@ -156,6 +156,14 @@ impl EventSource {
     }
 }
 
+/// The layer to add to the subscriber when custos runs as a service:
+/// entries go to the Event Log source `custos install` registered under
+/// the service's name.
+#[cfg(any(windows, custos_windows_typecheck))]
+pub fn service_layer(service_name: &str) -> std::io::Result<EventLogLayer<EventSource>> {
+    Ok(EventLogLayer::new(EventSource::open(service_name)?))
+}
+
 #[cfg(any(windows, custos_windows_typecheck))]
 impl EventLogWriter for EventSource {
     fn write(&self, entry: EntryType, message: &str) {

@@ -260,8 +260,15 @@ unsafe extern "system" fn service_main(_argc: u32, _argv: *mut PWSTR) {
     };
 
     let body = hosted.body.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let context = ServiceContext { mode: RunMode::Service, reporter: Some(reporter.clone()) };
+    // A panic must not unwind out of this `extern "system"` function (that
+    // aborts without telling the SCM): report it as a failure instead, so
+    // the recovery actions restart custos.
     let result = match body {
-        Some(body) => body(ServiceContext { mode: RunMode::Service, reporter: Some(reporter.clone()) }),
+        Some(body) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(context))) {
+            Ok(r) => r,
+            Err(_) => Err("the agent panicked".into()),
+        },
         None => Ok(()),
     };
     ticking.store(false, Ordering::Relaxed);
