@@ -446,12 +446,7 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
     // several lines; the first line holds the message itself.
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid configuration").trim();
-    let message = first
-        .split(" at line ")
-        .next()
-        .unwrap_or(first)
-        .trim_end_matches(|c: char| c == ',' || c == '.')
-        .to_string();
+    let message = first.split(" at line ").next().unwrap_or(first).trim_end_matches([',', '.']).to_string();
     ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
 }
 
@@ -647,7 +642,7 @@ fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
         }
     }
     if let Some(t) = &h.tcp {
-        if !t.value.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        if t.value.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
             p.at(t.referenced, format!("`health.tcp` expects `host:port`, found `{}`", t.value));
         }
     }
