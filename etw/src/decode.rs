@@ -24,7 +24,8 @@ pub struct DecoderConfig {
     pub argv_max_args: usize,
     /// Live processes remembered for exit lifetimes.
     pub max_processes: usize,
-    /// Open connections remembered for byte counts.
+    /// Open connections remembered for byte counts, and connects in
+    /// progress remembered for their latency (each).
     pub max_connections: usize,
 }
 
@@ -114,8 +115,15 @@ pub struct Decoder {
     proc_order: VecDeque<(u32, u64)>,
     conns: HashMap<ConnKey, Conn>,
     conn_order: VecDeque<(ConnKey, u64)>,
+    /// Connects requested (TCPIP 1002) and not yet established or failed,
+    /// by endpoints (the request carries no pid), with their start.
+    connecting: HashMap<Endpoints, (SystemTime, u64)>,
+    connecting_order: VecDeque<(Endpoints, u64)>,
     seq: u64,
 }
+
+/// `(local address, local port, remote address, remote port)`.
+type Endpoints = (IpAddr, u16, IpAddr, u16);
 
 impl Decoder {
     pub fn new(config: DecoderConfig) -> Self {
@@ -134,6 +142,8 @@ impl Decoder {
             self.network(rec)
         } else if rec.provider == providers::TCPIP && rec.event_id == providers::TCPIP_CONNECT_FAILURE {
             self.connect_failure(rec)
+        } else if rec.provider == providers::TCPIP && rec.event_id == providers::TCPIP_REQUEST_CONNECT {
+            self.connect_request(rec)
         } else {
             Err(Problem::Unused)
         };
@@ -242,9 +252,11 @@ impl Decoder {
                 let body = if inbound {
                     EventBody::TcpAccept(endpoints)
                 } else {
-                    // Kernel-Network reports the connect when it is established;
-                    // it carries no start of the attempt to measure latency from.
-                    EventBody::TcpConnect(TcpConnect { endpoints, result: ConnectResult::Ok, latency_ns: 0 })
+                    // Kernel-Network reports the connect once established; its
+                    // start is the TCPIP request with the same endpoints (0
+                    // when that was not seen).
+                    let latency_ns = self.connect_latency((saddr, sport, daddr, dport), ts);
+                    EventBody::TcpConnect(TcpConnect { endpoints, result: ConnectResult::Ok, latency_ns })
                 };
                 Ok(Decoded::Event(Box::new(event(ts, body, pid, 0, String::new()))))
             }
@@ -296,12 +308,48 @@ impl Decoder {
         if !mapped {
             self.stats.unmapped_status += 1;
         }
+        let latency_ns = self.connect_latency((saddr, sport, daddr, dport), ts);
         let body = EventBody::TcpConnect(TcpConnect {
             endpoints: TcpEndpoints { family: dfam, saddr, sport, daddr, dport },
             result,
-            latency_ns: 0,
+            latency_ns,
         });
         Ok(Decoded::Event(Box::new(event(ts, body, pid, 0, String::new()))))
+    }
+
+    fn connect_request(&mut self, rec: &Record) -> Res<Decoded> {
+        let ts = timestamp(rec)?;
+        let (sfam, saddr, sport) = sockaddr(bytes_field(rec, "LocalAddress")?)?;
+        let (dfam, daddr, dport) = sockaddr(bytes_field(rec, "RemoteAddress")?)?;
+        if sfam != dfam {
+            return Err(Problem::Malformed);
+        }
+        let seq = self.next_seq();
+        let key = (saddr, sport, daddr, dport);
+        self.connecting.insert(key, (ts, seq));
+        self.connecting_order.push_back((key, seq));
+        while self.connecting.len() > self.config.max_connections {
+            let Some((old, seq)) = self.connecting_order.pop_front() else { break };
+            if self.connecting.get(&old).is_some_and(|(_, s)| *s == seq) {
+                self.connecting.remove(&old);
+                self.stats.evicted += 1;
+            }
+        }
+        if self.connecting_order.len() > 2 * self.config.max_connections.max(1) {
+            let connecting = &self.connecting;
+            self.connecting_order.retain(|(k, seq)| connecting.get(k).is_some_and(|(_, s)| s == seq));
+        }
+        Ok(Decoded::Updated)
+    }
+
+    /// Time since the connect with these endpoints was requested, and
+    /// forgets the request; 0 when it was not seen.
+    fn connect_latency(&mut self, endpoints: Endpoints, now: SystemTime) -> u64 {
+        self.connecting
+            .remove(&endpoints)
+            .and_then(|(start, _)| now.duration_since(start).ok())
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
     }
 
     fn next_seq(&mut self) -> u64 {

@@ -40,6 +40,9 @@ pub mod net_event {
     pub const V6_OFFSET: u16 = 16;
 }
 
+/// Microsoft-Windows-TCPIP TcpRequestConnect: the connect call (SYN about
+/// to go out), the start of the connect latency.
+pub const TCPIP_REQUEST_CONNECT: u16 = 1002;
 /// Microsoft-Windows-TCPIP TcpConnectTcbFailure.
 pub const TCPIP_CONNECT_FAILURE: u16 = 1034;
 
@@ -82,6 +85,9 @@ const TCPIP_FAILURE_FIELDS: &[(&str, FieldType)] = &[
     ("ProcessId", FieldType::U32),
 ];
 
+const TCPIP_REQUEST_FIELDS: &[(&str, FieldType)] =
+    &[("LocalAddress", FieldType::Bytes), ("RemoteAddress", FieldType::Bytes)];
+
 /// The properties custos reads from an event, or `None` for an event it
 /// does not use (the callback then skips it without parsing).
 pub fn fields(provider: Guid, event_id: u16, opcode: u8) -> Option<&'static [(&'static str, FieldType)]> {
@@ -97,6 +103,7 @@ pub fn fields(provider: Guid, event_id: u16, opcode: u8) -> Option<&'static [(&'
             _ => None,
         },
         p if p == TCPIP && event_id == TCPIP_CONNECT_FAILURE => Some(TCPIP_FAILURE_FIELDS),
+        p if p == TCPIP && event_id == TCPIP_REQUEST_CONNECT => Some(TCPIP_REQUEST_FIELDS),
         _ => None,
     }
 }
@@ -121,5 +128,6 @@ mod tests {
         assert!(fields(PROCESS_CLASS, 0, 4).is_none());
         assert!(fields(TCPIP, 1033, 0).is_none());
         assert!(fields(TCPIP, 1034, 0).is_some());
+        assert!(fields(TCPIP, 1002, 0).is_some());
     }
 }

@@ -9,8 +9,9 @@
 //!   and exit status together. Its rundown of existing processes seeds the
 //!   process tree used for scoping.
 //! - `<name>`, a user session with Microsoft-Windows-Kernel-Network (TCP
-//!   connections with their bytes) and event 1034 of Microsoft-Windows-TCPIP
-//!   (failed connects), filtered to that one event in the kernel.
+//!   connections with their bytes) and events 1002 and 1034 of
+//!   Microsoft-Windows-TCPIP (connect requested, for latency; connect
+//!   failed), filtered to those two events in the kernel.
 //!
 //! Both need LocalSystem (or Administrators plus "Performance Log Users").
 //! Per-syscall rates are not collected: the kernel logger's
@@ -237,10 +238,13 @@ impl EtwSensor {
                 .build();
             let s2 = shared.clone();
             // Keywords 0 would leave keyworded events off: enable all, and
-            // let the event-id filter keep only 1034.
+            // let the event-id filter keep only 1002 and 1034.
             let failures = Provider::by_guid(to_guid(providers::TCPIP))
                 .any(u64::MAX)
-                .add_filter(EventFilter::ByEventIds(vec![providers::TCPIP_CONNECT_FAILURE]))
+                .add_filter(EventFilter::ByEventIds(vec![
+                    providers::TCPIP_REQUEST_CONNECT,
+                    providers::TCPIP_CONNECT_FAILURE,
+                ]))
                 .add_callback(move |rec: &EventRecord, loc: &SchemaLocator| s2.on_record(rec, loc))
                 .build();
             let (trace, handle) = UserTrace::new()

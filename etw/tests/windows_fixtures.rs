@@ -92,9 +92,14 @@ fn api_crash_records_decode_into_the_windows_replay_fixture() {
     // The inbound connection's bytes add up in its close.
     let EventBody::TcpClose(c) = &events[2].body else { panic!() };
     assert_eq!((c.bytes_received, c.bytes_sent, c.inbound), (512, 2048, true));
-    // The refused connect says ECONNREFUSED like on Linux.
+    // Connect latency runs from the TCPIP request to established or failed.
+    let EventBody::TcpConnect(c) = &events[3].body else { panic!() };
+    assert_eq!((c.result.name().as_str(), c.latency_ns), ("ok", 20_000_000));
+    // The refused connect says ECONNREFUSED like on Linux, after the 2 s
+    // of SYN retries Windows makes against a refusing port.
     let EventBody::TcpConnect(c) = &events[4].body else { panic!() };
     assert_eq!((c.result.name().as_str(), c.endpoints.dport, svc(4)), ("ECONNREFUSED", 6379, Some("api")));
+    assert_eq!(c.latency_ns, 2_000_000_000);
     // The crash: the main process ends with an access violation.
     let EventBody::ProcessExit(x) = &events[7].body else { panic!() };
     assert_eq!((x.exit_code, x.lifetime_ns, svc(7)), (Some(-1_073_741_819), 1_200_000_000, Some("api")));

@@ -275,3 +275,47 @@ fn base_names_of_both_path_styles() {
     assert_eq!(base_name("/usr/bin/x"), "x");
     assert_eq!(base_name("x"), "x");
 }
+
+fn request(local: Vec<u8>, remote: Vec<u8>, at_ms: i64) -> Record {
+    rec(
+        TCPIP,
+        providers::TCPIP_REQUEST_CONNECT,
+        0,
+        at_ms,
+        &[("LocalAddress", Value::Bytes(local)), ("RemoteAddress", Value::Bytes(remote))],
+    )
+}
+
+#[test]
+fn connect_latency_runs_from_the_request_to_established_or_failed() {
+    let mut d = Decoder::new(DecoderConfig::default());
+    let local = sockaddr_in([10, 0, 0, 5], 49152);
+    let remote = sockaddr_in([93, 184, 216, 34], 443);
+    assert_eq!(d.decode(&request(local.clone(), remote.clone(), -35)), Some(Decoded::Updated));
+    let e = body(d.decode(&net(net_event::CONNECT, 4242, 0, 0)));
+    let EventBody::TcpConnect(c) = e.body else { panic!() };
+    assert_eq!(c.latency_ns, 35_000_000);
+    // The request is consumed: a second connect with the same endpoints has none.
+    let e = body(d.decode(&net(net_event::CONNECT, 4242, 0, 10)));
+    let EventBody::TcpConnect(c) = e.body else { panic!() };
+    assert_eq!(c.latency_ns, 0);
+
+    let remote = sockaddr_in([127, 0, 0, 1], 9);
+    let local = sockaddr_in([127, 0, 0, 1], 50000);
+    d.decode(&request(local.clone(), remote.clone(), -2000));
+    let e = body(d.decode(&failure(0xC000_0236, local, remote)));
+    let EventBody::TcpConnect(c) = e.body else { panic!() };
+    assert_eq!((c.result.name().as_str(), c.latency_ns), ("ECONNREFUSED", 2_000_000_000));
+}
+
+#[test]
+fn malformed_requests_are_counted_and_pending_requests_bounded() {
+    let mut d = Decoder::new(DecoderConfig { max_connections: 3, ..DecoderConfig::default() });
+    assert_eq!(d.decode(&request(vec![2, 0], sockaddr_in([1, 1, 1, 1], 1), 0)), None);
+    assert_eq!(d.stats().truncated, 1);
+    for port in 0..50 {
+        d.decode(&request(sockaddr_in([10, 0, 0, 1], port), sockaddr_in([10, 0, 0, 2], 80), 0));
+    }
+    assert!(d.connecting.len() <= 3 && d.connecting_order.len() <= 6);
+    assert_eq!(d.stats().evicted, 47);
+}
