@@ -17,8 +17,7 @@
 //! Per-syscall rates are not collected: the kernel logger's
 //! `EVENT_TRACE_FLAG_SYSTEMCALL` emits one event per system call with no
 //! process id (only a thread id to map), which costs more CPU than every
-//! other source together on a busy host; see ARCHITECTURE notes in the
-//! crate documentation.
+//! other source together on a busy host (see etw/README.md).
 //!
 //! Every record is turned into a [`Record`] with just the properties
 //! [`providers::fields`] names and handed to the pure [`Decoder`].
