@@ -7,6 +7,7 @@ pub mod anomaly;
 pub mod attribution;
 pub mod config;
 pub mod pipeline;
+pub mod platform;
 pub mod platform_sensor;
 #[cfg(target_os = "linux")]
 pub mod procfs;
