@@ -1,0 +1,229 @@
+//! Completeness benchmark of the eBPF sensor (issue 2, performance part 1):
+//! an exec storm and a loopback connect storm inside a managed cgroup,
+//! events expected vs captured, every loss counted.
+//!
+//! Run as root:
+//!   cargo run --release -p custos-ebpf --example sensor_bench -- [--execs N] [--connects N]
+//!       [--shells K] [--ring-bytes B] [--channel N]
+
+use custos_ebpf::{cgroup2_mount, cgroup_id_of_path, EbpfSensor, Scope, SensorOptions};
+use custos_event::{Event, EventBody, EventKind};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const PAYLOAD: usize = 100;
+
+struct Args {
+    execs: u32,
+    connects: u32,
+    shells: u32,
+    ring_bytes: u32,
+    channel: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args { execs: 5000, connects: 20000, shells: 2, ring_bytes: 8 << 20, channel: 16384 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--execs" => a.execs = value()?.parse().map_err(|e| format!("--execs: {e}"))?,
+            "--connects" => a.connects = value()?.parse().map_err(|e| format!("--connects: {e}"))?,
+            "--shells" => a.shells = value()?.parse().map_err(|e| format!("--shells: {e}"))?,
+            "--ring-bytes" => a.ring_bytes = value()?.parse().map_err(|e| format!("--ring-bytes: {e}"))?,
+            "--channel" => a.channel = value()?.parse().map_err(|e| format!("--channel: {e}"))?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// The connect storm, run in a child process inside the managed cgroup:
+/// `n` loopback connections, each sending and echoing PAYLOAD bytes.
+fn connect_storm_child(n: u32) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; PAYLOAD];
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.read_exact(&mut buf).expect("server read");
+            s.write_all(&buf).expect("server write");
+        }
+    });
+    let mut buf = [0u8; PAYLOAD];
+    for _ in 0..n {
+        let mut c = TcpStream::connect(addr).expect("connect");
+        c.write_all(&buf.clone()).expect("client write");
+        c.read_exact(&mut buf).expect("client read");
+    }
+    server.join().unwrap();
+}
+
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+fn join_on_spawn(cmd: &mut Command, cg: &Cgroup) {
+    let procs = std::ffi::CString::new(cg.0.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: open/write/close only, in the forked child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if n != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Counts events by kind for one cgroup until nothing arrives for `quiet`.
+async fn drain(
+    rx: &mut mpsc::Receiver<Event>,
+    cgroup: u64,
+    quiet: Duration,
+    counts: &mut BTreeMap<EventKind, u64>,
+) {
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, rx.recv()).await {
+        if e.cgroup_id == cgroup || matches!(e.body, EventBody::Loss(_)) {
+            *counts.entry(e.kind()).or_default() += 1;
+        }
+    }
+}
+
+fn row(name: &str, expected: u64, captured: u64) {
+    let pct = if expected == 0 { 100.0 } else { captured as f64 * 100.0 / expected as f64 };
+    println!("  {name:<14} expected {expected:>7}  captured {captured:>7}  ({pct:6.2}%)");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if let Some(n) = std::env::var("CUSTOS_BENCH_CONNECT_CHILD").ok().and_then(|v| v.parse().ok()) {
+        connect_storm_child(n);
+        return;
+    }
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(reason) = custos_ebpf::availability() {
+        eprintln!("error: {reason}");
+        std::process::exit(1);
+    }
+    let root = cgroup2_mount().expect("a cgroup2 mount");
+    let cg = Cgroup(root.join(format!("custos-bench-{}", std::process::id())));
+    std::fs::create_dir(&cg.0).expect("create the bench cgroup");
+    let cgroup_id = cgroup_id_of_path(&cg.0).unwrap();
+
+    let (tx, mut rx) = mpsc::channel(args.channel);
+    let opts = SensorOptions {
+        scope: Scope::Managed,
+        ring_buffer_bytes: args.ring_bytes,
+        syscalls: false,
+        ..SensorOptions::default()
+    };
+    let sensor = EbpfSensor::start(opts, tx).expect("start the sensor");
+    sensor.manage_cgroup(cgroup_id).unwrap();
+    println!(
+        "custos sensor completeness: ring buffer {} KiB, channel {} events, scope = one managed cgroup",
+        args.ring_bytes / 1024,
+        args.channel
+    );
+
+    // Exec storm: K shells in the cgroup, each running /bin/true in a loop.
+    let per_shell = args.execs.div_ceil(args.shells.max(1));
+    let started = Instant::now();
+    let mut shells = Vec::new();
+    for _ in 0..args.shells.max(1) {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", &format!("i=0; while [ $i -lt {per_shell} ]; do /bin/true; i=$((i+1)); done")]);
+        join_on_spawn(&mut cmd, &cg);
+        shells.push(cmd.spawn().expect("spawn a shell"));
+    }
+    let mut counts = BTreeMap::new();
+    let collect = async {
+        let mut c = BTreeMap::new();
+        drain(&mut rx, cgroup_id, Duration::from_secs(2), &mut c).await;
+        c
+    };
+    let waiter = tokio::task::spawn_blocking(move || {
+        for mut s in shells {
+            s.wait().unwrap();
+        }
+        Instant::now()
+    });
+    let (c, done) = tokio::join!(collect, waiter);
+    counts.extend(c);
+    let exec_secs = (done.unwrap() - started).as_secs_f64();
+    let execs = (per_shell * args.shells.max(1)) as u64 + args.shells.max(1) as u64;
+    let loss = sensor.loss();
+    println!(
+        "\nexec storm: {} execs of /bin/true from {} shells in {:.2} s ({:.0} execs/s)",
+        per_shell * args.shells.max(1),
+        args.shells.max(1),
+        exec_secs,
+        (per_shell * args.shells.max(1)) as f64 / exec_secs
+    );
+    row("process_start", execs, *counts.get(&EventKind::ProcessStart).unwrap_or(&0));
+    row("process_exit", execs, *counts.get(&EventKind::ProcessExit).unwrap_or(&0));
+    println!("  losses: kernel {} channel {}", loss.kernel, loss.channel);
+
+    // Connect storm in a child in the cgroup.
+    let before = sensor.loss();
+    let started = Instant::now();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("CUSTOS_BENCH_CONNECT_CHILD", args.connects.to_string());
+    join_on_spawn(&mut cmd, &cg);
+    let mut child = cmd.spawn().expect("spawn the connect storm");
+    let waiter = tokio::task::spawn_blocking(move || {
+        let ok = child.wait().unwrap().success();
+        (ok, Instant::now())
+    });
+    let collect = async {
+        let mut c = BTreeMap::new();
+        drain(&mut rx, cgroup_id, Duration::from_secs(2), &mut c).await;
+        c
+    };
+    let (c, w) = tokio::join!(collect, waiter);
+    let (ok, done) = w.unwrap();
+    assert!(ok, "the connect storm child failed");
+    let secs = (done - started).as_secs_f64();
+    let n = args.connects as u64;
+    println!("\nconnect storm: {n} loopback connections in {secs:.2} s ({:.0} conn/s)", n as f64 / secs);
+    row("listen", 1, *c.get(&EventKind::Listen).unwrap_or(&0));
+    row("tcp_connect", n, *c.get(&EventKind::TcpConnect).unwrap_or(&0));
+    row("tcp_accept", n, *c.get(&EventKind::TcpAccept).unwrap_or(&0));
+    row("tcp_close", 2 * n, *c.get(&EventKind::TcpClose).unwrap_or(&0));
+    let after = sensor.loss();
+    println!("  losses: kernel {} channel {}", after.kernel - before.kernel, after.channel - before.channel);
+    println!(
+        "\nrecords read from the kernel: {}; decode errors: {}",
+        sensor.events_seen(),
+        sensor.decode_errors()
+    );
+    sensor.shutdown().await;
+}
