@@ -197,7 +197,7 @@ static __always_inline int in_scope(struct custos_config *cfg, __u64 cgroup_id, 
 		return 1;
 	if (bpf_map_lookup_elem(&managed_cgroups, &cgroup_id))
 		return 1;
-	if (tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
+	if (cfg->any_tracked && tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
 		return 1;
 	return 0;
 }
@@ -210,6 +210,8 @@ static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgr
 		return 1;
 	if (bpf_map_lookup_elem(&managed_cgroups, &cgroup_id))
 		return 1;
+	if (!cfg->any_tracked)
+		return 0;
 	__u32 tgid = current_ns_tgid(0);
 	if (tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
 		return 1;

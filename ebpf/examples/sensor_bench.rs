@@ -1,10 +1,13 @@
-//! Completeness benchmark of the eBPF sensor (issue 2, performance part 1):
-//! an exec storm and a loopback connect storm inside a managed cgroup,
-//! events expected vs captured, every loss counted.
+//! Benchmark of the eBPF sensor (issue 2, performance parts 1 and 3):
+//! completeness (an exec storm and a loopback connect storm inside a managed
+//! cgroup, events expected vs captured, every loss counted) and the cost of
+//! a syscall for an unmanaged and a managed process against no sensor at all,
+//! measured in the same run.
 //!
 //! Run as root:
 //!   cargo run --release -p custos-ebpf --example sensor_bench -- [--execs N] [--connects N]
-//!       [--shells K] [--ring-bytes B] [--channel N]
+//!       [--shells K] [--ring-bytes B] [--channel N] [--syscalls N] [--rounds R]
+//!       [--no-syscall-stats]
 
 use custos_ebpf::{cgroup2_mount, cgroup_id_of_path, EbpfSensor, Scope, SensorOptions};
 use custos_event::{Event, EventBody, EventKind};
@@ -25,10 +28,22 @@ struct Args {
     shells: u32,
     ring_bytes: u32,
     channel: usize,
+    syscalls: u64,
+    rounds: u32,
+    syscall_stats: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { execs: 5000, connects: 20000, shells: 2, ring_bytes: 8 << 20, channel: 16384 };
+    let mut a = Args {
+        execs: 5000,
+        connects: 20000,
+        shells: 2,
+        ring_bytes: 8 << 20,
+        channel: 16384,
+        syscalls: 2_000_000,
+        rounds: 5,
+        syscall_stats: true,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -38,6 +53,9 @@ fn parse_args() -> Result<Args, String> {
             "--shells" => a.shells = value()?.parse().map_err(|e| format!("--shells: {e}"))?,
             "--ring-bytes" => a.ring_bytes = value()?.parse().map_err(|e| format!("--ring-bytes: {e}"))?,
             "--channel" => a.channel = value()?.parse().map_err(|e| format!("--channel: {e}"))?,
+            "--syscalls" => a.syscalls = value()?.parse().map_err(|e| format!("--syscalls: {e}"))?,
+            "--no-syscall-stats" => a.syscall_stats = false,
+            "--rounds" => a.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -64,6 +82,33 @@ fn connect_storm_child(n: u32) {
         c.read_exact(&mut buf).expect("client read");
     }
     server.join().unwrap();
+}
+
+/// The syscall loop, run in a child: `n` getppid() calls, prints ns per call.
+fn syscall_loop_child(n: u64) {
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: getppid has no arguments and no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    println!("{}", start.elapsed().as_nanos() as f64 / n as f64);
+}
+
+/// Median ns per getppid() over `rounds` children, in `cg` when given.
+fn syscall_cost(args: &Args, cg: Option<&Cgroup>) -> f64 {
+    let mut runs: Vec<f64> = (0..args.rounds.max(1))
+        .map(|_| {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.env("CUSTOS_BENCH_SYSCALL_CHILD", args.syscalls.to_string());
+            if let Some(cg) = cg {
+                join_on_spawn(&mut cmd, cg);
+            }
+            let out = cmd.output().expect("run the syscall loop");
+            String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().expect("ns per call")
+        })
+        .collect();
+    runs.sort_by(|a, b| a.total_cmp(b));
+    runs[runs.len() / 2]
 }
 
 struct Cgroup(PathBuf);
@@ -123,6 +168,10 @@ async fn main() {
         connect_storm_child(n);
         return;
     }
+    if let Some(n) = std::env::var("CUSTOS_BENCH_SYSCALL_CHILD").ok().and_then(|v| v.parse().ok()) {
+        syscall_loop_child(n);
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -138,12 +187,14 @@ async fn main() {
     let cg = Cgroup(root.join(format!("custos-bench-{}", std::process::id())));
     std::fs::create_dir(&cg.0).expect("create the bench cgroup");
     let cgroup_id = cgroup_id_of_path(&cg.0).unwrap();
+    // The baseline, before any BPF program is attached.
+    let bare = syscall_cost(&args, None);
 
     let (tx, mut rx) = mpsc::channel(args.channel);
     let opts = SensorOptions {
         scope: Scope::Managed,
         ring_buffer_bytes: args.ring_bytes,
-        syscalls: false,
+        syscalls: args.syscall_stats,
         ..SensorOptions::default()
     };
     let sensor = EbpfSensor::start(opts, tx).expect("start the sensor");
@@ -225,5 +276,17 @@ async fn main() {
         sensor.events_seen(),
         sensor.decode_errors()
     );
+
+    let unmanaged = syscall_cost(&args, None);
+    let managed = syscall_cost(&args, Some(&cg));
+    println!(
+        "\nsyscall cost (getppid, median of {} runs of {} calls, syscall statistics {}):",
+        args.rounds.max(1),
+        args.syscalls,
+        if args.syscall_stats { "on" } else { "off" }
+    );
+    println!("  no sensor            {bare:7.1} ns/call  (baseline)");
+    println!("  unmanaged process    {unmanaged:7.1} ns/call  ({:.2}x baseline)", unmanaged / bare);
+    println!("  managed process      {managed:7.1} ns/call  ({:.2}x baseline)", managed / bare);
     sensor.shutdown().await;
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -243,7 +243,7 @@ impl EbpfSensor {
             Scope::Everything => wire::MODE_EVERYTHING,
             Scope::Managed => wire::MODE_MANAGED,
         };
-        config.set(0, Config { mode, emit_all_execs: 0 }, 0).map_err(map_err("config"))?;
+        config.set(0, Config { mode, ..Config::default() }, 0).map_err(map_err("config"))?;
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             managed_cgroups: Mutex::new(take(&mut bpf, "managed_cgroups")?),
@@ -331,7 +331,15 @@ impl EbpfSensor {
     /// the processes it forks, under [`Scope::Managed`]. The kernel forgets
     /// it when it exits.
     pub fn track_pid(&self, pid: u32) -> Result<(), SensorError> {
-        lock(&self.shared.tracked_pids).insert(pid, 1, 0).map_err(map_err("tracked_pids"))
+        lock(&self.shared.tracked_pids).insert(pid, 1, 0).map_err(map_err("tracked_pids"))?;
+        self.update_config(|c| c.any_tracked = 1)
+    }
+
+    fn update_config(&self, change: impl FnOnce(&mut Config)) -> Result<(), SensorError> {
+        let mut config = lock(&self.shared.config);
+        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
+        change(&mut c);
+        config.set(0, c, 0).map_err(map_err("config"))
     }
 
     /// Stops tracking `pid` (its already-tracked children stay tracked).
@@ -348,10 +356,7 @@ impl EbpfSensor {
     ///
     /// [`track_pid`]: EbpfSensor::track_pid
     pub fn emit_all_execs(&self, on: bool) -> Result<(), SensorError> {
-        let mut config = lock(&self.shared.config);
-        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
-        c.emit_all_execs = on as u32;
-        config.set(0, c, 0).map_err(map_err("config"))
+        self.update_config(|c| c.emit_all_execs = on as u32)
     }
 
     /// Events lost so far: kernel ring buffer reservations that failed and
@@ -476,13 +481,15 @@ impl Reader {
                             break;
                         }
                     };
+                    // Clear before draining: a record committed after the
+                    // drain wakes us again instead of waiting for the next one.
+                    guard.clear_ready();
                     let rb = guard.get_inner_mut();
                     while let Some(item) = rb.next() {
                         if !self.handle(&item) {
                             return;
                         }
                     }
-                    guard.clear_ready();
                 }
             }
         }
@@ -569,6 +576,7 @@ async fn read_syscall_stats(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending = 0u64;
     let mut first = true;
+    let mut last_read = Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -583,7 +591,10 @@ async fn read_syscall_stats(
                         Err(e) => debug!(error = %e, "Skipped a syscall statistics entry."),
                     }
                 }
-                let events = differ.diff(snapshot, interval, SystemTime::now());
+                // The real length of the interval: ticks can be late.
+                let now = Instant::now();
+                let elapsed = now - std::mem::replace(&mut last_read, now);
+                let events = differ.diff(snapshot, elapsed, SystemTime::now());
                 // The first reading is the baseline: counts from before the
                 // interval started are not reported.
                 if std::mem::take(&mut first) {
