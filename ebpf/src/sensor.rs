@@ -350,9 +350,10 @@ impl EbpfSensor {
         }
     }
 
-    /// With `true`, every exec is reported even out of scope (so that user
-    /// space can match executable patterns and then [`track_pid`]); such
-    /// events are marked by [`is_out_of_scope_exec`].
+    /// With `true`, every exec is reported even out of scope, so that user
+    /// space can match executable patterns and then [`track_pid`]. Exits and
+    /// everything else of such processes stay filtered until they are
+    /// tracked; attribution, which knows what it manages, drops the rest.
     ///
     /// [`track_pid`]: EbpfSensor::track_pid
     pub fn emit_all_execs(&self, on: bool) -> Result<(), SensorError> {
@@ -387,18 +388,6 @@ impl EbpfSensor {
         }
     }
 }
-
-/// True for a process start reported only because every exec was asked for
-/// ([`EbpfSensor::emit_all_execs`]) while the process is out of scope.
-///
-/// The mark travels in the event's `service` field as a reserved value so
-/// that the `Event` type stays platform-neutral; attribution replaces it.
-pub fn is_out_of_scope_exec(e: &Event) -> bool {
-    e.service.as_deref() == Some(OUT_OF_SCOPE)
-}
-
-/// Reserved `service` value of out-of-scope execs (see [`is_out_of_scope_exec`]).
-pub const OUT_OF_SCOPE: &str = "\0out-of-scope";
 
 fn take<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, SensorError>
 where
@@ -533,9 +522,6 @@ impl Reader {
                 }
             }
         }
-        if !decoded.in_scope {
-            event.service = Some(OUT_OF_SCOPE.to_string());
-        }
         send(&self.shared, &self.tx, &mut self.pending_channel_loss, event)
     }
 }
@@ -609,3 +595,9 @@ async fn read_syscall_stats(
         }
     }
 }
+
+// The agent keeps the sensor in async tasks and shares it between them.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<EbpfSensor>();
+};
