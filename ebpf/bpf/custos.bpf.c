@@ -436,6 +436,10 @@ static __always_inline void fill_tcp_addrs(struct custos_tcp *e, const struct so
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->family = family;
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* skc_num is cleared when the port is released (a failed connect);
+	 * inet_sport keeps it. */
+	if (!e->sport)
+		e->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->_pad0 = 0;
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));

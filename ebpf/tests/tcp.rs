@@ -138,6 +138,7 @@ async fn connect_to_closed_port_is_refused() {
     let EventBody::TcpConnect(c) = &events[0].body else { unreachable!() };
     assert_eq!(c.result, ConnectResult::Err(libc::ECONNREFUSED));
     assert_eq!(c.result.name(), "ECONNREFUSED");
+    assert_ne!(c.endpoints.sport, 0, "the ephemeral port of the failed connect");
     // A refused connect never establishes: no close follows.
     let later = collect_for(&mut rx, Duration::from_millis(300), |e| e.pid == me && involves(e, port)).await;
     assert!(later.is_empty(), "{later:#?}");
