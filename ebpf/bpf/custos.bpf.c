@@ -105,12 +105,13 @@ struct sys_start {
 	__u64 nr;
 };
 
-/* Syscalls in flight of in-scope threads, by kernel tid. LRU because a thread
- * that dies inside a syscall (exit) never reaches sys_exit. */
+/* The syscall in flight of each in-scope thread, in task-local storage: no
+ * hashing and no locks on the hot path, freed with the task, and a plain
+ * NULL for threads that were never in scope. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sys_start);
 } sys_inflight SEC(".maps");
 
@@ -651,9 +652,12 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	if (!current_in_scope(cfg, cgroup_id))
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_start s = { .ts = bpf_ktime_get_ns(), .nr = (__u64)id };
-	bpf_map_update_elem(&sys_inflight, &tid, &s, BPF_ANY);
+	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->ts = bpf_ktime_get_ns();
+		s->nr = (__u64)id;
+	}
 	return 0;
 }
 
@@ -673,14 +677,13 @@ static __always_inline __u32 log2_bucket(__u64 v)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_start *s = bpf_map_lookup_elem(&sys_inflight, &tid);
-	if (!s)
+	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!s || !s->ts)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now - s->ts;
 	struct custos_sys_key key = { .cgroup_id = bpf_get_current_cgroup_id(), .nr = (__u32)s->nr };
-	bpf_map_delete_elem(&sys_inflight, &tid);
+	s->ts = 0;
 	if ((long)key.nr < 0 || s->nr > 1023)
 		return 0;
 

@@ -235,6 +235,9 @@ impl EbpfSensor {
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
             .map_max_entries("events", ring_bytes)
+            // The task storage of in-flight syscalls is only used in the
+            // kernel; aya has no user-space type for it.
+            .allow_unsupported_maps()
             .load(BPF_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
 
