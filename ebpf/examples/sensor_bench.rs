@@ -111,6 +111,24 @@ fn min_median(mut v: Vec<f64>) -> (f64, f64) {
     (v[0], v[v.len() / 2])
 }
 
+/// CPU seconds (user + system) this process has used so far: the sensor's
+/// reader and decoder; the workloads run in child processes.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn cpu_row(cpu_secs: f64, events: u64) {
+    println!(
+        "  agent-side CPU: {:.3} s for {events} events = {:.1} ms per 1000 events (BPF time is charged to the observed processes)",
+        cpu_secs,
+        cpu_secs * 1e6 / events.max(1) as f64
+    );
+}
+
 struct Cgroup(PathBuf);
 
 impl Drop for Cgroup {
@@ -205,6 +223,7 @@ async fn main() {
 
     // Exec storm: K shells in the cgroup, each running /bin/true in a loop.
     let per_shell = args.execs.div_ceil(args.shells.max(1));
+    let cpu_before = own_cpu_secs();
     let started = Instant::now();
     let mut shells = Vec::new();
     for _ in 0..args.shells.max(1) {
@@ -239,10 +258,12 @@ async fn main() {
     );
     row("process_start", execs, *counts.get(&EventKind::ProcessStart).unwrap_or(&0));
     row("process_exit", execs, *counts.get(&EventKind::ProcessExit).unwrap_or(&0));
+    cpu_row(own_cpu_secs() - cpu_before, counts.values().sum());
     println!("  losses: kernel {} channel {}", loss.kernel, loss.channel);
 
     // Connect storm in a child in the cgroup.
     let before = sensor.loss();
+    let cpu_before = own_cpu_secs();
     let started = Instant::now();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env("CUSTOS_BENCH_CONNECT_CHILD", args.connects.to_string());
@@ -267,6 +288,7 @@ async fn main() {
     row("tcp_connect", n, *c.get(&EventKind::TcpConnect).unwrap_or(&0));
     row("tcp_accept", n, *c.get(&EventKind::TcpAccept).unwrap_or(&0));
     row("tcp_close", 2 * n, *c.get(&EventKind::TcpClose).unwrap_or(&0));
+    cpu_row(own_cpu_secs() - cpu_before, c.values().sum());
     let after = sensor.loss();
     println!("  losses: kernel {} channel {}", after.kernel - before.kernel, after.channel - before.channel);
     println!(
@@ -275,6 +297,19 @@ async fn main() {
         sensor.decode_errors()
     );
 
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    println!(
+        "memory of this process (sensor + bench): peak RSS {}, RSS now {}",
+        field("VmHWM:"),
+        field("VmRSS:")
+    );
     sensor.shutdown().await;
 
     // Syscall cost: rounds alternate between no sensor at all and a sensor

@@ -218,8 +218,6 @@ impl EbpfSensor {
     /// dropped and counted (see [`EbpfSensor::loss`]).
     pub fn start(opts: SensorOptions, tx: mpsc::Sender<Event>) -> Result<EbpfSensor, SensorError> {
         availability().map_err(SensorError::Unavailable)?;
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| SensorError::Unavailable(format!("cannot read kernel BTF: {e}")))?;
         let (pidns_dev, pidns_ino) = {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata("/proc/self/ns/pid").map_err(|source| SensorError::Io {
@@ -231,7 +229,6 @@ impl EbpfSensor {
         let ring_bytes = opts.ring_buffer_bytes.max(4096).checked_next_power_of_two().unwrap_or(1 << 31);
 
         let mut bpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
             .map_max_entries("events", ring_bytes)
@@ -241,6 +238,11 @@ impl EbpfSensor {
             .load(BPF_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
 
+        // The loader above parsed (and dropped) its own copy of the kernel
+        // BTF for CO-RE; one more is needed to load the BTF tracepoints.
+        // Parsed one after the other, the two never coexist in memory.
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| SensorError::Unavailable(format!("cannot read kernel BTF: {e}")))?;
         let mut config: Array<MapData, Config> = take(&mut bpf, "config")?;
         let mode = match opts.scope {
             Scope::Everything => wire::MODE_EVERYTHING,
@@ -279,6 +281,16 @@ impl EbpfSensor {
         if opts.syscalls {
             attach_btf(&mut bpf, &btf, "handle_sys_enter", "sys_enter")?;
             attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
+        }
+
+        // Parsing the kernel's BTF for relocations takes tens of MiB that
+        // are free again now; hand them back to the system rather than
+        // keeping them in the allocator for the agent's lifetime.
+        drop(btf);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe {
+            libc::malloc_trim(0);
         }
 
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
