@@ -296,6 +296,10 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 {
+	/* Nothing to inherit until user space tracks a pid. */
+	struct custos_config *cfg = get_config();
+	if (!cfg || !cfg->any_tracked)
+		return 0;
 	/* Only new processes, not new threads. */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
@@ -323,7 +327,8 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 	if (!tgid)
 		return 0;
 	int scoped = in_scope(cfg, cgroup_id, tgid);
-	bpf_map_delete_elem(&tracked_pids, &tgid);
+	if (cfg && cfg->any_tracked)
+		bpf_map_delete_elem(&tracked_pids, &tgid);
 	if (!scoped)
 		return 0;
 
