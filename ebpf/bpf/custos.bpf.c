@@ -237,6 +237,8 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct custos_config *cfg = get_config();
+	if (!cfg || !cfg->process_events)
+		return 0;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u32 tid = 0;
 	__u32 tgid = current_ns_tgid(&tid);
@@ -329,7 +331,7 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 	int scoped = in_scope(cfg, cgroup_id, tgid);
 	if (cfg && cfg->any_tracked)
 		bpf_map_delete_elem(&tracked_pids, &tgid);
-	if (!scoped)
+	if (!scoped || !cfg || !cfg->process_events)
 		return 0;
 
 	struct custos_exit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);

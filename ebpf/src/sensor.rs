@@ -248,7 +248,9 @@ impl EbpfSensor {
             Scope::Everything => wire::MODE_EVERYTHING,
             Scope::Managed => wire::MODE_MANAGED,
         };
-        config.set(0, Config { mode, ..Config::default() }, 0).map_err(map_err("config"))?;
+        config
+            .set(0, Config { mode, process_events: opts.process as u32, ..Config::default() }, 0)
+            .map_err(map_err("config"))?;
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             managed_cgroups: Mutex::new(take(&mut bpf, "managed_cgroups")?),
@@ -310,12 +312,10 @@ impl EbpfSensor {
             tx: tx.clone(),
             clock,
             decode: DecodeOptions { argv_max_args: opts.argv_max_args },
-            process: opts.process,
-            pending_channel_loss: 0,
             oom_victims: HashSet::new(),
         };
         tasks.push(tokio::spawn(reader.run(ring, stop_rx.clone())));
-        tasks.push(tokio::spawn(watch_kernel_loss(shared.clone(), tx.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(mark_losses(shared.clone(), tx.clone(), stop_rx.clone())));
         if opts.syscalls {
             tasks.push(tokio::spawn(read_syscall_stats(
                 syscall_stats,
@@ -434,26 +434,13 @@ fn attach_tp(bpf: &mut Ebpf, program: &'static str, category: &str, name: &str) 
     Ok(())
 }
 
-/// Sends without blocking; on a full channel counts the drop and remembers
-/// it, so that a loss marker precedes the next event that gets through.
-fn send(shared: &Shared, tx: &mpsc::Sender<Event>, pending_loss: &mut u64, event: Event) -> bool {
-    if *pending_loss > 0 {
-        let mut marker = Event::new(
-            SystemTime::now(),
-            EventBody::Loss(Loss { stage: LossStage::Channel, lost: *pending_loss }),
-        );
-        marker.cgroup_id = 0;
-        match tx.try_send(marker) {
-            Ok(()) => *pending_loss = 0,
-            Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        }
-    }
+/// Sends without blocking; on a full channel counts the drop (a loss
+/// marker follows from [`mark_losses`]). False when the receiver is gone.
+fn send(shared: &Shared, tx: &mpsc::Sender<Event>, event: Event) -> bool {
     match tx.try_send(event) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.channel_drops.fetch_add(1, Ordering::Relaxed);
-            *pending_loss += 1;
             true
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -465,8 +452,6 @@ struct Reader {
     tx: mpsc::Sender<Event>,
     clock: Clock,
     decode: DecodeOptions,
-    process: bool,
-    pending_channel_loss: u64,
     /// Pids chosen by the OOM killer whose exit has not been seen yet, so
     /// that the exit can say `oom_killed`.
     oom_victims: HashSet<u32>,
@@ -513,9 +498,6 @@ impl Reader {
             }
         };
         let mut event = decoded.event;
-        if matches!(event.body, EventBody::ProcessStart(_) | EventBody::ProcessExit(_)) && !self.process {
-            return true;
-        }
         match &mut event.body {
             EventBody::OomKill(_) => {
                 // Bounded: victims whose exit is never seen (out of scope,
@@ -537,27 +519,36 @@ impl Reader {
                 }
             }
         }
-        send(&self.shared, &self.tx, &mut self.pending_channel_loss, event)
+        send(&self.shared, &self.tx, event)
     }
 }
 
-/// Turns growth of the kernel drop counter into loss markers in the stream.
-async fn watch_kernel_loss(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
-    let mut reported = shared.kernel_drops();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut pending = 0u64;
+/// Turns growth of the loss counters into `loss` events in the stream, so
+/// that a consumer sees every gap. A marker that does not fit in the channel
+/// is not a loss: it is retried, covering all losses since the last one.
+async fn mark_losses(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
+    // Both counters are fresh with this sensor: start from zero, not from a
+    // first reading that could come after the first losses.
+    let mut marked = [0u64; 2];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
-                let now = shared.kernel_drops();
-                if now > reported {
-                    let lost = now - reported;
-                    reported = now;
-                    warn!(lost, "Kernel ring buffer was full; events were dropped.");
-                    let marker = Event::new(SystemTime::now(), EventBody::Loss(Loss { stage: LossStage::Kernel, lost }));
-                    if !send(&shared, &tx, &mut pending, marker) {
-                        break;
+                let now = [shared.kernel_drops(), shared.channel_drops.load(Ordering::Relaxed)];
+                for (i, stage) in [LossStage::Kernel, LossStage::Channel].into_iter().enumerate() {
+                    if now[i] <= marked[i] {
+                        continue;
+                    }
+                    let lost = now[i] - marked[i];
+                    let marker = Event::new(SystemTime::now(), EventBody::Loss(Loss { stage, lost }));
+                    match tx.try_send(marker) {
+                        Ok(()) => {
+                            warn!(stage = ?stage, lost, "Events were lost.");
+                            marked[i] = now[i];
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
                 }
             }
@@ -575,7 +566,6 @@ async fn read_syscall_stats(
     let mut differ = StatsDiffer::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending = 0u64;
     let mut first = true;
     let mut last_read = Instant::now();
     loop {
@@ -602,7 +592,7 @@ async fn read_syscall_stats(
                     continue;
                 }
                 for e in events {
-                    if !send(&shared, &tx, &mut pending, e) {
+                    if !send(&shared, &tx, e) {
                         return;
                     }
                 }

@@ -37,7 +37,7 @@ pub struct Config {
     pub mode: u32,
     pub emit_all_execs: u32,
     pub any_tracked: u32,
-    pub _pad0: u32,
+    pub process_events: u32,
 }
 
 #[repr(C)]

@@ -51,7 +51,9 @@ struct custos_config {
 	/* Non-zero once user space tracked a pid: until then the pid lookup
 	 * (and the pid namespace helper before it) is skipped. */
 	__u32 any_tracked;
-	__u32 _pad0;
+	/* Zero when process events are not wanted: exec, fork and exit then
+	 * only maintain the tracked pids. */
+	__u32 process_events;
 };
 
 struct custos_hdr {
