@@ -88,6 +88,8 @@ pub enum SensorError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("the sensor must be started inside a tokio runtime")]
+    NoRuntime,
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("{what}: {source}")]
@@ -217,6 +219,9 @@ impl EbpfSensor {
     /// current tokio runtime. Events go to `tx`; when it is full they are
     /// dropped and counted (see [`EbpfSensor::loss`]).
     pub fn start(opts: SensorOptions, tx: mpsc::Sender<Event>) -> Result<EbpfSensor, SensorError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SensorError::NoRuntime);
+        }
         availability().map_err(SensorError::Unavailable)?;
         let (pidns_dev, pidns_ino) = {
             use std::os::unix::fs::MetadataExt;
