@@ -1,5 +1,6 @@
 //! Never hide loss: with a one-page ring buffer and a small channel that is
 //! not read during a burst, every event is either delivered or counted lost.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! PIDs are reported as the agent's own PID namespace sees them: this test
 //! re-runs itself as the "agent" inside a fresh PID namespace (as when custos
 //! runs in a container or next to a sandboxed systemd).
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Process events from the real BPF programs: exec (argv, exe), exit codes,
 //! deaths by signal, fatal signals. Needs root; see common::bpf_available.
+#![cfg(target_os = "linux")]
 
 mod common;
 

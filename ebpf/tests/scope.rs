@@ -1,5 +1,6 @@
 //! Kernel-side scoping: with Scope::Managed only processes in managed
 //! cgroups or tracked pids (and their descendants) are reported.
+#![cfg(target_os = "linux")]
 
 mod common;
 

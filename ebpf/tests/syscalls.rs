@@ -1,5 +1,6 @@
 //! Syscall statistics aggregated in the kernel: a child in its own managed
 //! cgroup makes a known number of calls.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! TCP events from the real BPF programs over loopback: listen, connect,
 //! accept, close with byte counts, refused connects, IPv6.
+#![cfg(target_os = "linux")]
 
 mod common;
 
