@@ -66,6 +66,44 @@ mod linux {
     }
 }
 
+/// The Windows ETW sensor (public so that the type-check build on Linux,
+/// where nothing calls it, still checks it).
+#[cfg(any(windows, custos_windows_typecheck))]
+pub mod etw {
+    use super::*;
+    use crate::attribution::FilterUpdate;
+    use crate::pipeline::SensorControl;
+    use crate::platform::windows::scm::ScmServiceManager;
+    use crate::platform::windows::sensor::{start_sensor, WindowsSensor};
+    use custos_event::LossCounters;
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+
+    /// The ETW sensor: it scopes by service process tree itself (events
+    /// arrive attributed), so there is no kernel filter to drive.
+    pub struct Etw(WindowsSensor);
+
+    impl SensorControl for Etw {
+        fn apply(&mut self, _: &FilterUpdate) {}
+        fn loss(&self) -> LossCounters {
+            self.0.loss()
+        }
+    }
+
+    pub async fn start(config: &LoadedConfig, capacity: usize) -> Result<StartedSensor, SensorError> {
+        let (tx, rx) = mpsc::channel(capacity);
+        let scm = Arc::new(ScmServiceManager::default());
+        let sensor = start_sensor(config, tx, scm).map_err(|e| SensorError::Kernel(e.to_string()))?;
+        Ok(StartedSensor { control: Box::new(Etw(sensor)), rx, task: None, replay_stats: None })
+    }
+}
+
+/// Starts the platform's kernel sensor with a channel of `capacity`.
+#[cfg(windows)]
+pub async fn start(config: &LoadedConfig, capacity: usize) -> Result<StartedSensor, SensorError> {
+    etw::start(config, capacity).await
+}
+
 /// Starts the platform's kernel sensor with a channel of `capacity`.
 #[cfg(target_os = "linux")]
 pub async fn start(config: &LoadedConfig, capacity: usize) -> Result<StartedSensor, SensorError> {
@@ -73,7 +111,7 @@ pub async fn start(config: &LoadedConfig, capacity: usize) -> Result<StartedSens
 }
 
 /// Starts the platform's kernel sensor with a channel of `capacity`.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 pub async fn start(_config: &LoadedConfig, _capacity: usize) -> Result<StartedSensor, SensorError> {
     Err(SensorError::Kernel("no kernel sensor for this platform; use --replay FILE".into()))
 }

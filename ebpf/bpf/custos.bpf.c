@@ -105,12 +105,13 @@ struct sys_start {
 	__u64 nr;
 };
 
-/* Syscalls in flight of in-scope threads, by kernel tid. LRU because a thread
- * that dies inside a syscall (exit) never reaches sys_exit. */
+/* The syscall in flight of each in-scope thread, in task-local storage: no
+ * hashing and no locks on the hot path, freed with the task, and a plain
+ * NULL for threads that were never in scope. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sys_start);
 } sys_inflight SEC(".maps");
 
@@ -197,7 +198,7 @@ static __always_inline int in_scope(struct custos_config *cfg, __u64 cgroup_id, 
 		return 1;
 	if (bpf_map_lookup_elem(&managed_cgroups, &cgroup_id))
 		return 1;
-	if (tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
+	if (cfg->any_tracked && tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
 		return 1;
 	return 0;
 }
@@ -210,6 +211,8 @@ static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgr
 		return 1;
 	if (bpf_map_lookup_elem(&managed_cgroups, &cgroup_id))
 		return 1;
+	if (!cfg->any_tracked)
+		return 0;
 	__u32 tgid = current_ns_tgid(0);
 	if (tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
 		return 1;
@@ -234,6 +237,8 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct custos_config *cfg = get_config();
+	if (!cfg || !cfg->process_events)
+		return 0;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u32 tid = 0;
 	__u32 tgid = current_ns_tgid(&tid);
@@ -293,6 +298,10 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 {
+	/* Nothing to inherit until user space tracks a pid. */
+	struct custos_config *cfg = get_config();
+	if (!cfg || !cfg->any_tracked)
+		return 0;
 	/* Only new processes, not new threads. */
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
@@ -320,8 +329,9 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 	if (!tgid)
 		return 0;
 	int scoped = in_scope(cfg, cgroup_id, tgid);
-	bpf_map_delete_elem(&tracked_pids, &tgid);
-	if (!scoped)
+	if (cfg && cfg->any_tracked)
+		bpf_map_delete_elem(&tracked_pids, &tgid);
+	if (!scoped || !cfg || !cfg->process_events)
 		return 0;
 
 	struct custos_exit *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -434,6 +444,10 @@ static __always_inline void fill_tcp_addrs(struct custos_tcp *e, const struct so
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	e->family = family;
 	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* skc_num is cleared when the port is released (a failed connect);
+	 * inet_sport keeps it. */
+	if (!e->sport)
+		e->sport = __builtin_bswap16(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	e->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	e->_pad0 = 0;
 	__builtin_memset(e->saddr, 0, sizeof(e->saddr));
@@ -645,9 +659,12 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	if (!current_in_scope(cfg, cgroup_id))
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_start s = { .ts = bpf_ktime_get_ns(), .nr = (__u64)id };
-	bpf_map_update_elem(&sys_inflight, &tid, &s, BPF_ANY);
+	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (s) {
+		s->ts = bpf_ktime_get_ns();
+		s->nr = (__u64)id;
+	}
 	return 0;
 }
 
@@ -667,14 +684,13 @@ static __always_inline __u32 log2_bucket(__u64 v)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct sys_start *s = bpf_map_lookup_elem(&sys_inflight, &tid);
-	if (!s)
+	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!s || !s->ts)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 lat = now - s->ts;
 	struct custos_sys_key key = { .cgroup_id = bpf_get_current_cgroup_id(), .nr = (__u32)s->nr };
-	bpf_map_delete_elem(&sys_inflight, &tid);
+	s->ts = 0;
 	if ((long)key.nr < 0 || s->nr > 1023)
 		return 0;
 

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -88,6 +88,8 @@ pub enum SensorError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
+    #[error("the sensor must be started inside a tokio runtime")]
+    NoRuntime,
     #[error("BPF map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("{what}: {source}")]
@@ -217,9 +219,10 @@ impl EbpfSensor {
     /// current tokio runtime. Events go to `tx`; when it is full they are
     /// dropped and counted (see [`EbpfSensor::loss`]).
     pub fn start(opts: SensorOptions, tx: mpsc::Sender<Event>) -> Result<EbpfSensor, SensorError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SensorError::NoRuntime);
+        }
         availability().map_err(SensorError::Unavailable)?;
-        let btf = Btf::from_sys_fs()
-            .map_err(|e| SensorError::Unavailable(format!("cannot read kernel BTF: {e}")))?;
         let (pidns_dev, pidns_ino) = {
             use std::os::unix::fs::MetadataExt;
             let m = std::fs::metadata("/proc/self/ns/pid").map_err(|source| SensorError::Io {
@@ -231,19 +234,28 @@ impl EbpfSensor {
         let ring_bytes = opts.ring_buffer_bytes.max(4096).checked_next_power_of_two().unwrap_or(1 << 31);
 
         let mut bpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
             .map_max_entries("events", ring_bytes)
+            // The task storage of in-flight syscalls is only used in the
+            // kernel; aya has no user-space type for it.
+            .allow_unsupported_maps()
             .load(BPF_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
 
+        // The loader above parsed (and dropped) its own copy of the kernel
+        // BTF for CO-RE; one more is needed to load the BTF tracepoints.
+        // Parsed one after the other, the two never coexist in memory.
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| SensorError::Unavailable(format!("cannot read kernel BTF: {e}")))?;
         let mut config: Array<MapData, Config> = take(&mut bpf, "config")?;
         let mode = match opts.scope {
             Scope::Everything => wire::MODE_EVERYTHING,
             Scope::Managed => wire::MODE_MANAGED,
         };
-        config.set(0, Config { mode, emit_all_execs: 0 }, 0).map_err(map_err("config"))?;
+        config
+            .set(0, Config { mode, process_events: opts.process as u32, ..Config::default() }, 0)
+            .map_err(map_err("config"))?;
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             managed_cgroups: Mutex::new(take(&mut bpf, "managed_cgroups")?),
@@ -278,6 +290,16 @@ impl EbpfSensor {
             attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
         }
 
+        // Parsing the kernel's BTF for relocations takes tens of MiB that
+        // are free again now; hand them back to the system rather than
+        // keeping them in the allocator for the agent's lifetime.
+        drop(btf);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+
         // SAFETY: the RingBuf owns its map fd, which stays open and the same
         // for as long as the RingBuf lives, i.e. as long as this AsyncFd.
         let ring =
@@ -295,12 +317,10 @@ impl EbpfSensor {
             tx: tx.clone(),
             clock,
             decode: DecodeOptions { argv_max_args: opts.argv_max_args },
-            process: opts.process,
-            pending_channel_loss: 0,
             oom_victims: HashSet::new(),
         };
         tasks.push(tokio::spawn(reader.run(ring, stop_rx.clone())));
-        tasks.push(tokio::spawn(watch_kernel_loss(shared.clone(), tx.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(mark_losses(shared.clone(), tx.clone(), stop_rx.clone())));
         if opts.syscalls {
             tasks.push(tokio::spawn(read_syscall_stats(
                 syscall_stats,
@@ -331,7 +351,15 @@ impl EbpfSensor {
     /// the processes it forks, under [`Scope::Managed`]. The kernel forgets
     /// it when it exits.
     pub fn track_pid(&self, pid: u32) -> Result<(), SensorError> {
-        lock(&self.shared.tracked_pids).insert(pid, 1, 0).map_err(map_err("tracked_pids"))
+        lock(&self.shared.tracked_pids).insert(pid, 1, 0).map_err(map_err("tracked_pids"))?;
+        self.update_config(|c| c.any_tracked = 1)
+    }
+
+    fn update_config(&self, change: impl FnOnce(&mut Config)) -> Result<(), SensorError> {
+        let mut config = lock(&self.shared.config);
+        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
+        change(&mut c);
+        config.set(0, c, 0).map_err(map_err("config"))
     }
 
     /// Stops tracking `pid` (its already-tracked children stay tracked).
@@ -342,16 +370,14 @@ impl EbpfSensor {
         }
     }
 
-    /// With `true`, every exec is reported even out of scope (so that user
-    /// space can match executable patterns and then [`track_pid`]); such
-    /// events are marked by [`is_out_of_scope_exec`].
+    /// With `true`, every exec is reported even out of scope, so that user
+    /// space can match executable patterns and then [`track_pid`]. Exits and
+    /// everything else of such processes stay filtered until they are
+    /// tracked; attribution, which knows what it manages, drops the rest.
     ///
     /// [`track_pid`]: EbpfSensor::track_pid
     pub fn emit_all_execs(&self, on: bool) -> Result<(), SensorError> {
-        let mut config = lock(&self.shared.config);
-        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
-        c.emit_all_execs = on as u32;
-        config.set(0, c, 0).map_err(map_err("config"))
+        self.update_config(|c| c.emit_all_execs = on as u32)
     }
 
     /// Events lost so far: kernel ring buffer reservations that failed and
@@ -383,18 +409,6 @@ impl EbpfSensor {
     }
 }
 
-/// True for a process start reported only because every exec was asked for
-/// ([`EbpfSensor::emit_all_execs`]) while the process is out of scope.
-///
-/// The mark travels in the event's `service` field as a reserved value so
-/// that the `Event` type stays platform-neutral; attribution replaces it.
-pub fn is_out_of_scope_exec(e: &Event) -> bool {
-    e.service.as_deref() == Some(OUT_OF_SCOPE)
-}
-
-/// Reserved `service` value of out-of-scope execs (see [`is_out_of_scope_exec`]).
-pub const OUT_OF_SCOPE: &str = "\0out-of-scope";
-
 fn take<T>(bpf: &mut Ebpf, name: &'static str) -> Result<T, SensorError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
@@ -425,39 +439,28 @@ fn attach_tp(bpf: &mut Ebpf, program: &'static str, category: &str, name: &str) 
     Ok(())
 }
 
-/// Sends without blocking; on a full channel counts the drop and remembers
-/// it, so that a loss marker precedes the next event that gets through.
-fn send(shared: &Shared, tx: &mpsc::Sender<Event>, pending_loss: &mut u64, event: Event) -> bool {
-    if *pending_loss > 0 {
-        let mut marker = Event::new(
-            SystemTime::now(),
-            EventBody::Loss(Loss { stage: LossStage::Channel, lost: *pending_loss }),
-        );
-        marker.cgroup_id = 0;
-        match tx.try_send(marker) {
-            Ok(()) => *pending_loss = 0,
-            Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        }
-    }
+/// Sends without blocking; on a full channel counts the drop (a loss
+/// marker follows from [`mark_losses`]). False when the receiver is gone.
+fn send(shared: &Shared, tx: &mpsc::Sender<Event>, event: Event) -> bool {
     match tx.try_send(event) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             shared.channel_drops.fetch_add(1, Ordering::Relaxed);
-            *pending_loss += 1;
             true
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
+/// How long the reader lets records gather after a drain: the bound on the
+/// extra latency it adds, in exchange for one wake-up per batch.
+const BATCH_DELAY: Duration = Duration::from_millis(2);
+
 struct Reader {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Event>,
     clock: Clock,
     decode: DecodeOptions,
-    process: bool,
-    pending_channel_loss: u64,
     /// Pids chosen by the OOM killer whose exit has not been seen yet, so
     /// that the exit can say `oom_killed`.
     oom_victims: HashSet<u32>,
@@ -476,13 +479,23 @@ impl Reader {
                             break;
                         }
                     };
+                    // Clear before draining: a record committed after the
+                    // drain wakes us again instead of waiting for the next one.
+                    guard.clear_ready();
                     let rb = guard.get_inner_mut();
+                    let mut drained = 0usize;
                     while let Some(item) = rb.next() {
+                        drained += 1;
                         if !self.handle(&item) {
                             return;
                         }
                     }
-                    guard.clear_ready();
+                    // Under a stream of events, waking once per event costs
+                    // more than handling it: let a batch gather (the ring
+                    // buffer holds far more than arrives in a millisecond).
+                    if drained > 0 {
+                        tokio::time::sleep(BATCH_DELAY).await;
+                    }
                 }
             }
         }
@@ -502,9 +515,6 @@ impl Reader {
             }
         };
         let mut event = decoded.event;
-        if matches!(event.body, EventBody::ProcessStart(_) | EventBody::ProcessExit(_)) && !self.process {
-            return true;
-        }
         match &mut event.body {
             EventBody::OomKill(_) => {
                 // Bounded: victims whose exit is never seen (out of scope,
@@ -526,30 +536,36 @@ impl Reader {
                 }
             }
         }
-        if !decoded.in_scope {
-            event.service = Some(OUT_OF_SCOPE.to_string());
-        }
-        send(&self.shared, &self.tx, &mut self.pending_channel_loss, event)
+        send(&self.shared, &self.tx, event)
     }
 }
 
-/// Turns growth of the kernel drop counter into loss markers in the stream.
-async fn watch_kernel_loss(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
-    let mut reported = shared.kernel_drops();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut pending = 0u64;
+/// Turns growth of the loss counters into `loss` events in the stream, so
+/// that a consumer sees every gap. A marker that does not fit in the channel
+/// is not a loss: it is retried, covering all losses since the last one.
+async fn mark_losses(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
+    // Both counters are fresh with this sensor: start from zero, not from a
+    // first reading that could come after the first losses.
+    let mut marked = [0u64; 2];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {
-                let now = shared.kernel_drops();
-                if now > reported {
-                    let lost = now - reported;
-                    reported = now;
-                    warn!(lost, "Kernel ring buffer was full; events were dropped.");
-                    let marker = Event::new(SystemTime::now(), EventBody::Loss(Loss { stage: LossStage::Kernel, lost }));
-                    if !send(&shared, &tx, &mut pending, marker) {
-                        break;
+                let now = [shared.kernel_drops(), shared.channel_drops.load(Ordering::Relaxed)];
+                for (i, stage) in [LossStage::Kernel, LossStage::Channel].into_iter().enumerate() {
+                    if now[i] <= marked[i] {
+                        continue;
+                    }
+                    let lost = now[i] - marked[i];
+                    let marker = Event::new(SystemTime::now(), EventBody::Loss(Loss { stage, lost }));
+                    match tx.try_send(marker) {
+                        Ok(()) => {
+                            warn!(stage = ?stage, lost, "Events were lost.");
+                            marked[i] = now[i];
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
                 }
             }
@@ -567,8 +583,8 @@ async fn read_syscall_stats(
     let mut differ = StatsDiffer::default();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending = 0u64;
     let mut first = true;
+    let mut last_read = Instant::now();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -583,14 +599,17 @@ async fn read_syscall_stats(
                         Err(e) => debug!(error = %e, "Skipped a syscall statistics entry."),
                     }
                 }
-                let events = differ.diff(snapshot, interval, SystemTime::now());
+                // The real length of the interval: ticks can be late.
+                let now = Instant::now();
+                let elapsed = now - std::mem::replace(&mut last_read, now);
+                let events = differ.diff(snapshot, elapsed, SystemTime::now());
                 // The first reading is the baseline: counts from before the
                 // interval started are not reported.
                 if std::mem::take(&mut first) {
                     continue;
                 }
                 for e in events {
-                    if !send(&shared, &tx, &mut pending, e) {
+                    if !send(&shared, &tx, e) {
                         return;
                     }
                 }
@@ -598,3 +617,9 @@ async fn read_syscall_stats(
         }
     }
 }
+
+// The agent keeps the sensor in async tasks and shares it between them.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<EbpfSensor>();
+};

@@ -36,6 +36,8 @@ pub const AF_INET6: u16 = 10;
 pub struct Config {
     pub mode: u32,
     pub emit_all_execs: u32,
+    pub any_tracked: u32,
+    pub process_events: u32,
 }
 
 #[repr(C)]
@@ -133,7 +135,7 @@ impl Default for SysVal {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Config>() == 8);
+const _: () = assert!(std::mem::size_of::<Config>() == 16);
 const _: () = assert!(std::mem::size_of::<Hdr>() == 48);
 const _: () = assert!(std::mem::size_of::<ExecFixed>() == 48 + 24 + 256);
 const _: () = assert!(std::mem::size_of::<Exit>() == 64);

@@ -1,5 +1,6 @@
 //! An OOM kill in a memory-limited cgroup: the oom_kill event, the fatal
 //! SIGKILL from the kernel, and the exit marked oom_killed.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Process events from the real BPF programs: exec (argv, exe), exit codes,
 //! deaths by signal, fatal signals. Needs root; see common::bpf_available.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -207,4 +208,11 @@ async fn real_segmentation_fault_is_reported() {
     let EventBody::Signal(s) = &sig.body else { unreachable!() };
     assert_eq!(s.code, Some(1), "SEGV_MAPERR: sent by the kernel on a fault");
     sensor.shutdown().await;
+}
+
+#[test]
+fn starting_outside_a_runtime_is_an_error_not_a_panic() {
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let err = custos_ebpf::EbpfSensor::start(options(Scope::Everything), tx).err().expect("an error");
+    assert!(matches!(err, custos_ebpf::SensorError::NoRuntime), "{err}");
 }

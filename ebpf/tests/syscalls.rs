@@ -1,5 +1,6 @@
 //! Syscall statistics aggregated in the kernel: a child in its own managed
 //! cgroup makes a known number of calls.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -54,7 +55,8 @@ async fn counts_calls_and_errors_per_cgroup() {
         if e.cgroup_id != cg.id {
             continue;
         }
-        assert_eq!(s.interval_ns, 200_000_000);
+        // Nominally 200 ms; the real length is reported.
+        assert!((150_000_000..2_000_000_000).contains(&s.interval_ns), "{}", s.interval_ns);
         for st in s.syscalls {
             let t = totals.entry(st.name.clone()).or_default();
             t.count += st.count;

@@ -1,5 +1,6 @@
 //! TCP events from the real BPF programs over loopback: listen, connect,
 //! accept, close with byte counts, refused connects, IPv6.
+#![cfg(target_os = "linux")]
 
 mod common;
 
@@ -138,6 +139,7 @@ async fn connect_to_closed_port_is_refused() {
     let EventBody::TcpConnect(c) = &events[0].body else { unreachable!() };
     assert_eq!(c.result, ConnectResult::Err(libc::ECONNREFUSED));
     assert_eq!(c.result.name(), "ECONNREFUSED");
+    assert_ne!(c.endpoints.sport, 0, "the ephemeral port of the failed connect");
     // A refused connect never establishes: no close follows.
     let later = collect_for(&mut rx, Duration::from_millis(300), |e| e.pid == me && involves(e, port)).await;
     assert!(later.is_empty(), "{later:#?}");

@@ -20,6 +20,9 @@ pub struct FileSinkError {
 struct Series {
     prefix: &'static str,
     current: Option<(PathBuf, File, u64)>,
+    /// Number in the newest file name: names only ever grow, so that the
+    /// newest file always sorts last and pruning never takes it.
+    last: u64,
 }
 
 /// Rotating JSON-lines files for metrics and logs.
@@ -39,8 +42,8 @@ impl FileSink {
             dir: dir.to_path_buf(),
             max_file_bytes,
             max_files: max_files.max(1),
-            metrics: Series { prefix: "metrics", current: None },
-            logs: Series { prefix: "logs", current: None },
+            metrics: Series { prefix: "metrics", current: None, last: newest(dir, "metrics") },
+            logs: Series { prefix: "logs", current: None, last: newest(dir, "logs") },
         })
     }
 
@@ -56,7 +59,8 @@ impl FileSink {
             Some((_, _, size)) => *size > 0 && size + line.len() as u64 + 1 > max_file_bytes,
         };
         if needs_new {
-            let path = new_file_name(&dir, series.prefix);
+            let (path, n) = new_file_name(&dir, series.prefix, series.last);
+            series.last = n;
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -77,18 +81,30 @@ impl FileSink {
     }
 }
 
-fn new_file_name(dir: &Path, prefix: &str) -> PathBuf {
+fn new_file_name(dir: &Path, prefix: &str, last: u64) -> (PathBuf, u64) {
     let ms = custos_event::unix_nanos(std::time::SystemTime::now()) / 1_000_000;
-    // Names sort by time; a second rotation within the same millisecond
-    // takes the next free name.
-    let mut n = ms;
+    // Names carry the creation time in milliseconds; a rotation within the
+    // same millisecond (or after the clock stepped back) takes the next number.
+    let mut n = ms.max(last + 1);
     loop {
         let p = dir.join(format!("{prefix}-{n:015}.jsonl"));
         if !p.exists() {
-            return p;
+            return (p, n);
         }
         n += 1;
     }
+}
+
+/// The number of the newest `<prefix>-<n>.jsonl` in `dir` (0 if none).
+fn newest(dir: &Path, prefix: &str) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(&format!("{prefix}-"))?.strip_suffix(".jsonl")?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn prune(dir: &Path, prefix: &str, keep: usize) {

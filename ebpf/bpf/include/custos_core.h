@@ -147,6 +147,10 @@ struct sock {
 	u16 sk_protocol;
 };
 
+struct inet_sock {
+	u16 inet_sport;
+};
+
 struct tcp_sock {
 	u64 bytes_sent;
 	u64 bytes_retrans;

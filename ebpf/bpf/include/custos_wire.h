@@ -48,6 +48,12 @@ enum custos_event_kind {
 struct custos_config {
 	__u32 mode;
 	__u32 emit_all_execs;
+	/* Non-zero once user space tracked a pid: until then the pid lookup
+	 * (and the pid namespace helper before it) is skipped. */
+	__u32 any_tracked;
+	/* Zero when process events are not wanted: exec, fork and exit then
+	 * only maintain the tracked pids. */
+	__u32 process_events;
 };
 
 struct custos_hdr {
@@ -124,7 +130,7 @@ struct custos_sys_val {
 	__u64 buckets[CUSTOS_LATENCY_BUCKETS];
 };
 
-_Static_assert(sizeof(struct custos_config) == 8, "custos_config size");
+_Static_assert(sizeof(struct custos_config) == 16, "custos_config size");
 _Static_assert(sizeof(struct custos_hdr) == 48, "custos_hdr size");
 _Static_assert(sizeof(struct custos_exec) == 48 + 24 + 256 + 4096, "custos_exec size");
 _Static_assert(sizeof(struct custos_exit) == 64, "custos_exit size");
