@@ -8,6 +8,10 @@ use crate::run::{host_view, start_sensor, stop_on_signals, Source, SummaryPrinte
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long `custos run` gives the exporter to send or spool what it holds
+/// when stopping.
+const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
 /// Options of `custos run` beyond the configuration.
 pub struct RunOptions {
     pub source: Source,
@@ -21,6 +25,9 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let stats = Arc::new(PipelineStats::default());
     let attributor = Attributor::new(&config, host_view(&opts.source));
     let mut pipeline = Pipeline::new(attributor, started.control, stats.clone());
+    let agent_stats = Arc::new(crate::export::AgentStats::default());
+    let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
+    pipeline.add_sink(Box::new(exporter.sink()));
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
@@ -35,6 +42,8 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(task) = started.task {
         task.await??;
     }
+    // Flushes what the exporter holds, or spools it, within the budget.
+    exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
         lost_kernel = finished.loss.kernel,

@@ -41,3 +41,5 @@ pub fn gate(test: &str, available: Result<(), String>) -> bool {
         }
     }
 }
+
+pub mod otlp;
