@@ -1,0 +1,21 @@
+//! Anomaly detection: streaming, one bounded state per series, no I/O
+//! (except the command-line edge in [`cli`]).
+
+pub mod cli;
+pub mod csv;
+pub mod nab;
+pub mod series;
+
+pub use series::{Observation, Params, SeriesDetector};
+
+use crate::config::Sensitivity;
+
+/// The tunables a sensitivity stands for.
+pub fn params_for(s: Sensitivity) -> Params {
+    let base = Params::default();
+    match s {
+        Sensitivity::Low => Params { alarm_score: 0.97, ..base },
+        Sensitivity::Medium => base,
+        Sensitivity::High => Params { alarm_score: 0.75, ..base },
+    }
+}

@@ -1,0 +1,309 @@
+//! One series' detector: a bounded nearest-neighbour novelty model over
+//! multi-resolution context vectors, calibrated against its own history,
+//! with warm-up and episode hysteresis. See the module docs for why.
+
+use crate::anomaly::Severity;
+use serde::{Deserialize, Serialize};
+
+/// Raw values in a context vector (the newest first).
+const RAW: usize = 4;
+/// Block means of `MID_BLOCK` values, then of `LONG_BLOCK` values.
+const MID: usize = 4;
+const MID_BLOCK: usize = 8;
+const LONG: usize = 4;
+const LONG_BLOCK: usize = 32;
+/// Dimensions of a context vector.
+pub const DIM: usize = RAW + MID + LONG;
+/// Values of history a context vector spans.
+pub const SPAN: usize = RAW + MID * MID_BLOCK + LONG * LONG_BLOCK;
+/// Context vectors remembered.
+pub const MEMORY: usize = 128;
+
+/// Tunables of one detector; derived from a sensitivity, overridable per metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// A score at or above this starts an episode (an alarm).
+    pub alarm_score: f64,
+    /// An episode ends once scores stayed below this for `release_points`...
+    pub release_score: f64,
+    pub release_points: u32,
+    /// ...and it lasted at least this many points (one episode, one alarm).
+    pub min_episode: u32,
+    /// Points learned before any alarm.
+    pub warmup: u32,
+    /// A context vector is remembered every `stride` points, so the memory
+    /// reaches `MEMORY * stride` points back.
+    pub stride: u32,
+    /// Points over which the calibration of novelty forgets.
+    pub calibration_horizon: u32,
+    /// Width of the expected range in typical residuals.
+    pub range_width: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            alarm_score: 0.9,
+            release_score: 0.5,
+            release_points: 20,
+            min_episode: 100,
+            warmup: 150,
+            stride: 3,
+            calibration_horizon: 2000,
+            range_width: 4.0,
+        }
+    }
+}
+
+/// What one observation produced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Anomaly score in [0, 1] of this point (0 during warm-up and for
+    /// non-finite or out-of-order points).
+    pub score: f64,
+    /// The score gated by hysteresis: the score of the point that started
+    /// an episode, 0 for the rest of the episode, the plain score otherwise.
+    /// This is the signal to threshold (it is what `custos detect` writes).
+    pub gated_score: f64,
+    /// True on the point that starts an episode.
+    pub alarm: bool,
+    pub severity: Severity,
+    pub expected_low: f64,
+    pub expected_high: f64,
+}
+
+impl Observation {
+    fn quiet(expected_low: f64, expected_high: f64) -> Self {
+        Observation { score: 0.0, gated_score: 0.0, alarm: false, severity: Severity::Low, expected_low, expected_high }
+    }
+}
+
+/// State of one series. Plain data: serializable, a few KiB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesDetector {
+    params: Params,
+    /// Finite, in-order points learned.
+    n: u64,
+    last_ts: f64,
+    /// The last `SPAN` values, a ring; `head` is the next slot.
+    hist: Vec<f32>,
+    head: usize,
+    /// Exponentially weighted mean and variance of the values.
+    mean: f64,
+    var: f64,
+    /// Remembered context vectors, `DIM` each, a ring.
+    memory: Vec<f32>,
+    mem_len: usize,
+    mem_head: usize,
+    /// Calibration: weighted mean and variance of log novelty.
+    cal_mean: f64,
+    cal_var: f64,
+    cal_n: u64,
+    /// Typical |value - expected value| for the expected range.
+    resid: f64,
+    in_episode: bool,
+    episode_len: u32,
+    quiet_run: u32,
+    pub(crate) skipped_non_finite: u64,
+    pub(crate) skipped_out_of_order: u64,
+    last_score: f64,
+}
+
+impl SeriesDetector {
+    pub fn new(params: Params) -> Self {
+        SeriesDetector {
+            params,
+            n: 0,
+            last_ts: f64::NEG_INFINITY,
+            hist: vec![0.0; SPAN],
+            head: 0,
+            mean: 0.0,
+            var: 0.0,
+            memory: vec![0.0; MEMORY * DIM],
+            mem_len: 0,
+            mem_head: 0,
+            cal_mean: 0.0,
+            cal_var: 0.0,
+            cal_n: 0,
+            resid: 0.0,
+            in_episode: false,
+            episode_len: 0,
+            quiet_run: 0,
+            skipped_non_finite: 0,
+            skipped_out_of_order: 0,
+            last_score: 0.0,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Replaces the tunables, keeping what was learned.
+    pub fn set_params(&mut self, params: Params) {
+        self.params = params;
+    }
+
+    /// The score of the last scored point.
+    pub fn last_score(&self) -> f64 {
+        self.last_score
+    }
+
+    /// Points learned so far.
+    pub fn points(&self) -> u64 {
+        self.n
+    }
+
+    /// Bytes of heap and inline state of this series.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.hist.capacity() * 4 + self.memory.capacity() * 4
+    }
+
+    /// The `k`-th most recent value (0 = newest); needs `k < SPAN`.
+    #[inline]
+    fn back(&self, k: usize) -> f32 {
+        self.hist[(self.head + SPAN - 1 - k) % SPAN]
+    }
+
+    fn context(&self, out: &mut [f32; DIM]) {
+        for (k, o) in out.iter_mut().take(RAW).enumerate() {
+            *o = self.back(k);
+        }
+        let mut k = RAW;
+        for b in 0..MID {
+            let s: f32 = (0..MID_BLOCK).map(|j| self.back(k + j)).sum();
+            out[RAW + b] = s / MID_BLOCK as f32;
+            k += MID_BLOCK;
+        }
+        for b in 0..LONG {
+            let s: f32 = (0..LONG_BLOCK).map(|j| self.back(k + j)).sum();
+            out[RAW + MID + b] = s / LONG_BLOCK as f32;
+            k += LONG_BLOCK;
+        }
+    }
+
+    /// Learns one point and scores it. `ts` is in seconds (any epoch).
+    pub fn observe(&mut self, ts: f64, value: f64) -> Observation {
+        if !value.is_finite() || !ts.is_finite() {
+            self.skipped_non_finite += 1;
+            return Observation::quiet(self.mean, self.mean);
+        }
+        if ts < self.last_ts {
+            // Late data cannot be placed in the context it belongs to; it is
+            // counted and left out rather than spliced in the wrong place.
+            self.skipped_out_of_order += 1;
+            return Observation::quiet(self.mean, self.mean);
+        }
+        self.last_ts = ts;
+        if self.n == 0 {
+            // Start the history at the first value, not at zero.
+            self.hist.iter_mut().for_each(|h| *h = value as f32);
+            self.mean = value;
+        }
+        self.n += 1;
+        self.hist[self.head] = value as f32;
+        self.head = (self.head + 1) % SPAN;
+
+        let a = 1.0 / (self.n.min(self.params.calibration_horizon as u64) as f64);
+        let d = value - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        // Distances below a small fraction of the series' spread are noise.
+        let scale = self.var.sqrt();
+        let floor = 0.05 * scale + 1e-9 * (1.0 + self.mean.abs());
+
+        let mut ctx = [0f32; DIM];
+        self.context(&mut ctx);
+        let (nn_d2, nn_value) = self.nearest(&ctx);
+        let expected = nn_value.unwrap_or(self.mean);
+        let dist = nn_d2.sqrt();
+
+        let mut z = 0.0;
+        if nn_value.is_some() {
+            let ld = (dist + floor).ln();
+            if self.cal_n >= 16 {
+                let sd = self.cal_var.sqrt().max(0.1);
+                z = (ld - self.cal_mean) / sd;
+            }
+            // Winsorized update: an anomaly must not teach the calibration
+            // that anomalies are normal.
+            let sd = self.cal_var.sqrt();
+            let ld_c = if self.cal_n >= 16 { ld.min(self.cal_mean + 3.0 * sd.max(0.1)) } else { ld };
+            self.cal_n += 1;
+            let b = 1.0 / (self.cal_n.min(self.params.calibration_horizon as u64) as f64);
+            let e = ld_c - self.cal_mean;
+            self.cal_mean += b * e;
+            self.cal_var = (1.0 - b) * (self.cal_var + b * e * e);
+        }
+        let r = (value - expected).abs();
+        let half = self.params.range_width * self.resid.max(floor);
+        let (lo, hi) = (expected - half, expected + half);
+        self.resid += (r.min(4.0 * self.resid.max(floor)) - self.resid) * a.max(0.01);
+
+        if (self.n - 1) % self.params.stride as u64 == 0 {
+            self.remember(&ctx);
+        }
+
+        if self.n < self.params.warmup as u64 || nn_value.is_none() {
+            self.last_score = 0.0;
+            return Observation::quiet(lo, hi);
+        }
+        let score = if z > 0.0 { 1.0 - (-z * z / 18.0).exp() } else { 0.0 };
+        self.last_score = score;
+        let mut alarm = false;
+        let gated;
+        if self.in_episode {
+            self.episode_len += 1;
+            self.quiet_run = if score < self.params.release_score { self.quiet_run + 1 } else { 0 };
+            if self.episode_len >= self.params.min_episode && self.quiet_run >= self.params.release_points {
+                self.in_episode = false;
+            }
+            gated = 0.0;
+        } else if score >= self.params.alarm_score {
+            alarm = true;
+            self.in_episode = true;
+            self.episode_len = 0;
+            self.quiet_run = 0;
+            gated = score;
+        } else {
+            gated = score;
+        }
+        let severity = match z {
+            z if z < 7.0 => Severity::Low,
+            z if z < 10.0 => Severity::Medium,
+            z if z < 15.0 => Severity::High,
+            _ => Severity::Critical,
+        };
+        Observation { score, gated_score: gated, alarm, severity, expected_low: lo, expected_high: hi }
+    }
+
+    /// Squared distance to the nearest remembered context and that
+    /// context's newest value (what was seen after a similar past).
+    fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<f64>) {
+        let mut best = f32::INFINITY;
+        let mut at = usize::MAX;
+        for (i, m) in self.memory.chunks_exact(DIM).take(self.mem_len).enumerate() {
+            let mut d = 0f32;
+            for k in 0..DIM {
+                let t = m[k] - ctx[k];
+                d += t * t;
+            }
+            if d < best {
+                best = d;
+                at = i;
+            }
+        }
+        if at == usize::MAX {
+            (0.0, None)
+        } else {
+            (best as f64, Some(self.memory[at * DIM] as f64))
+        }
+    }
+
+    fn remember(&mut self, ctx: &[f32; DIM]) {
+        let at = self.mem_head * DIM;
+        self.memory[at..at + DIM].copy_from_slice(ctx);
+        self.mem_head = (self.mem_head + 1) % MEMORY;
+        self.mem_len = (self.mem_len + 1).min(MEMORY);
+    }
+}
