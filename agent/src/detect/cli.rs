@@ -37,7 +37,11 @@ fn parse_sensitivity(s: &str) -> Result<Sensitivity, String> {
 
 /// Runs `custos detect`.
 pub fn run(args: DetectArgs) -> Result<std::process::ExitCode> {
-    let params = super::params_for(args.sensitivity);
+    let mut params = super::params_for(args.sensitivity);
+    // Development aid: try tunables without rebuilding (JSON of `Params`).
+    if let Some(j) = std::env::var_os("CUSTOS_DETECT_PARAMS") {
+        params = serde_json::from_str(&j.to_string_lossy()).context("CUSTOS_DETECT_PARAMS: expected a JSON Params")?;
+    }
     if let Some(dir) = &args.nab {
         let report = evaluate_nab(dir, &params, args.results.as_deref())?;
         print!("{report}");

@@ -12,8 +12,13 @@ const MID: usize = 4;
 const MID_BLOCK: usize = 8;
 const LONG: usize = 4;
 const LONG_BLOCK: usize = 32;
+/// Seasonal dimensions: the usual value at this time of day and of week.
+const SEASONAL: usize = 2;
 /// Dimensions of a context vector.
-pub const DIM: usize = RAW + MID + LONG;
+pub const DIM: usize = RAW + MID + LONG + SEASONAL;
+/// Bins of the daily (half-hour) and weekly (hourly) profiles.
+const DAY_BINS: usize = 48;
+const WEEK_BINS: usize = 168;
 /// Values of history a context vector spans.
 pub const SPAN: usize = RAW + MID * MID_BLOCK + LONG * LONG_BLOCK;
 /// Context vectors remembered.
@@ -38,6 +43,13 @@ pub struct Params {
     pub calibration_horizon: u32,
     /// Width of the expected range in typical residuals.
     pub range_width: f64,
+    /// Weight of the newest point in the smoothed novelty (1: no smoothing).
+    #[serde(default = "one")]
+    pub smoothing: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for Params {
@@ -51,6 +63,7 @@ impl Default for Params {
             stride: 3,
             calibration_horizon: 2000,
             range_width: 4.0,
+            smoothing: 1.0,
         }
     }
 }
@@ -94,15 +107,25 @@ pub struct SeriesDetector {
     /// Remembered context vectors, `DIM` each, a ring.
     memory: Vec<f32>,
     mem_len: usize,
-    mem_head: usize,
+    /// Per remembered context: the point count when it last matched.
+    mem_last_hit: Vec<u64>,
     /// Calibration: weighted mean and variance of log novelty.
     cal_mean: f64,
     cal_var: f64,
     cal_n: u64,
+    /// Smoothed log novelty.
+    smooth_ld: f64,
     /// Typical |value - expected value| for the expected range.
     resid: f64,
     in_episode: bool,
     episode_len: u32,
+    /// Gating: a point's score is reported only above this level, which
+    /// rises after each reported point and lapses after `min_episode` points
+    /// (level, points since it was set).
+    gate: (f64, u32),
+    /// Usual value per half hour of the day and per hour of the week (NaN: not seen yet).
+    day_profile: Vec<f32>,
+    week_profile: Vec<f32>,
     quiet_run: u32,
     pub(crate) skipped_non_finite: u64,
     pub(crate) skipped_out_of_order: u64,
@@ -121,13 +144,17 @@ impl SeriesDetector {
             var: 0.0,
             memory: vec![0.0; MEMORY * DIM],
             mem_len: 0,
-            mem_head: 0,
+            mem_last_hit: vec![0; MEMORY],
             cal_mean: 0.0,
             cal_var: 0.0,
             cal_n: 0,
+            smooth_ld: 0.0,
             resid: 0.0,
             in_episode: false,
             episode_len: 0,
+            gate: (0.0, 0),
+            day_profile: vec![f32::NAN; DAY_BINS],
+            week_profile: vec![f32::NAN; WEEK_BINS],
             quiet_run: 0,
             skipped_non_finite: 0,
             skipped_out_of_order: 0,
@@ -156,7 +183,7 @@ impl SeriesDetector {
 
     /// Bytes of heap and inline state of this series.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.hist.capacity() * 4 + self.memory.capacity() * 4
+        std::mem::size_of::<Self>() + self.hist.capacity() * 4 + self.memory.capacity() * 4 + self.mem_last_hit.capacity() * 8 + (DAY_BINS + WEEK_BINS) * 4
     }
 
     /// The `k`-th most recent value (0 = newest); needs `k < SPAN`.
@@ -165,7 +192,8 @@ impl SeriesDetector {
         self.hist[(self.head + SPAN - 1 - k) % SPAN]
     }
 
-    fn context(&self, out: &mut [f32; DIM]) {
+    fn context(&self, out: &mut [f32; DIM], seasonal: [f32; SEASONAL]) {
+        out[RAW + MID + LONG..].copy_from_slice(&seasonal);
         for (k, o) in out.iter_mut().take(RAW).enumerate() {
             *o = self.back(k);
         }
@@ -212,18 +240,21 @@ impl SeriesDetector {
         let scale = self.var.sqrt();
         let floor = 0.05 * scale + 1e-9 * (1.0 + self.mean.abs());
 
+        let seasonal = self.seasonal(ts, value);
         let mut ctx = [0f32; DIM];
-        self.context(&mut ctx);
-        let (nn_d2, nn_value) = self.nearest(&ctx);
+        self.context(&mut ctx, seasonal);
+        let (nn_d2, nn_at) = self.nearest(&ctx);
+        let nn_value = nn_at.map(|i| self.memory[i * DIM] as f64);
         let expected = nn_value.unwrap_or(self.mean);
         let dist = nn_d2.sqrt();
 
         let mut z = 0.0;
         if nn_value.is_some() {
             let ld = (dist + floor).ln();
+            self.smooth_ld = if self.cal_n == 0 { ld } else { self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing };
             if self.cal_n >= 16 {
                 let sd = self.cal_var.sqrt().max(0.1);
-                z = (ld - self.cal_mean) / sd;
+                z = (self.smooth_ld - self.cal_mean) / sd;
             }
             // Winsorized update: an anomaly must not teach the calibration
             // that anomalies are normal.
@@ -240,8 +271,27 @@ impl SeriesDetector {
         let (lo, hi) = (expected - half, expected + half);
         self.resid += (r.min(4.0 * self.resid.max(floor)) - self.resid) * a.max(0.01);
 
-        if (self.n - 1) % self.params.stride as u64 == 0 {
-            self.remember(&ctx);
+        // Memory as a set of prototypes: a context like a remembered one
+        // (closer than the typical nearest distance) refreshes it; a new one
+        // is added, evicting the least recently matched. Recurring patterns
+        // thus stay remembered however long ago they started, and one
+        // slot is spent per kind of pattern rather than per point.
+        let typical = if self.cal_n >= 16 { self.cal_mean.exp() } else { 0.0 };
+        match nn_at {
+            Some(i) if dist + floor <= typical => {
+                self.mem_last_hit[i] = self.n;
+                if (self.n - 1) % self.params.stride as u64 == 0 {
+                    let m = &mut self.memory[i * DIM..(i + 1) * DIM];
+                    for k in 0..DIM {
+                        m[k] += (ctx[k] - m[k]) * 0.1;
+                    }
+                }
+            }
+            _ => {
+                if (self.n - 1) % self.params.stride as u64 == 0 {
+                    self.remember(&ctx);
+                }
+            }
         }
 
         if self.n < self.params.warmup as u64 || nn_value.is_none() {
@@ -250,23 +300,30 @@ impl SeriesDetector {
         }
         let score = if z > 0.0 { 1.0 - (-z * z / 18.0).exp() } else { 0.0 };
         self.last_score = score;
+        // Gating that does not depend on where a threshold is later put:
+        // a point counts only if it beats every score of the last
+        // `min_episode` points, so whatever the threshold, an episode
+        // crosses it about once.
+        let (level, age) = self.gate;
+        let level = if age >= self.params.min_episode { 0.0 } else { level };
+        let gated = if score > level { score } else { 0.0 };
+        if score > level {
+            self.gate = (score + (1.0 - score) * 0.5, 0);
+        } else {
+            self.gate = (level, age + 1);
+        }
         let mut alarm = false;
-        let gated;
         if self.in_episode {
             self.episode_len += 1;
             self.quiet_run = if score < self.params.release_score { self.quiet_run + 1 } else { 0 };
             if self.episode_len >= self.params.min_episode && self.quiet_run >= self.params.release_points {
                 self.in_episode = false;
             }
-            gated = 0.0;
         } else if score >= self.params.alarm_score {
             alarm = true;
             self.in_episode = true;
             self.episode_len = 0;
             self.quiet_run = 0;
-            gated = score;
-        } else {
-            gated = score;
         }
         let severity = match z {
             z if z < 7.0 => Severity::Low,
@@ -277,9 +334,27 @@ impl SeriesDetector {
         Observation { score, gated_score: gated, alarm, severity, expected_low: lo, expected_high: hi }
     }
 
+    /// The usual values at this time of day and week (before learning
+    /// this point), then learns it. Profiles make a normal value at an
+    /// unusual time (a missing daily peak) a context never seen before.
+    fn seasonal(&mut self, ts: f64, value: f64) -> [f32; SEASONAL] {
+        let day = ts.rem_euclid(86_400.0);
+        let week = ts.rem_euclid(7.0 * 86_400.0);
+        let d = ((day / 1800.0) as usize).min(DAY_BINS - 1);
+        let w = ((week / 3600.0) as usize).min(WEEK_BINS - 1);
+        let fallback = self.mean as f32;
+        let pd = if self.day_profile[d].is_nan() { fallback } else { self.day_profile[d] };
+        let pw = if self.week_profile[w].is_nan() { fallback } else { self.week_profile[w] };
+        let v = value as f32;
+        for (p, i) in [(&mut self.day_profile, d), (&mut self.week_profile, w)] {
+            p[i] = if p[i].is_nan() { v } else { p[i] + (v - p[i]) * 0.05 };
+        }
+        [pd, pw]
+    }
+
     /// Squared distance to the nearest remembered context and that
     /// context's newest value (what was seen after a similar past).
-    fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<f64>) {
+    fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<usize>) {
         let mut best = f32::INFINITY;
         let mut at = usize::MAX;
         for (i, m) in self.memory.chunks_exact(DIM).take(self.mem_len).enumerate() {
@@ -296,14 +371,24 @@ impl SeriesDetector {
         if at == usize::MAX {
             (0.0, None)
         } else {
-            (best as f64, Some(self.memory[at * DIM] as f64))
+            (best as f64, Some(at))
         }
     }
 
     fn remember(&mut self, ctx: &[f32; DIM]) {
-        let at = self.mem_head * DIM;
-        self.memory[at..at + DIM].copy_from_slice(ctx);
-        self.mem_head = (self.mem_head + 1) % MEMORY;
-        self.mem_len = (self.mem_len + 1).min(MEMORY);
+        let slot = if self.mem_len < MEMORY {
+            self.mem_len += 1;
+            self.mem_len - 1
+        } else {
+            let mut oldest = 0;
+            for i in 1..MEMORY {
+                if self.mem_last_hit[i] < self.mem_last_hit[oldest] {
+                    oldest = i;
+                }
+            }
+            oldest
+        };
+        self.memory[slot * DIM..(slot + 1) * DIM].copy_from_slice(ctx);
+        self.mem_last_hit[slot] = self.n;
     }
 }
