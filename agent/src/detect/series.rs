@@ -43,6 +43,9 @@ pub struct Params {
     pub calibration_horizon: u32,
     /// Width of the expected range in typical residuals.
     pub range_width: f64,
+    /// Weight of the seasonal departure against context novelty (0: off).
+    #[serde(default = "one")]
+    pub seasonal_weight: f64,
     /// Weight of the newest point in the smoothed novelty (1: no smoothing).
     #[serde(default = "one")]
     pub smoothing: f64,
@@ -64,7 +67,42 @@ impl Default for Params {
             calibration_horizon: 2000,
             range_width: 4.0,
             smoothing: 1.0,
+            seasonal_weight: 1.0,
         }
+    }
+}
+
+/// Points before the seasonal departure is trusted.
+const DAY_SECONDS_MIN_POINTS: usize = 64;
+
+/// A running estimate of the distribution of a log-scale statistic, which
+/// turns a new value into a z-score. Updates are winsorized at 3 sigma so
+/// that an anomaly does not teach it that anomalies are normal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Calibration {
+    mean: f64,
+    var: f64,
+    n: u64,
+}
+
+impl Calibration {
+    /// Below this spread (in log units) differences are not meaningful.
+    const MIN_SD: f64 = 0.1;
+
+    fn z(&self, x: f64) -> f64 {
+        if self.n < 16 {
+            return 0.0;
+        }
+        (x - self.mean) / self.var.sqrt().max(Self::MIN_SD)
+    }
+
+    fn learn(&mut self, x: f64, horizon: u32) {
+        let x = if self.n >= 16 { x.min(self.mean + 3.0 * self.var.sqrt().max(Self::MIN_SD)) } else { x };
+        self.n += 1;
+        let b = 1.0 / (self.n.min(horizon as u64) as f64);
+        let e = x - self.mean;
+        self.mean += b * e;
+        self.var = (1.0 - b) * (self.var + b * e * e);
     }
 }
 
@@ -109,10 +147,11 @@ pub struct SeriesDetector {
     mem_len: usize,
     /// Per remembered context: the point count when it last matched.
     mem_last_hit: Vec<u64>,
-    /// Calibration: weighted mean and variance of log novelty.
-    cal_mean: f64,
-    cal_var: f64,
-    cal_n: u64,
+    /// Calibration of log novelty.
+    novelty: Calibration,
+    /// Smoothed |value - usual value at this time of day| and its calibration.
+    season_dev: f64,
+    season_cal: Calibration,
     /// Smoothed log novelty.
     smooth_ld: f64,
     /// Typical |value - expected value| for the expected range.
@@ -145,9 +184,9 @@ impl SeriesDetector {
             memory: vec![0.0; MEMORY * DIM],
             mem_len: 0,
             mem_last_hit: vec![0; MEMORY],
-            cal_mean: 0.0,
-            cal_var: 0.0,
-            cal_n: 0,
+            novelty: Calibration::default(),
+            season_dev: 0.0,
+            season_cal: Calibration::default(),
             smooth_ld: 0.0,
             resid: 0.0,
             in_episode: false,
@@ -251,21 +290,19 @@ impl SeriesDetector {
         let mut z = 0.0;
         if nn_value.is_some() {
             let ld = (dist + floor).ln();
-            self.smooth_ld = if self.cal_n == 0 { ld } else { self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing };
-            if self.cal_n >= 16 {
-                let sd = self.cal_var.sqrt().max(0.1);
-                z = (self.smooth_ld - self.cal_mean) / sd;
-            }
-            // Winsorized update: an anomaly must not teach the calibration
-            // that anomalies are normal.
-            let sd = self.cal_var.sqrt();
-            let ld_c = if self.cal_n >= 16 { ld.min(self.cal_mean + 3.0 * sd.max(0.1)) } else { ld };
-            self.cal_n += 1;
-            let b = 1.0 / (self.cal_n.min(self.params.calibration_horizon as u64) as f64);
-            let e = ld_c - self.cal_mean;
-            self.cal_mean += b * e;
-            self.cal_var = (1.0 - b) * (self.cal_var + b * e * e);
+            self.smooth_ld = if self.novelty.n == 0 { ld } else { self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing };
+            z = self.novelty.z(self.smooth_ld);
+            self.novelty.learn(ld, self.params.calibration_horizon);
         }
+        // Departure from the usual value at this time of day, smoothed so
+        // that a missing daily peak (sustained) counts more than noise.
+        let sres = (value - seasonal[0] as f64).abs();
+        self.season_dev = if self.n == 1 { sres } else { self.season_dev + (sres - self.season_dev) * 0.2 };
+        let ls = (self.season_dev + floor).ln();
+        if self.n as usize > DAY_SECONDS_MIN_POINTS {
+            z = z.max(self.params.seasonal_weight * self.season_cal.z(ls));
+        }
+        self.season_cal.learn(ls, self.params.calibration_horizon);
         let r = (value - expected).abs();
         let half = self.params.range_width * self.resid.max(floor);
         let (lo, hi) = (expected - half, expected + half);
@@ -276,7 +313,7 @@ impl SeriesDetector {
         // is added, evicting the least recently matched. Recurring patterns
         // thus stay remembered however long ago they started, and one
         // slot is spent per kind of pattern rather than per point.
-        let typical = if self.cal_n >= 16 { self.cal_mean.exp() } else { 0.0 };
+        let typical = if self.novelty.n >= 16 { self.novelty.mean.exp() } else { 0.0 };
         match nn_at {
             Some(i) if dist + floor <= typical => {
                 self.mem_last_hit[i] = self.n;
