@@ -46,6 +46,9 @@ pub struct Params {
     /// Weight of the seasonal departure against context novelty (0: off).
     #[serde(default = "one")]
     pub seasonal_weight: f64,
+    /// Weight of the level-shift and variance-change statistics (0: off).
+    #[serde(default = "one")]
+    pub change_weight: f64,
     /// Weight of the newest point in the smoothed novelty (1: no smoothing).
     #[serde(default = "one")]
     pub smoothing: f64,
@@ -68,6 +71,7 @@ impl Default for Params {
             range_width: 4.0,
             smoothing: 1.0,
             seasonal_weight: 1.0,
+            change_weight: 1.0,
         }
     }
 }
@@ -142,7 +146,9 @@ pub struct SeriesDetector {
     /// Exponentially weighted mean and variance of the values.
     mean: f64,
     var: f64,
-    /// Remembered context vectors, `DIM` each, a ring.
+    /// Remembered context vectors, dimension-major (`memory[k * MEMORY + i]`
+    /// is dimension `k` of context `i`) so the nearest-neighbour scan
+    /// vectorizes over contexts.
     memory: Vec<f32>,
     mem_len: usize,
     /// Per remembered context: the point count when it last matched.
@@ -152,6 +158,13 @@ pub struct SeriesDetector {
     /// Smoothed |value - usual value at this time of day| and its calibration.
     season_dev: f64,
     season_cal: Calibration,
+    /// Short-window mean and variance of the values, and calibrations of
+    /// their departures from the long-run ones (level shift, rate change,
+    /// variance change).
+    short_mean: f64,
+    short_var: f64,
+    shift_cal: Calibration,
+    spread_cal: Calibration,
     /// Smoothed log novelty.
     smooth_ld: f64,
     /// Typical |value - expected value| for the expected range.
@@ -187,6 +200,10 @@ impl SeriesDetector {
             novelty: Calibration::default(),
             season_dev: 0.0,
             season_cal: Calibration::default(),
+            short_mean: 0.0,
+            short_var: 0.0,
+            shift_cal: Calibration::default(),
+            spread_cal: Calibration::default(),
             smooth_ld: 0.0,
             resid: 0.0,
             in_episode: false,
@@ -283,7 +300,7 @@ impl SeriesDetector {
         let mut ctx = [0f32; DIM];
         self.context(&mut ctx, seasonal);
         let (nn_d2, nn_at) = self.nearest(&ctx);
-        let nn_value = nn_at.map(|i| self.memory[i * DIM] as f64);
+        let nn_value = nn_at.map(|i| self.memory[i] as f64);
         let expected = nn_value.unwrap_or(self.mean);
         let dist = nn_d2.sqrt();
 
@@ -303,6 +320,25 @@ impl SeriesDetector {
             z = z.max(self.params.seasonal_weight * self.season_cal.z(ls));
         }
         self.season_cal.learn(ls, self.params.calibration_horizon);
+
+        if self.n == 1 {
+            self.short_mean = value;
+        }
+        let sa = 1.0 / 16.0;
+        let e = value - self.short_mean;
+        self.short_mean += sa * e;
+        self.short_var = (1.0 - sa) * (self.short_var + sa * e * e);
+        if self.params.change_weight > 0.0 {
+            let f2 = floor * floor;
+            let shift = ((self.short_mean - self.mean).abs() + floor).ln() - (scale + floor).ln();
+            let spread = ((self.short_var + f2) / (self.var + f2)).ln().abs();
+            if self.n as usize > DAY_SECONDS_MIN_POINTS {
+                let zc = self.shift_cal.z(shift).max(self.spread_cal.z(spread));
+                z = z.max(self.params.change_weight * zc);
+            }
+            self.shift_cal.learn(shift, self.params.calibration_horizon);
+            self.spread_cal.learn(spread, self.params.calibration_horizon);
+        }
         let r = (value - expected).abs();
         let half = self.params.range_width * self.resid.max(floor);
         let (lo, hi) = (expected - half, expected + half);
@@ -318,9 +354,9 @@ impl SeriesDetector {
             Some(i) if dist + floor <= typical => {
                 self.mem_last_hit[i] = self.n;
                 if (self.n - 1) % self.params.stride as u64 == 0 {
-                    let m = &mut self.memory[i * DIM..(i + 1) * DIM];
-                    for k in 0..DIM {
-                        m[k] += (ctx[k] - m[k]) * 0.1;
+                    for (k, c) in ctx.iter().enumerate() {
+                        let m = &mut self.memory[k * MEMORY + i];
+                        *m += (c - *m) * 0.1;
                     }
                 }
             }
@@ -392,16 +428,20 @@ impl SeriesDetector {
     /// Squared distance to the nearest remembered context and that
     /// context's newest value (what was seen after a similar past).
     fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<usize>) {
+        let len = self.mem_len;
+        let mut d = [0f32; MEMORY];
+        for (k, &c) in ctx.iter().enumerate() {
+            let row = &self.memory[k * MEMORY..k * MEMORY + len];
+            for (di, &m) in d[..len].iter_mut().zip(row) {
+                let t = m - c;
+                *di += t * t;
+            }
+        }
         let mut best = f32::INFINITY;
         let mut at = usize::MAX;
-        for (i, m) in self.memory.chunks_exact(DIM).take(self.mem_len).enumerate() {
-            let mut d = 0f32;
-            for k in 0..DIM {
-                let t = m[k] - ctx[k];
-                d += t * t;
-            }
-            if d < best {
-                best = d;
+        for (i, &di) in d[..len].iter().enumerate() {
+            if di < best {
+                best = di;
                 at = i;
             }
         }
@@ -425,7 +465,9 @@ impl SeriesDetector {
             }
             oldest
         };
-        self.memory[slot * DIM..(slot + 1) * DIM].copy_from_slice(ctx);
+        for (k, &c) in ctx.iter().enumerate() {
+            self.memory[k * MEMORY + slot] = c;
+        }
         self.mem_last_hit[slot] = self.n;
     }
 }
