@@ -14,8 +14,8 @@ use crate::config::Sensitivity;
 pub fn params_for(s: Sensitivity) -> Params {
     let base = Params::default();
     match s {
-        Sensitivity::Low => Params { alarm_score: 0.97, ..base },
-        Sensitivity::Medium => base,
-        Sensitivity::High => Params { alarm_score: 0.75, ..base },
+        Sensitivity::Low => Params { alarm_score: 0.9, ..base },
+        Sensitivity::Medium => Params { alarm_score: 0.75, ..base },
+        Sensitivity::High => Params { alarm_score: 0.5, ..base },
     }
 }

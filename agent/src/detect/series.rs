@@ -49,6 +49,9 @@ pub struct Params {
     /// Weight of the level-shift and variance-change statistics (0: off).
     #[serde(default = "one")]
     pub change_weight: f64,
+    /// How far toward 1 a reported score raises the bar for the rest of its episode.
+    #[serde(default = "half")]
+    pub gate_step: f64,
     /// Weight of the newest point in the smoothed novelty (1: no smoothing).
     #[serde(default = "one")]
     pub smoothing: f64,
@@ -58,10 +61,14 @@ fn one() -> f64 {
     1.0
 }
 
+fn half() -> f64 {
+    0.5
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {
-            alarm_score: 0.9,
+            alarm_score: 0.75,
             release_score: 0.5,
             release_points: 20,
             min_episode: 100,
@@ -72,6 +79,7 @@ impl Default for Params {
             smoothing: 1.0,
             seasonal_weight: 1.0,
             change_weight: 1.0,
+            gate_step: 0.5,
         }
     }
 }
@@ -373,17 +381,19 @@ impl SeriesDetector {
         }
         let score = if z > 0.0 { 1.0 - (-z * z / 18.0).exp() } else { 0.0 };
         self.last_score = score;
-        // Gating that does not depend on where a threshold is later put:
-        // a point counts only if it beats every score of the last
-        // `min_episode` points, so whatever the threshold, an episode
-        // crosses it about once.
+        // Gating that does not depend on where a threshold is later put: a
+        // reported point raises the bar for the next `min_episode` points
+        // to part of the way between its score and 1. Whatever the
+        // threshold, an episode crosses it about once. (Also requiring the
+        // scores to have calmed down before lowering the bar scored worse
+        // on NAB: a bar left up by a noisy stretch hides the next anomaly.)
         let (level, age) = self.gate;
         let level = if age >= self.params.min_episode { 0.0 } else { level };
         let gated = if score > level { score } else { 0.0 };
         if score > level {
-            self.gate = (score + (1.0 - score) * 0.5, 0);
+            self.gate = (score + (1.0 - score) * self.params.gate_step, 0);
         } else {
-            self.gate = (level, age + 1);
+            self.gate = (level, age.saturating_add(1));
         }
         let mut alarm = false;
         if self.in_episode {
