@@ -40,7 +40,8 @@ pub fn run(args: DetectArgs) -> Result<std::process::ExitCode> {
     let mut params = super::params_for(args.sensitivity);
     // Development aid: try tunables without rebuilding (JSON of `Params`).
     if let Some(j) = std::env::var_os("CUSTOS_DETECT_PARAMS") {
-        params = serde_json::from_str(&j.to_string_lossy()).context("CUSTOS_DETECT_PARAMS: expected a JSON Params")?;
+        params = serde_json::from_str(&j.to_string_lossy())
+            .context("CUSTOS_DETECT_PARAMS: expected a JSON Params")?;
     }
     if let Some(dir) = &args.nab {
         let report = evaluate_nab(dir, &params, args.results.as_deref())?;
@@ -77,10 +78,10 @@ pub fn score_rows(rows: &[Row], params: &Params) -> Vec<f64> {
 /// scores it; returns the printable report.
 pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Result<String> {
     let windows_path = dir.join("combined_windows.json");
-    let text =
-        std::fs::read_to_string(&windows_path).with_context(|| format!("cannot read {}", windows_path.display()))?;
-    let labels: std::collections::BTreeMap<String, Vec<(String, String)>> =
-        serde_json::from_str(&text).with_context(|| format!("{}: expected {{file: [[start, end], ...]}}", windows_path.display()))?;
+    let text = std::fs::read_to_string(&windows_path)
+        .with_context(|| format!("cannot read {}", windows_path.display()))?;
+    let labels: std::collections::BTreeMap<String, Vec<(String, String)>> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected {{file: [[start, end], ...]}}", windows_path.display()))?;
     let profiles_path = dir.join("profiles.json");
     let profiles = match std::fs::read_to_string(&profiles_path) {
         Ok(t) => nab::parse_profiles(&t).map_err(|e| anyhow::anyhow!("{}: {e}", profiles_path.display()))?,
@@ -115,7 +116,8 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
         if let Some(out) = results {
             let p = out.join(name);
             if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
             }
             let mut s = String::from("timestamp,value,anomaly_score\n");
             for (r, sc) in rows.iter().zip(&scores) {
@@ -123,23 +125,48 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
             }
             std::fs::write(&p, s).with_context(|| format!("cannot write {}", p.display()))?;
         }
-        files.push(FileResult { name: name.clone(), timestamps: rows.iter().map(|r| r.timestamp).collect(), scores, windows });
+        files.push(FileResult {
+            name: name.clone(),
+            timestamps: rows.iter().map(|r| r.timestamp).collect(),
+            scores,
+            windows,
+        });
     }
     if files.is_empty() {
         bail!("{}: no labelled data files found under data/", dir.display());
     }
     let mut report = String::new();
     let windows: usize = files.iter().map(|f| f.windows.len()).sum();
-    let _ = writeln!(report, "NAB evaluation of {}: {} files, {} points, {} windows", dir.display(), files.len(), points, windows);
+    let _ = writeln!(
+        report,
+        "NAB evaluation of {}: {} files, {} points, {} windows",
+        dir.display(),
+        files.len(),
+        points,
+        windows
+    );
     for p in &profiles {
         let s = nab::score_corpus(&files, p);
-        let _ = writeln!(report, "{:<20} score {:6.2}  (threshold {:.6}, raw {:.3}, null {:.1}, perfect {:.1})", p.name, s.normalized, s.threshold, s.raw, s.null, s.perfect);
+        let _ = writeln!(
+            report,
+            "{:<20} score {:6.2}  (threshold {:.6}, raw {:.3}, null {:.1}, perfect {:.1})",
+            p.name, s.normalized, s.threshold, s.raw, s.null, s.perfect
+        );
         if std::env::var_os("CUSTOS_NAB_VERBOSE").is_some() {
             for f in &s.files {
-                let _ = writeln!(report, "    {:<60} raw {:7.3}  windows {}/{}  fp {}", f.name, f.raw, f.detected_windows, f.windows, f.false_positives);
+                let _ = writeln!(
+                    report,
+                    "    {:<60} raw {:7.3}  windows {}/{}  fp {}",
+                    f.name, f.raw, f.detected_windows, f.windows, f.false_positives
+                );
             }
         }
     }
-    let _ = writeln!(report, "speed: {:.0} points/s on one core; state: {} bytes per series", points as f64 / detect_secs.max(1e-9), state_bytes);
+    let _ = writeln!(
+        report,
+        "speed: {:.0} points/s on one core; state: {} bytes per series",
+        points as f64 / detect_secs.max(1e-9),
+        state_bytes
+    );
     Ok(report)
 }

@@ -42,7 +42,8 @@ pub fn parse(text: &str) -> Result<Vec<Row>, CsvError> {
             None => return Err(CsvError::Empty),
         }
     };
-    let cols: Vec<String> = header.split(',').map(|c| c.trim().trim_matches('"').to_ascii_lowercase()).collect();
+    let cols: Vec<String> =
+        header.split(',').map(|c| c.trim().trim_matches('"').to_ascii_lowercase()).collect();
     if cols.len() < 2 || cols[0] != "timestamp" || cols[1] != "value" {
         return Err(CsvError::Header { found: header.to_string() });
     }
@@ -58,11 +59,17 @@ pub fn parse(text: &str) -> Result<Vec<Row>, CsvError> {
             return Err(CsvError::FieldCount { line, found: fields.len() });
         }
         let ts_text = fields[0].trim().trim_matches('"');
-        let timestamp =
-            parse_timestamp(ts_text).ok_or_else(|| CsvError::Timestamp { line, text: ts_text.to_string() })?;
+        let timestamp = parse_timestamp(ts_text)
+            .ok_or_else(|| CsvError::Timestamp { line, text: ts_text.to_string() })?;
         let v_text = fields[1].trim().trim_matches('"');
         let value = parse_value(v_text).ok_or_else(|| CsvError::Value { line, text: v_text.to_string() })?;
-        rows.push(Row { line, timestamp_text: ts_text.to_string(), timestamp, value_text: v_text.to_string(), value });
+        rows.push(Row {
+            line,
+            timestamp_text: ts_text.to_string(),
+            timestamp,
+            value_text: v_text.to_string(),
+            value,
+        });
     }
     if rows.is_empty() {
         return Err(CsvError::Empty);
@@ -82,7 +89,12 @@ fn parse_value(s: &str) -> Option<f64> {
 pub fn parse_timestamp(s: &str) -> Option<f64> {
     let s = s.strip_suffix('Z').unwrap_or(s);
     let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' || b[16] != b':'
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b' ' || b[10] == b'T')
+        || b[13] != b':'
+        || b[16] != b':'
     {
         return None;
     }

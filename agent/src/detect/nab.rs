@@ -45,15 +45,21 @@ pub fn standard_profiles() -> Vec<Profile> {
 
 /// Parses a NAB `profiles.json` text (profiles in file order).
 pub fn parse_profiles(text: &str) -> Result<Vec<Profile>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid profiles json: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("invalid profiles json: {e}"))?;
     let obj = v.as_object().ok_or("profiles json: expected an object of profiles")?;
     let mut out = Vec::new();
     for (name, p) in obj {
         let cm = p.get("CostMatrix").ok_or_else(|| format!("profile `{name}`: missing `CostMatrix`"))?;
         let w = |k: &str| {
-            cm.get(k).and_then(|x| x.as_f64()).ok_or_else(|| format!("profile `{name}`: missing number `{k}`"))
+            cm.get(k)
+                .and_then(|x| x.as_f64())
+                .ok_or_else(|| format!("profile `{name}`: missing number `{k}`"))
         };
-        out.push(Profile { name: name.clone(), costs: CostMatrix { tp: w("tpWeight")?, fp: w("fpWeight")?, fn_: w("fnWeight")? } });
+        out.push(Profile {
+            name: name.clone(),
+            costs: CostMatrix { tp: w("tpWeight")?, fp: w("fpWeight")?, fn_: w("fnWeight")? },
+        });
     }
     // serde_json's map is sorted; keep NAB's customary order when present.
     let order = ["standard", "reward_low_FP_rate", "reward_low_FN_rate"];
@@ -207,8 +213,11 @@ pub fn score_corpus(files: &[FileResult], profile: &Profile) -> CorpusScore {
     let perfect = c.tp * total_windows as f64;
 
     // Exact threshold sweep: lower the threshold through every distinct score.
-    let mut all: Vec<Point> =
-        per_file.iter().flat_map(|(p, _)| p.iter().copied()).filter(|p| p.region != Region::Probationary).collect();
+    let mut all: Vec<Point> = per_file
+        .iter()
+        .flat_map(|(p, _)| p.iter().copied())
+        .filter(|p| p.region != Region::Probationary)
+        .collect();
     all.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut best_in_window = vec![-c.fn_; next_window];
     let mut total = null;
@@ -241,7 +250,15 @@ pub fn score_corpus(files: &[FileResult], profile: &Profile) -> CorpusScore {
         .collect::<Vec<_>>();
     let raw: f64 = files_out.iter().map(|f| f.raw).sum();
     let normalized = if perfect > null { 100.0 * (raw - null) / (perfect - null) } else { 100.0 };
-    CorpusScore { profile: profile.name.clone(), threshold: best_threshold, raw, null, perfect, normalized, files: files_out }
+    CorpusScore {
+        profile: profile.name.clone(),
+        threshold: best_threshold,
+        raw,
+        null,
+        perfect,
+        normalized,
+        files: files_out,
+    }
 }
 
 fn file_score(name: &str, pts: &[Point], scored: &[usize], c: CostMatrix, threshold: f64) -> FileScore {
@@ -263,7 +280,13 @@ fn file_score(name: &str, pts: &[Point], scored: &[usize], c: CostMatrix, thresh
     }
     let detected = best.values().filter(|&&v| v > -c.fn_).count();
     raw += best.values().sum::<f64>();
-    FileScore { name: name.to_string(), raw, windows: scored.len(), detected_windows: detected, false_positives: fps }
+    FileScore {
+        name: name.to_string(),
+        raw,
+        windows: scored.len(),
+        detected_windows: detected,
+        false_positives: fps,
+    }
 }
 
 #[cfg(test)]

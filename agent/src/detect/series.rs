@@ -34,8 +34,14 @@ pub struct Params {
     pub release_points: u32,
     /// ...and it lasted at least this many points (one episode, one alarm).
     pub min_episode: u32,
-    /// Points learned before any alarm.
+    /// Points learned before any score (they score 0).
     pub warmup: u32,
+    /// Points learned before any alarm (episodes start only after this; the
+    /// score is reported from `warmup` on). The first weeks' rare but
+    /// normal patterns (the first silent hour of a bursty counter) are
+    /// learned before anyone is paged for them.
+    #[serde(default = "default_alarm_warmup")]
+    pub alarm_warmup: u32,
     /// A context vector is remembered every `stride` points, so the memory
     /// reaches `MEMORY * stride` points back.
     pub stride: u32,
@@ -61,6 +67,10 @@ fn one() -> f64 {
     1.0
 }
 
+fn default_alarm_warmup() -> u32 {
+    720
+}
+
 fn half() -> f64 {
     0.5
 }
@@ -73,6 +83,7 @@ impl Default for Params {
             release_points: 20,
             min_episode: 100,
             warmup: 150,
+            alarm_warmup: default_alarm_warmup(),
             stride: 3,
             calibration_horizon: 2000,
             range_width: 4.0,
@@ -137,7 +148,14 @@ pub struct Observation {
 
 impl Observation {
     fn quiet(expected_low: f64, expected_high: f64) -> Self {
-        Observation { score: 0.0, gated_score: 0.0, alarm: false, severity: Severity::Low, expected_low, expected_high }
+        Observation {
+            score: 0.0,
+            gated_score: 0.0,
+            alarm: false,
+            severity: Severity::Low,
+            expected_low,
+            expected_high,
+        }
     }
 }
 
@@ -247,7 +265,11 @@ impl SeriesDetector {
 
     /// Bytes of heap and inline state of this series.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.hist.capacity() * 4 + self.memory.capacity() * 4 + self.mem_last_hit.capacity() * 8 + (DAY_BINS + WEEK_BINS) * 4
+        std::mem::size_of::<Self>()
+            + self.hist.capacity() * 4
+            + self.memory.capacity() * 4
+            + self.mem_last_hit.capacity() * 8
+            + (DAY_BINS + WEEK_BINS) * 4
     }
 
     /// The `k`-th most recent value (0 = newest); needs `k < SPAN`.
@@ -315,7 +337,11 @@ impl SeriesDetector {
         let mut z = 0.0;
         if nn_value.is_some() {
             let ld = (dist + floor).ln();
-            self.smooth_ld = if self.novelty.n == 0 { ld } else { self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing };
+            self.smooth_ld = if self.novelty.n == 0 {
+                ld
+            } else {
+                self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing
+            };
             z = self.novelty.z(self.smooth_ld);
             self.novelty.learn(ld, self.params.calibration_horizon);
         }
@@ -375,7 +401,7 @@ impl SeriesDetector {
             }
         }
 
-        if self.n < self.params.warmup as u64 || nn_value.is_none() {
+        if self.n <= self.params.warmup as u64 || nn_value.is_none() {
             self.last_score = 0.0;
             return Observation::quiet(lo, hi);
         }
@@ -402,7 +428,7 @@ impl SeriesDetector {
             if self.episode_len >= self.params.min_episode && self.quiet_run >= self.params.release_points {
                 self.in_episode = false;
             }
-        } else if score >= self.params.alarm_score {
+        } else if score >= self.params.alarm_score && self.n > self.params.alarm_warmup as u64 {
             alarm = true;
             self.in_episode = true;
             self.episode_len = 0;
