@@ -31,6 +31,14 @@ pub struct DetectArgs {
     pub results: Option<PathBuf>,
 }
 
+fn sensitivity_name(s: Sensitivity) -> &'static str {
+    match s {
+        Sensitivity::Low => "low",
+        Sensitivity::Medium => "medium",
+        Sensitivity::High => "high",
+    }
+}
+
 fn parse_sensitivity(s: &str) -> Result<Sensitivity, String> {
     Sensitivity::parse(s).ok_or_else(|| format!("expected `low`, `medium` or `high`, found `{s}`"))
 }
@@ -51,7 +59,33 @@ pub fn run(args: DetectArgs) -> Result<std::process::ExitCode> {
     let input = args.input.as_ref().expect("clap requires --input without --nab");
     let text = std::fs::read_to_string(input).with_context(|| format!("cannot read {}", input.display()))?;
     let rows = csv::parse(&text).with_context(|| format!("{}", input.display()))?;
-    let scores = score_rows(&rows, &params);
+    let mut d = SeriesDetector::new(params.clone());
+    let mut scores = Vec::with_capacity(rows.len());
+    let mut alarms = 0;
+    for r in &rows {
+        let o = d.observe(r.timestamp, r.value);
+        scores.push(o.gated_score);
+        if o.alarm {
+            // The score column is threshold-free; the sensitivity decides
+            // which points the agent would raise as anomalies: list them.
+            alarms += 1;
+            eprintln!(
+                "anomaly: line {} at {}: value {} outside [{:.6}, {:.6}], score {:.3}, severity {}",
+                r.line,
+                r.timestamp_text,
+                r.value_text,
+                o.expected_low,
+                o.expected_high,
+                o.score,
+                o.severity.as_str()
+            );
+        }
+    }
+    eprintln!(
+        "{} rows, {alarms} anomalies at {} sensitivity",
+        rows.len(),
+        sensitivity_name(args.sensitivity)
+    );
     let mut out = String::with_capacity(rows.len() * 48);
     out.push_str("timestamp,value,anomaly_score\n");
     for (r, s) in rows.iter().zip(&scores) {
@@ -74,6 +108,24 @@ pub fn score_rows(rows: &[Row], params: &Params) -> Vec<f64> {
     rows.iter().map(|r| d.observe(r.timestamp, r.value).gated_score).collect()
 }
 
+/// The speed baseline: a running mean/variance z-score per point (the
+/// cheapest streaming detector there is), so that the detector's cost is
+/// reported as a ratio measured on the same machine in the same run.
+fn baseline_scores(rows: &[Row]) -> Vec<f64> {
+    let (mut n, mut mean, mut var) = (0.0f64, 0.0f64, 0.0f64);
+    rows.iter()
+        .map(|r| {
+            n += 1.0;
+            let a = 1.0 / n.min(2000.0);
+            let d = r.value - mean;
+            mean += a * d;
+            var = (1.0 - a) * (var + a * d * d);
+            let z = d.abs() / var.sqrt().max(1e-12);
+            1.0 - (-z * z / 18.0).exp()
+        })
+        .collect()
+}
+
 /// Runs the detector over every labelled file of a NAB-layout directory and
 /// scores it; returns the printable report.
 pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Result<String> {
@@ -88,6 +140,7 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
         Err(_) => nab::standard_profiles(),
     };
     let mut files = Vec::new();
+    let mut baseline_secs = 0.0;
     let mut points = 0usize;
     let mut detect_secs = 0.0;
     let mut state_bytes = 0;
@@ -107,10 +160,25 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
             };
             windows.push((a, b));
         }
-        let t0 = Instant::now();
+        // Timing: the fastest of three runs, so that other processes on a
+        // shared machine disturb the figure less; the baseline likewise.
+        let mut best = f64::INFINITY;
+        let mut scores = Vec::new();
         let mut d = SeriesDetector::new(params.clone());
-        let scores: Vec<f64> = rows.iter().map(|r| d.observe(r.timestamp, r.value).gated_score).collect();
-        detect_secs += t0.elapsed().as_secs_f64();
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            d = SeriesDetector::new(params.clone());
+            scores = rows.iter().map(|r| d.observe(r.timestamp, r.value).gated_score).collect();
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        detect_secs += best;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            std::hint::black_box(baseline_scores(std::hint::black_box(&rows)));
+            best = best.min(t0.elapsed().as_secs_f64());
+        }
+        baseline_secs += best;
         state_bytes = state_bytes.max(d.state_bytes());
         points += rows.len();
         if let Some(out) = results {
@@ -164,8 +232,9 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
     }
     let _ = writeln!(
         report,
-        "speed: {:.0} points/s on one core; state: {} bytes per series",
+        "speed: {:.0} points/s on one core, {:.1}x the time of a plain running z-score over the same points in this run; state: {} bytes per series",
         points as f64 / detect_secs.max(1e-9),
+        detect_secs / baseline_secs.max(1e-9),
         state_bytes
     );
     Ok(report)

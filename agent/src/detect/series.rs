@@ -194,7 +194,8 @@ pub struct SeriesDetector {
     /// Smoothed log novelty.
     smooth_ld: f64,
     /// Typical |value - expected value| for the expected range.
-    resid: f64,
+    resid_season: f64,
+    resid_recent: f64,
     in_episode: bool,
     episode_len: u32,
     /// Gating: a point's score is reported only above this level, which
@@ -231,7 +232,8 @@ impl SeriesDetector {
             shift_cal: Calibration::default(),
             spread_cal: Calibration::default(),
             smooth_ld: 0.0,
-            resid: 0.0,
+            resid_season: 0.0,
+            resid_recent: 0.0,
             in_episode: false,
             episode_len: 0,
             gate: (0.0, 0),
@@ -331,8 +333,24 @@ impl SeriesDetector {
         self.context(&mut ctx, seasonal);
         let (nn_d2, nn_at) = self.nearest(&ctx);
         let nn_value = nn_at.map(|i| self.memory[i] as f64);
-        let expected = nn_value.unwrap_or(self.mean);
         let dist = nn_d2.sqrt();
+        // The expected range comes from whichever simple forecast of this
+        // point has been closer lately: the usual value at this time of day,
+        // or the recent mean (both from before this point).
+        let (by_season, by_recent) = (seasonal[0] as f64, if self.n == 1 { value } else { self.short_mean });
+        let (expected, typical_miss) = if self.resid_season < self.resid_recent {
+            (by_season, self.resid_season)
+        } else {
+            (by_recent, self.resid_recent)
+        };
+        let half = self.params.range_width * typical_miss.max(floor);
+        let (lo, hi) = (expected - half, expected + half);
+        let w = a.max(0.01);
+        for (resid, f) in [(&mut self.resid_season, by_season), (&mut self.resid_recent, by_recent)] {
+            let miss = (value - f).abs();
+            // Capped so one anomaly does not widen the range for long.
+            *resid += (miss.min(4.0 * resid.max(floor)) - *resid) * w;
+        }
 
         let mut z = 0.0;
         if nn_value.is_some() {
@@ -373,10 +391,6 @@ impl SeriesDetector {
             self.shift_cal.learn(shift, self.params.calibration_horizon);
             self.spread_cal.learn(spread, self.params.calibration_horizon);
         }
-        let r = (value - expected).abs();
-        let half = self.params.range_width * self.resid.max(floor);
-        let (lo, hi) = (expected - half, expected + half);
-        self.resid += (r.min(4.0 * self.resid.max(floor)) - self.resid) * a.max(0.01);
 
         // Memory as a set of prototypes: a context like a remembered one
         // (closer than the typical nearest distance) refreshes it; a new one
