@@ -56,7 +56,7 @@ pub struct Params {
     #[serde(default = "one")]
     pub change_weight: f64,
     /// How far toward 1 a reported score raises the bar for the rest of its episode.
-    #[serde(default = "half")]
+    #[serde(default = "one")]
     pub gate_step: f64,
     /// Weight of the newest point in the smoothed novelty (1: no smoothing).
     #[serde(default = "one")]
@@ -69,10 +69,6 @@ fn one() -> f64 {
 
 fn default_alarm_warmup() -> u32 {
     720
-}
-
-fn half() -> f64 {
-    0.5
 }
 
 impl Default for Params {
@@ -90,7 +86,7 @@ impl Default for Params {
             smoothing: 1.0,
             seasonal_weight: 1.0,
             change_weight: 1.0,
-            gate_step: 0.5,
+            gate_step: 1.0,
         }
     }
 }
@@ -431,7 +427,9 @@ impl SeriesDetector {
         let level = if age >= self.params.min_episode { 0.0 } else { level };
         let gated = if score > level { score } else { 0.0 };
         if score > level {
-            self.gate = (score + (1.0 - score) * self.params.gate_step, 0);
+            // The bar rises in proportion to the score: a faint blip barely
+            // raises it, a strong alarm nearly closes it.
+            self.gate = (score + (1.0 - score) * self.params.gate_step * score, 0);
         } else {
             self.gate = (level, age.saturating_add(1));
         }
