@@ -1,5 +1,14 @@
 //! Anomaly detection: streaming, one bounded state per series, no I/O
 //! (except the command-line edge in [`cli`]).
+//!
+//! Per point, four statistics each become a z-score against their own
+//! running distribution: nearest-neighbour novelty of a multi-resolution
+//! context (with time-of-day and time-of-week values) against a bounded set
+//! of remembered prototypes, departure from the daily profile, level shift
+//! and spread change. The largest gives the score in [0, 1]; warm-up,
+//! episode hysteresis and a threshold-free gate make one episode one alarm.
+//! The method, its evidence on NAB (scores and what was tried) and the
+//! agent API are in `README.md` next to this file.
 
 pub mod bank;
 pub mod cli;
