@@ -70,7 +70,7 @@ pub fn run(args: DetectArgs) -> Result<std::process::ExitCode> {
             // which points the agent would raise as anomalies: list them.
             alarms += 1;
             eprintln!(
-                "anomaly: line {} at {}: value {} outside [{:.6}, {:.6}], score {:.3}, severity {}",
+                "anomaly: line {} at {}: value {} (expected [{:.6}, {:.6}]), score {:.3}, severity {}",
                 r.line,
                 r.timestamp_text,
                 r.value_text,
@@ -96,7 +96,11 @@ pub fn run(args: DetectArgs) -> Result<std::process::ExitCode> {
         None => {
             use std::io::Write;
             let mut so = std::io::stdout().lock();
-            so.write_all(out.as_bytes()).context("cannot write to stdout")?;
+            match so.write_all(out.as_bytes()) {
+                // A reader that stopped early (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r.context("cannot write to stdout")?,
+            }
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

@@ -27,6 +27,8 @@ pub enum CsvError {
     Header { found: String },
     #[error("no data rows after the header")]
     Empty,
+    #[error("the file is empty: expected the header `timestamp,value` and rows")]
+    NoHeader,
 }
 
 /// Parses NAB CSV text: a `timestamp,value` header, then one row per line.
@@ -39,7 +41,7 @@ pub fn parse(text: &str) -> Result<Vec<Row>, CsvError> {
         match lines.next() {
             Some((_, l)) if l.trim().is_empty() => continue,
             Some((_, l)) => break l,
-            None => return Err(CsvError::Empty),
+            None => return Err(CsvError::NoHeader),
         }
     };
     let cols: Vec<String> =
@@ -177,6 +179,7 @@ mod tests {
         assert!(e.to_string().starts_with("line 2: invalid timestamp `yesterday`"), "{e}");
         assert!(matches!(parse("time,val\n"), Err(CsvError::Header { .. })));
         assert_eq!(parse("timestamp,value\n"), Err(CsvError::Empty));
+        assert_eq!(parse("\n"), Err(CsvError::NoHeader));
     }
 
     #[test]

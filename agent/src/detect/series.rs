@@ -55,6 +55,10 @@ pub struct Params {
     /// Weight of the level-shift and variance-change statistics (0: off).
     #[serde(default = "one")]
     pub change_weight: f64,
+    /// Differences below this fraction of the series' standard deviation
+    /// are treated as noise by every statistic.
+    #[serde(default = "default_dead_band")]
+    pub dead_band: f64,
     /// How far toward 1 a reported score raises the bar for the rest of its episode.
     #[serde(default = "one")]
     pub gate_step: f64,
@@ -65,6 +69,10 @@ pub struct Params {
 
 fn one() -> f64 {
     1.0
+}
+
+fn default_dead_band() -> f64 {
+    0.05
 }
 
 fn default_alarm_warmup() -> u32 {
@@ -87,6 +95,7 @@ impl Default for Params {
             seasonal_weight: 1.0,
             change_weight: 1.0,
             gate_step: 1.0,
+            dead_band: default_dead_band(),
         }
     }
 }
@@ -322,7 +331,7 @@ impl SeriesDetector {
         self.var = (1.0 - a) * (self.var + a * d * d);
         // Distances below a small fraction of the series' spread are noise.
         let scale = self.var.sqrt();
-        let floor = 0.05 * scale + 1e-9 * (1.0 + self.mean.abs());
+        let floor = self.params.dead_band * scale + 1e-9 * (1.0 + self.mean.abs());
 
         let seasonal = self.seasonal(ts, value);
         let mut ctx = [0f32; DIM];

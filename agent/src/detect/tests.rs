@@ -453,3 +453,34 @@ fn custos_detect_scores_every_row_in_order() {
     assert!(scores[..150].iter().all(|&s| s == 0.0), "warm-up");
     assert!(scores[150..].iter().any(|&s| s > 0.0));
 }
+
+#[test]
+fn custos_detect_writes_one_row_per_input_row_and_names_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let output = dir.path().join("out.csv");
+    let mut text = String::from("timestamp,value\n");
+    for i in 0..500 {
+        text.push_str(&format!("2014-07-01 {:02}:{:02}:00,{}\n", i / 60 % 24, i % 60, (i % 7) as f64 * 0.5));
+    }
+    std::fs::write(&input, &text).unwrap();
+    let args = |i: &std::path::Path| super::cli::DetectArgs {
+        input: Some(i.to_path_buf()),
+        output: Some(output.clone()),
+        sensitivity: Sensitivity::Medium,
+        nab: None,
+        results: None,
+    };
+    super::cli::run(args(&input)).unwrap();
+    let out = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines[0], "timestamp,value,anomaly_score");
+    assert_eq!(lines.len(), 501);
+    for (o, i) in lines[1..].iter().zip(text.lines().skip(1)) {
+        assert!(o.starts_with(&format!("{i},")), "{o} vs {i}");
+    }
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "timestamp,value\n2014-07-01 00:00:00,1\n2014-07-01 00:05,2\n").unwrap();
+    let e = super::cli::run(args(&bad)).unwrap_err();
+    assert!(format!("{e:#}").contains("line 3: invalid timestamp `2014-07-01 00:05`"), "{e:#}");
+}
