@@ -6,6 +6,7 @@ pub mod agent;
 pub mod anomaly;
 pub mod attribution;
 pub mod config;
+pub mod detect;
 pub mod export;
 pub mod pipeline;
 pub mod platform;
