@@ -7,6 +7,7 @@ pub mod anomaly;
 pub mod attribution;
 pub mod config;
 pub mod detect;
+pub mod detection;
 pub mod export;
 pub mod pipeline;
 pub mod platform;
