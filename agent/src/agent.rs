@@ -28,6 +28,16 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let agent_stats = Arc::new(crate::export::AgentStats::default());
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
+    if config.raw.detection.enabled {
+        let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
+        let sink = crate::detection::DetectionSink::new(
+            bank,
+            &config.raw.agent.state_dir,
+            Some(exporter.log_sender()),
+            None,
+        );
+        pipeline.add_sink(Box::new(sink));
+    }
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));

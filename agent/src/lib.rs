@@ -6,6 +6,8 @@ pub mod agent;
 pub mod anomaly;
 pub mod attribution;
 pub mod config;
+pub mod detect;
+pub mod detection;
 pub mod export;
 pub mod pipeline;
 pub mod platform;

@@ -32,6 +32,8 @@ enum Command {
         #[arg(long, short, env = "CUSTOS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Score a CSV of `timestamp,value` for anomalies offline, or evaluate the detector on NAB (--nab).
+    Detect(custos::detect::cli::DetectArgs),
 }
 
 #[derive(clap::Args)]
@@ -158,5 +160,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Detect(args) => custos::detect::cli::run(args),
     }
 }

@@ -310,12 +310,42 @@ impl Default for SensorsConfig {
 pub struct DetectionConfig {
     pub enabled: bool,
     pub sensitivity: Sensitivity,
+    /// Metrics watched on every service (default: all of
+    /// `detect::DEFAULT_SERIES`).
+    pub series: Option<Vec<Spanned<String>>>,
+    /// Per-metric settings over the defaults.
+    pub overrides: Vec<MetricOverride>,
+    /// How far ahead a forecast toward a threshold fires.
+    pub forecast_horizon: HumanDuration,
+    /// At most this many series are kept (about 10 KiB each).
+    pub max_series: usize,
 }
 
 impl Default for DetectionConfig {
     fn default() -> Self {
-        DetectionConfig { enabled: true, sensitivity: Sensitivity::Medium }
+        DetectionConfig {
+            enabled: true,
+            sensitivity: Sensitivity::Medium,
+            series: None,
+            overrides: Vec::new(),
+            forecast_horizon: HumanDuration::secs(30 * 60),
+            max_series: 4096,
+        }
     }
+}
+
+/// Settings for one metric, over `detection:`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricOverride {
+    /// A metric of `detect::DEFAULT_SERIES`, e.g. `custos.tcp.connect.duration`.
+    pub metric: Spanned<String>,
+    pub enabled: Option<bool>,
+    pub sensitivity: Option<Sensitivity>,
+    /// Points learned before the first alarm.
+    pub warmup: Option<u32>,
+    /// Forecast when the series heads above this value.
+    pub threshold: Option<f64>,
 }
 
 /// One knob for how readily anomalies are reported.
@@ -718,10 +748,48 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
         p.at(serde_saphyr::Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
     }
 
+    validate_detection(&raw.detection, &mut p);
+
     if p.errors.is_empty() {
         Ok(LoadedConfig { raw, services, discover, path: None })
     } else {
         Err(ConfigErrors(p.errors))
+    }
+}
+
+/// Longest SCM delay: the SCM takes milliseconds in a `u32`.
+const SCM_MAX_DELAY_MS: u128 = u32::MAX as u128;
+
+fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
+    for (key, name) in [("service_name", &w.service_name), ("etw_session", &w.etw_session)] {
+        let v = &name.value;
+        // The SCM refuses `/` and `\` in service names; ETW names are
+        // limited to 1024 characters, service names to 256.
+        if v.is_empty() || v.len() > 256 || v.contains(['/', '\\']) || v.chars().any(char::is_control) {
+            p.at(
+                name.referenced,
+                format!("`agent.windows.{key}` expects 1 to 256 characters without `/` or `\\`, found `{v}`"),
+            );
+        }
+    }
+    for (i, a) in w.recovery.value.iter().enumerate() {
+        if let RecoveryAction::Restart(d) = a {
+            if d.0.as_millis() > SCM_MAX_DELAY_MS {
+                p.at(
+                    w.recovery.referenced,
+                    format!("`agent.windows.recovery[{i}]`: restart delay {d} exceeds the SCM's limit of about 49 days"),
+                );
+            }
+        }
+    }
+    if w.reset_after.0.as_secs() >= u64::from(u32::MAX) {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!(
+                "`agent.windows.reset_after` ({}) exceeds the SCM's limit of about 136 years",
+                w.reset_after
+            ),
+        );
     }
 }
 
@@ -770,39 +838,36 @@ fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
     }
 }
 
-/// Longest SCM delay: the SCM takes milliseconds in a `u32`.
-const SCM_MAX_DELAY_MS: u128 = u32::MAX as u128;
-
-fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
-    for (key, name) in [("service_name", &w.service_name), ("etw_session", &w.etw_session)] {
-        let v = &name.value;
-        // The SCM refuses `/` and `\` in service names; ETW names are
-        // limited to 1024 characters, service names to 256.
-        if v.is_empty() || v.len() > 256 || v.contains(['/', '\\']) || v.chars().any(char::is_control) {
+fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
+    let known = || crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect::<Vec<_>>().join(", ");
+    for m in d.series.iter().flatten() {
+        if !crate::detect::bank::is_known_metric(&m.value) {
             p.at(
-                name.referenced,
-                format!("`agent.windows.{key}` expects 1 to 256 characters without `/` or `\\`, found `{v}`"),
+                m.referenced,
+                format!("unknown metric `{}` in `detection.series`: expected one of {}", m.value, known()),
             );
         }
     }
-    for (i, a) in w.recovery.value.iter().enumerate() {
-        if let RecoveryAction::Restart(d) = a {
-            if d.0.as_millis() > SCM_MAX_DELAY_MS {
-                p.at(
-                    w.recovery.referenced,
-                    format!("`agent.windows.recovery[{i}]`: restart delay {d} exceeds the SCM's limit of about 49 days"),
-                );
-            }
+    let mut seen = std::collections::HashSet::new();
+    for o in &d.overrides {
+        if !crate::detect::bank::is_known_metric(&o.metric.value) {
+            p.at(
+                o.metric.referenced,
+                format!(
+                    "unknown metric `{}` in `detection.overrides`: expected one of {}",
+                    o.metric.value,
+                    known()
+                ),
+            );
+        } else if !seen.insert(o.metric.value.clone()) {
+            p.at(o.metric.referenced, format!("metric `{}` has more than one override", o.metric.value));
+        }
+        if o.threshold.is_some_and(|t| !t.is_finite()) {
+            p.at(o.metric.referenced, format!("`threshold` of `{}` must be a finite number", o.metric.value));
         }
     }
-    if w.reset_after.0.as_secs() >= u64::from(u32::MAX) {
-        p.at(
-            serde_saphyr::Location::UNKNOWN,
-            format!(
-                "`agent.windows.reset_after` ({}) exceeds the SCM's limit of about 136 years",
-                w.reset_after
-            ),
-        );
+    if d.max_series == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`detection.max_series` must be at least 1");
     }
 }
 

@@ -20,9 +20,10 @@ pub struct FileSinkError {
 struct Series {
     prefix: &'static str,
     current: Option<(PathBuf, File, u64)>,
-    /// Number in the newest file name: names only ever grow, so that the
-    /// newest file always sorts last and pruning never takes it.
-    last: u64,
+    /// Number in the newest file name used or found, so that names keep
+    /// increasing even when files rotate within a millisecond, after pruning
+    /// freed older names, or when the clock steps back.
+    last: Option<u64>,
 }
 
 /// Rotating JSON-lines files for metrics and logs.
@@ -42,8 +43,8 @@ impl FileSink {
             dir: dir.to_path_buf(),
             max_file_bytes,
             max_files: max_files.max(1),
-            metrics: Series { prefix: "metrics", current: None, last: newest(dir, "metrics") },
-            logs: Series { prefix: "logs", current: None, last: newest(dir, "logs") },
+            metrics: Series { prefix: "metrics", current: None, last: None },
+            logs: Series { prefix: "logs", current: None, last: None },
         })
     }
 
@@ -59,8 +60,9 @@ impl FileSink {
             Some((_, _, size)) => *size > 0 && size + line.len() as u64 + 1 > max_file_bytes,
         };
         if needs_new {
-            let (path, n) = new_file_name(&dir, series.prefix, series.last);
-            series.last = n;
+            let last = *series.last.get_or_insert_with(|| newest_number(&dir, series.prefix));
+            let (path, n) = new_file_name(&dir, series.prefix, last);
+            series.last = Some(n);
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -81,11 +83,20 @@ impl FileSink {
     }
 }
 
-fn new_file_name(dir: &Path, prefix: &str, last: u64) -> (PathBuf, u64) {
+fn file_number(name: &str, prefix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?.strip_prefix('-')?.strip_suffix(".jsonl")?.parse().ok()
+}
+
+fn newest_number(dir: &Path, prefix: &str) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten().filter_map(|e| file_number(e.file_name().to_str()?, prefix)).max().unwrap_or(0)
+}
+
+/// A new file name after `after`: the current millisecond, or the next
+/// number when that is not later. Names sort by time.
+fn new_file_name(dir: &Path, prefix: &str, after: u64) -> (PathBuf, u64) {
     let ms = custos_event::unix_nanos(std::time::SystemTime::now()) / 1_000_000;
-    // Names carry the creation time in milliseconds; a rotation within the
-    // same millisecond (or after the clock stepped back) takes the next number.
-    let mut n = ms.max(last + 1);
+    let mut n = ms.max(after + 1);
     loop {
         let p = dir.join(format!("{prefix}-{n:015}.jsonl"));
         if !p.exists() {
@@ -93,18 +104,6 @@ fn new_file_name(dir: &Path, prefix: &str, last: u64) -> (PathBuf, u64) {
         }
         n += 1;
     }
-}
-
-/// The number of the newest `<prefix>-<n>.jsonl` in `dir` (0 if none).
-fn newest(dir: &Path, prefix: &str) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix(&format!("{prefix}-"))?.strip_suffix(".jsonl")?.parse::<u64>().ok()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 fn prune(dir: &Path, prefix: &str, keep: usize) {

@@ -36,6 +36,7 @@ pub use http::Health;
 pub use logs::{event_log, RateLimiter};
 pub use record::{AttrValue, HostInfo, LogRecord, Severity};
 pub use sink::ExportSink;
+
 pub use spool::{Batch, BatchKind, Spool, SpoolError};
 pub use stats::{AgentStats, StatsSnapshot};
 pub use transport::{Backoff, Outcome, Transport};
@@ -204,6 +205,23 @@ impl Shared {
     }
 }
 
+/// Sends log records to the exporter without blocking.
+#[derive(Clone)]
+pub struct LogSender {
+    logs: mpsc::Sender<LogRecord>,
+    stats: Arc<AgentStats>,
+}
+
+impl LogSender {
+    /// Queues a record for the next flush; a full queue drops and counts
+    /// (`logs_dropped`).
+    pub fn send(&self, record: LogRecord) {
+        if self.logs.try_send(record).is_err() {
+            AgentStats::add(&self.stats.logs_dropped, 1);
+        }
+    }
+}
+
 /// The running exporter. Dropping it without [`ExporterHandle::shutdown`]
 /// stops its tasks at once, as a crash would: what is in memory is lost,
 /// what is in the spool stays for the next start.
@@ -238,9 +256,13 @@ impl ExporterHandle {
     /// Exports a log record (anomaly, runbook action) with the next flush.
     /// Never blocks; a full queue drops and counts (`logs_dropped`).
     pub fn log(&self, record: LogRecord) {
-        if self.logs.try_send(record).is_err() {
-            AgentStats::add(&self.stats.logs_dropped, 1);
-        }
+        self.log_sender().send(record);
+    }
+
+    /// A cloneable handle for modules that produce log records (detection,
+    /// runbooks, audit) from their own tasks.
+    pub fn log_sender(&self) -> LogSender {
+        LogSender { logs: self.logs.clone(), stats: self.stats.clone() }
     }
 
     /// The address `/metrics` and `/healthz` are served on (`None` when
