@@ -1,2 +1,4 @@
 //! Harnesses for custos's end-to-end tests: locating the built binary,
 //! privileged-test gating, an OTLP receiver, a systemd sandbox.
+
+pub mod systemd;
