@@ -3,5 +3,9 @@
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod anomaly;
+pub mod audit;
 pub mod config;
+pub mod health;
+pub mod platform;
+pub mod runbook;
 pub mod service_manager;
