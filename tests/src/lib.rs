@@ -2,3 +2,4 @@
 //! privileged-test gating, an OTLP receiver, a systemd sandbox.
 
 pub mod systemd;
+pub mod webhook;

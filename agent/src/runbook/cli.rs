@@ -146,7 +146,7 @@ pub fn simulate(rb: super::model::Runbook, mut event: Event, times: u32) -> anyh
     for firing in 1..=times {
         out.push_str(&format!("firing {firing}:\n"));
         for _ in 0..per_firing {
-            event.ts = clock_now(&*clock);
+            event.ts = clock_now(&clock);
             engine.on_event(&event);
             clock.advance(Duration::from_secs(1));
         }
@@ -179,7 +179,11 @@ fn clock_now(c: &FakeClock) -> std::time::SystemTime {
 }
 
 fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("custos-runbook-test-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("custos-runbook-test-{}-{n}", std::process::id()));
+    // A leftover from a crashed run with a reused pid must not leak state in.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -712,9 +712,11 @@ fn compile_condition(field: &str, v: &serde_json::Value) -> Result<Vec<Op>, Stri
                                 .map(scalar)
                                 .collect::<Result<_, _>>()?,
                         ),
-                        other => return Err(format!(
+                        other => {
+                            return Err(format!(
                             "unknown condition `{other}` on `{field}`: expected eq, ne, gt, ge, lt, le or in"
-                        )),
+                        ))
+                        }
                     })
                 })
                 .collect()
