@@ -3,8 +3,9 @@
 //! Connects to the system bus, or, when no bus daemon runs (containers,
 //! the test sandbox, early boot), to systemd's private socket
 //! `/run/systemd/private` (root only, peer-to-peer: no `Hello`, no
-//! destination). The address can be given explicitly, e.g. a sandbox's
-//! socket seen from outside its namespace: `unix:path=/proc/<pid>/root/run/systemd/private`.
+//! destination). Either can be given explicitly; a bus in another mount
+//! namespace is reachable through `/proc/<pid>/root/run/dbus/system_bus_socket`
+//! (systemd refuses private-socket peers outside its PID namespace).
 
 use crate::service_manager::{ActiveState, ServiceError, ServiceManager, ServiceStatus};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 const UNIT: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE: &str = "org.freedesktop.systemd1.Service";
 const PROPS: &str = "org.freedesktop.DBus.Properties";
+/// No single D-Bus call may block an action longer than this.
+const METHOD_TIMEOUT: Duration = Duration::from_secs(25);
 pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
 
 /// systemd over D-Bus.
@@ -39,12 +42,27 @@ impl Systemd {
         }
     }
 
+    /// A message bus (dbus-daemon) at a D-Bus address, e.g. another mount
+    /// namespace's system bus seen through `/proc/<pid>/root`.
+    pub fn connect_bus(address: &str) -> Result<Self, ServiceError> {
+        let conn = zbus::blocking::connection::Builder::address(address)
+            .and_then(|b| b.method_timeout(METHOD_TIMEOUT).build())
+            .map_err(|e| ServiceError::Unavailable(format!("{address}: {e}")))?;
+        Ok(Systemd { conn, p2p: false, job_timeout: Duration::from_secs(90) })
+    }
+
     /// systemd's private socket at a D-Bus address (`unix:path=...`).
+    /// systemd only accepts root peers in its own PID namespace here.
     pub fn connect_private(address: &str) -> Result<Self, ServiceError> {
         let conn = zbus::blocking::connection::Builder::address(address)
-            .and_then(|b| b.p2p().build())
+            .and_then(|b| b.p2p().method_timeout(Duration::from_secs(5)).build())
             .map_err(|e| ServiceError::Unavailable(format!("{address}: {e}")))?;
-        Ok(Systemd { conn, p2p: true, job_timeout: Duration::from_secs(90) })
+        let sd = Systemd { conn, p2p: true, job_timeout: Duration::from_secs(90) };
+        // Probe once: a connection that cannot carry a call must fail here,
+        // bounded, not hang the first action.
+        sd.call::<_, OwnedValue>(PATH, PROPS, "Get", &(MANAGER, "Version"))
+            .map_err(|e| ServiceError::Unavailable(format!("{address}: systemd did not answer: {e}")))?;
+        Ok(sd)
     }
 
     /// Bounds how long start/stop/restart wait for systemd's job.
