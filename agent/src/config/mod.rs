@@ -35,12 +35,85 @@ pub struct Config {
 }
 
 /// Where telemetry goes. Without `otlp`, OTLP/JSON files in the state dir.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExporterConfig {
     pub otlp: Option<OtlpConfig>,
     pub spool: SpoolConfig,
     pub files: FilesConfig,
+    /// How often metrics are exported and pending logs flushed.
+    pub interval: HumanDuration,
+    /// Syscalls with their own series per service; the rest are folded into
+    /// `other` so that cardinality stays bounded.
+    pub syscall_top_n: usize,
+    /// Event log records (process start/exit, signals, OOM kills, failed
+    /// connects) kept per service per window; the rest are counted as
+    /// suppressed.
+    pub log_rate_limit: LogRateLimit,
+    /// Capacity of the queue of events waiting for aggregation; when it is
+    /// full, events are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        ExporterConfig {
+            otlp: None,
+            spool: SpoolConfig::default(),
+            files: FilesConfig::default(),
+            interval: HumanDuration::secs(10),
+            syscall_top_n: 16,
+            log_rate_limit: LogRateLimit::default(),
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// At most `max` event log records per service per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogRateLimit {
+    pub max: u32,
+    pub per: HumanDuration,
+}
+
+impl Default for LogRateLimit {
+    fn default() -> Self {
+        LogRateLimit { max: 100, per: HumanDuration::secs(60) }
+    }
+}
+
+/// Payload compression on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// One extra header sent with every export request. Exactly one of
+/// `value`, `env` (an environment variable holding the value) or `file` (a
+/// file holding it, trailing newline removed). Values are never logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConfig {
+    pub name: Spanned<String>,
+    pub value: Option<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
+    pub file: Option<Spanned<PathBuf>>,
+}
+
+/// TLS towards the collector (`https://` endpoints).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<Spanned<PathBuf>>,
 }
 
 /// OTLP wire protocol.
@@ -60,6 +133,33 @@ pub struct OtlpConfig {
     pub endpoint: Spanned<String>,
     #[serde(default)]
     pub protocol: OtlpProtocol,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Deadline of one export request.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default)]
+    pub headers: Vec<HeaderConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+impl OtlpConfig {
+    /// An endpoint with every other setting at its default.
+    pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
+        OtlpConfig {
+            endpoint: unspanned(endpoint.into()),
+            protocol,
+            compression: Compression::default(),
+            timeout: default_otlp_timeout(),
+            headers: Vec::new(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+fn default_otlp_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 /// The on-disk spool that holds telemetry while the collector is away.
@@ -105,6 +205,9 @@ pub struct ServiceEntry {
     /// An absolute executable path, or a pattern with `*` matched against the
     /// path (when it contains `/`) or else the executable's name.
     pub exe: Option<Spanned<String>>,
+    /// A cgroup v2 path relative to the cgroup2 root (`/custos-bench`,
+    /// `/kubepods.slice/...`): for services that systemd does not run.
+    pub cgroup: Option<Spanned<String>>,
     pub discover: Option<Spanned<Discover>>,
     pub health: Option<HealthConfig>,
 }
@@ -125,6 +228,7 @@ pub enum Selector {
     SystemdUnit(String),
     WindowsService(String),
     Exe(String),
+    Cgroup(String),
 }
 
 /// A managed service after validation.
@@ -206,12 +310,42 @@ impl Default for SensorsConfig {
 pub struct DetectionConfig {
     pub enabled: bool,
     pub sensitivity: Sensitivity,
+    /// Metrics watched on every service (default: all of
+    /// `detect::DEFAULT_SERIES`).
+    pub series: Option<Vec<Spanned<String>>>,
+    /// Per-metric settings over the defaults.
+    pub overrides: Vec<MetricOverride>,
+    /// How far ahead a forecast toward a threshold fires.
+    pub forecast_horizon: HumanDuration,
+    /// At most this many series are kept (about 10 KiB each).
+    pub max_series: usize,
 }
 
 impl Default for DetectionConfig {
     fn default() -> Self {
-        DetectionConfig { enabled: true, sensitivity: Sensitivity::Medium }
+        DetectionConfig {
+            enabled: true,
+            sensitivity: Sensitivity::Medium,
+            series: None,
+            overrides: Vec::new(),
+            forecast_horizon: HumanDuration::secs(30 * 60),
+            max_series: 4096,
+        }
     }
+}
+
+/// Settings for one metric, over `detection:`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricOverride {
+    /// A metric of `detect::DEFAULT_SERIES`, e.g. `custos.tcp.connect.duration`.
+    pub metric: Spanned<String>,
+    pub enabled: Option<bool>,
+    pub sensitivity: Option<Sensitivity>,
+    /// Points learned before the first alarm.
+    pub warmup: Option<u32>,
+    /// Forecast when the series heads above this value.
+    pub threshold: Option<f64>,
 }
 
 /// One knob for how readily anomalies are reported.
@@ -259,6 +393,8 @@ pub struct AgentConfig {
     pub listen: Spanned<String>,
     pub log_level: Spanned<String>,
     pub log_format: LogFormat,
+    /// How custos runs as a Windows service (used by `custos install` there).
+    pub windows: WindowsAgentConfig,
 }
 
 impl Default for AgentConfig {
@@ -268,8 +404,53 @@ impl Default for AgentConfig {
             listen: unspanned("127.0.0.1:9464".to_string()),
             log_level: unspanned("info".to_string()),
             log_format: LogFormat::Text,
+            windows: WindowsAgentConfig::default(),
         }
     }
+}
+
+/// custos as a Windows service: its name in the SCM, what the SCM does when
+/// custos fails, and the name of its ETW sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsAgentConfig {
+    /// Name of the custos service in the SCM (and of its Event Log source).
+    pub service_name: Spanned<String>,
+    /// SCM recovery actions: failure n runs action n, failures after the
+    /// last run the last one (like `sc failure`).
+    pub recovery: Spanned<Vec<RecoveryAction>>,
+    /// The failure count is reset after this long without a failure.
+    pub reset_after: HumanDuration,
+    /// Also recover when custos stops with an error, not only when it crashes.
+    pub recover_on_error_exit: bool,
+    /// Base name of the ETW sessions (`<name>` and `<name>-kernel`).
+    pub etw_session: Spanned<String>,
+}
+
+impl Default for WindowsAgentConfig {
+    fn default() -> Self {
+        WindowsAgentConfig {
+            service_name: unspanned("custos".to_string()),
+            recovery: unspanned(vec![
+                RecoveryAction::Restart(HumanDuration::secs(60)),
+                RecoveryAction::Restart(HumanDuration::secs(60)),
+                RecoveryAction::None,
+            ]),
+            reset_after: HumanDuration::secs(24 * 3600),
+            recover_on_error_exit: true,
+            etw_session: unspanned("custos-sensor".to_string()),
+        }
+    }
+}
+
+/// One SCM recovery action: `{ restart: 60s }` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryAction {
+    /// Restart custos after this delay.
+    Restart(HumanDuration),
+    /// Leave it stopped.
+    None,
 }
 
 /// How the agent's own log lines are written.
@@ -399,12 +580,13 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
     // several lines; the first line holds the message itself.
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid configuration").trim();
-    let message = first
-        .split(" at line ")
-        .next()
-        .unwrap_or(first)
-        .trim_end_matches(|c: char| c == ',' || c == '.')
-        .to_string();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop the library's own `line N column M: ` prefix: ours says it.
+    let first = match first.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => first,
+    };
+    let message = first.split(" at line ").next().unwrap_or(first).trim_end_matches([',', '.']).to_string();
     ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
 }
 
@@ -419,6 +601,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             ("systemd_unit", entry.systemd_unit.as_ref()),
             ("windows_service", entry.windows_service.as_ref()),
             ("exe", entry.exe.as_ref()),
+            ("cgroup", entry.cgroup.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -461,7 +644,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 p.at(
                     name.referenced,
                     format!(
-                        "service `{}` needs one of `systemd_unit`, `windows_service` or `exe`",
+                        "service `{}` needs one of `systemd_unit`, `windows_service`, `exe` or `cgroup`",
                         name.value
                     ),
                 );
@@ -470,6 +653,12 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             [(k, v)] => match *k {
                 "systemd_unit" => Selector::SystemdUnit(normalize_unit(&v.value)),
                 "windows_service" => Selector::WindowsService(v.value.clone()),
+                "cgroup" => {
+                    if !v.value.starts_with('/') {
+                        p.at(v.referenced, format!("`cgroup` expects a path from the cgroup2 root such as `/system.slice/x.scope`, found `{}`", v.value));
+                    }
+                    Selector::Cgroup(v.value.trim_end_matches('/').to_string())
+                }
                 _ => {
                     if v.value.trim().is_empty() {
                         p.at(v.referenced, "`exe` must not be empty");
@@ -499,6 +688,32 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 format!("expected an endpoint URL such as `http://127.0.0.1:4317`, found `{ep}`"),
             );
         }
+        validate_otlp(otlp, &mut p);
+    }
+    let ex = &raw.exporter;
+    if ex.interval.0 < std::time::Duration::from_millis(100) {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!("`exporter.interval` must be at least 100ms, found {}", ex.interval),
+        );
+    }
+    if ex.log_rate_limit.per.0.is_zero() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.log_rate_limit.per` must be longer than 0s");
+    }
+    if ex.queue_capacity == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.queue_capacity` must be at least 1");
+    }
+    if ex.spool.max_bytes.0 < 64 * 1024 {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!(
+                "`exporter.spool.max_bytes` must be at least 64KiB, found {} bytes",
+                ex.spool.max_bytes.0
+            ),
+        );
+    }
+    if ex.files.max_files == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.files.max_files` must be at least 1");
     }
     if !raw.agent.state_dir.is_absolute() {
         p.at(serde_saphyr::Location::UNKNOWN, "`agent.state_dir` must be an absolute path");
@@ -528,14 +743,131 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             format!("`sensors.ring_buffer` must be a power of two of at least 4KiB, found {rb} bytes"),
         );
     }
+    validate_windows(&raw.agent.windows, &mut p);
     if raw.sensors.channel_capacity == 0 {
         p.at(serde_saphyr::Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
     }
+
+    validate_detection(&raw.detection, &mut p);
 
     if p.errors.is_empty() {
         Ok(LoadedConfig { raw, services, discover, path: None })
     } else {
         Err(ConfigErrors(p.errors))
+    }
+}
+
+/// Longest SCM delay: the SCM takes milliseconds in a `u32`.
+const SCM_MAX_DELAY_MS: u128 = u32::MAX as u128;
+
+fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
+    for (key, name) in [("service_name", &w.service_name), ("etw_session", &w.etw_session)] {
+        let v = &name.value;
+        // The SCM refuses `/` and `\` in service names; ETW names are
+        // limited to 1024 characters, service names to 256.
+        if v.is_empty() || v.len() > 256 || v.contains(['/', '\\']) || v.chars().any(char::is_control) {
+            p.at(
+                name.referenced,
+                format!("`agent.windows.{key}` expects 1 to 256 characters without `/` or `\\`, found `{v}`"),
+            );
+        }
+    }
+    for (i, a) in w.recovery.value.iter().enumerate() {
+        if let RecoveryAction::Restart(d) = a {
+            if d.0.as_millis() > SCM_MAX_DELAY_MS {
+                p.at(
+                    w.recovery.referenced,
+                    format!("`agent.windows.recovery[{i}]`: restart delay {d} exceeds the SCM's limit of about 49 days"),
+                );
+            }
+        }
+    }
+    if w.reset_after.0.as_secs() >= u64::from(u32::MAX) {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!(
+                "`agent.windows.reset_after` ({}) exceeds the SCM's limit of about 136 years",
+                w.reset_after
+            ),
+        );
+    }
+}
+
+fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
+    if otlp.timeout.0.is_zero() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.otlp.timeout` must be longer than 0s");
+    }
+    for h in &otlp.headers {
+        let name = &h.name.value;
+        let valid_name = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        if !valid_name {
+            p.at(
+                h.name.referenced,
+                format!("expected an HTTP header name such as `authorization`, found `{name}`"),
+            );
+        }
+        let sources = [
+            h.value.as_ref().map(|v| v.referenced),
+            h.env.as_ref().map(|v| v.referenced),
+            h.file.as_ref().map(|v| v.referenced),
+        ];
+        let set: Vec<_> = sources.iter().flatten().collect();
+        match set.as_slice() {
+            [] => p.at(h.name.referenced, format!("header `{name}` needs one of `value`, `env` or `file`")),
+            [_] => {}
+            [_, second, ..] => {
+                p.at(**second, format!("header `{name}` takes one of `value`, `env` or `file`, not several"))
+            }
+        }
+    }
+    let tls = &otlp.tls;
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(c), None) => p.at(c.referenced, "`tls.cert_file` needs `tls.key_file` (the client key)"),
+        (None, Some(k)) => {
+            p.at(k.referenced, "`tls.key_file` needs `tls.cert_file` (the client certificate)")
+        }
+        _ => {}
+    }
+    let any_tls = tls.ca_file.is_some() || tls.cert_file.is_some();
+    if any_tls && otlp.endpoint.value.starts_with("http://") {
+        p.at(
+            otlp.endpoint.referenced,
+            "`tls` is set but the endpoint is `http://`: use an `https://` endpoint for TLS",
+        );
+    }
+}
+
+fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
+    let known = || crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect::<Vec<_>>().join(", ");
+    for m in d.series.iter().flatten() {
+        if !crate::detect::bank::is_known_metric(&m.value) {
+            p.at(
+                m.referenced,
+                format!("unknown metric `{}` in `detection.series`: expected one of {}", m.value, known()),
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for o in &d.overrides {
+        if !crate::detect::bank::is_known_metric(&o.metric.value) {
+            p.at(
+                o.metric.referenced,
+                format!(
+                    "unknown metric `{}` in `detection.overrides`: expected one of {}",
+                    o.metric.value,
+                    known()
+                ),
+            );
+        } else if !seen.insert(o.metric.value.clone()) {
+            p.at(o.metric.referenced, format!("metric `{}` has more than one override", o.metric.value));
+        }
+        if o.threshold.is_some_and(|t| !t.is_finite()) {
+            p.at(o.metric.referenced, format!("`threshold` of `{}` must be a finite number", o.metric.value));
+        }
+    }
+    if d.max_series == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`detection.max_series` must be at least 1");
     }
 }
 
@@ -563,7 +895,7 @@ fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
         }
     }
     if let Some(t) = &h.tcp {
-        if !t.value.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        if t.value.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
             p.at(t.referenced, format!("`health.tcp` expects `host:port`, found `{}`", t.value));
         }
     }
@@ -685,7 +1017,10 @@ pub fn apply_env(
         match k.as_str() {
             "CUSTOS_OTLP_ENDPOINT" => {
                 let protocol = c.exporter.otlp.as_ref().map(|o| o.protocol).unwrap_or_default();
-                c.exporter.otlp = Some(OtlpConfig { endpoint: unspanned(v), protocol });
+                match c.exporter.otlp.as_mut() {
+                    Some(o) => o.endpoint = unspanned(v),
+                    None => c.exporter.otlp = Some(OtlpConfig::new(v, protocol)),
+                }
             }
             "CUSTOS_OTLP_PROTOCOL" => match (v.as_str(), c.exporter.otlp.as_mut()) {
                 ("grpc", Some(o)) => o.protocol = OtlpProtocol::Grpc,

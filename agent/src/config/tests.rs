@@ -46,7 +46,7 @@ fn unknown_key_names_line_and_column() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].line, 3, "{e:?}");
     assert!(e[0].column >= 1);
-    assert!(e[0].message.contains("listne"), "{}", e[0].message);
+    assert!(e[0].message.starts_with("unknown field `listne`, expected one of"), "{}", e[0].message);
     assert!(e[0].to_string().starts_with("custos.yaml:3:"), "{}", e[0]);
 }
 
@@ -81,6 +81,8 @@ services:
     health: { http: "ftp://x" }
   - name: api2
     exe: /bin/y
+  - name: grp
+    cgroup: relative/path
 exporter:
   otlp: { endpoint: "127.0.0.1:4317" }
 agent:
@@ -91,15 +93,16 @@ agent:
     let all = msgs.join("\n");
     assert!(all.contains("more than one selector"), "{all}");
     assert!(all.contains("service `db` needs one of"), "{all}");
+    assert!(all.contains("`cgroup` expects a path"), "{all}");
     assert!(all.contains("needs a `name`"), "{all}");
     assert!(all.contains("`health.http` expects a URL"), "{all}");
     assert!(all.contains("defined twice"), "{all}");
     assert!(all.contains("expected an endpoint URL"), "{all}");
     assert!(all.contains("`agent.listen` expects"), "{all}");
-    assert_eq!(e.len(), 7, "{all}");
+    assert_eq!(e.len(), 8, "{all}");
     // Each points at its own line.
     assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:5:")), "{all}");
-    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:14:")), "{all}");
+    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:16:")), "{all}");
 }
 
 #[test]
@@ -155,4 +158,124 @@ fn writable_files_are_refused() {
 fn missing_file_is_a_clear_error() {
     let e = load(Some(Path::new("/nonexistent/custos.yaml"))).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/custos.yaml: cannot read"), "{e}");
+}
+
+#[test]
+fn windows_service_defaults_restart_twice_then_nothing() {
+    let w = parse("", "x").unwrap().raw.agent.windows;
+    assert_eq!(w.service_name.value, "custos");
+    assert_eq!(
+        w.recovery.value,
+        [
+            RecoveryAction::Restart(HumanDuration::secs(60)),
+            RecoveryAction::Restart(HumanDuration::secs(60)),
+            RecoveryAction::None
+        ]
+    );
+    assert_eq!(w.reset_after, HumanDuration::secs(86_400));
+    assert!(w.recover_on_error_exit);
+    assert_eq!(w.etw_session.value, "custos-sensor");
+}
+
+#[test]
+fn windows_recovery_actions_parse() {
+    let text = "agent:\n  windows:\n    service_name: custos-agent\n    recovery: [{ restart: 5s }, { restart: 2m }, none]\n    reset_after: 1h\n    recover_on_error_exit: false\n";
+    let w = parse(text, "x").unwrap().raw.agent.windows;
+    assert_eq!(w.service_name.value, "custos-agent");
+    assert_eq!(
+        w.recovery.value,
+        [
+            RecoveryAction::Restart(HumanDuration::secs(5)),
+            RecoveryAction::Restart(HumanDuration::secs(120)),
+            RecoveryAction::None
+        ]
+    );
+    assert_eq!(w.reset_after, HumanDuration::secs(3600));
+    assert!(!w.recover_on_error_exit);
+    let empty = parse("agent:\n  windows:\n    recovery: []\n", "x").unwrap();
+    assert!(empty.raw.agent.windows.recovery.value.is_empty());
+}
+
+#[test]
+fn windows_bad_service_name_is_located() {
+    let e = errors("agent:\n  windows:\n    service_name: 'a\\b'\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].line, e[0].column), (3, 19));
+    assert!(e[0].message.contains("agent.windows.service_name"), "{}", e[0].message);
+}
+
+#[test]
+fn windows_recovery_delay_beyond_the_scm_limit_is_an_error() {
+    let e = errors("agent:\n  windows:\n    recovery: [{ restart: 60d }]\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3);
+    assert!(e[0].message.contains("recovery[0]"), "{}", e[0].message);
+}
+
+#[test]
+fn windows_unknown_recovery_action_is_a_located_error() {
+    let e = errors("agent:\n  windows:\n    recovery: [reboot]\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3);
+    assert!(e[0].message.contains("reboot"), "{}", e[0].message);
+    let e = errors("agent:\n  windows:\n    colour: blue\n");
+    assert!(e[0].message.contains("colour"), "{}", e[0].message);
+}
+
+#[test]
+fn exporter_section_parses_with_headers_tls_and_limits() {
+    let text = r#"
+exporter:
+  interval: 5s
+  syscall_top_n: 8
+  log_rate_limit: { max: 20, per: 30s }
+  otlp:
+    endpoint: "https://otel.example.com:4317"
+    protocol: grpc
+    compression: none
+    timeout: 3s
+    headers:
+      - { name: authorization, env: OTLP_TOKEN }
+      - { name: x-tenant, value: blue }
+      - { name: x-key, file: /etc/custos/key }
+    tls: { ca_file: /etc/custos/ca.pem, cert_file: /etc/custos/c.pem, key_file: /etc/custos/k.pem }
+"#;
+    let c = parse(text, "x").unwrap();
+    let o = c.raw.exporter.otlp.as_ref().unwrap();
+    assert_eq!(o.compression, Compression::None);
+    assert_eq!(o.timeout.0.as_secs(), 3);
+    assert_eq!(o.headers.len(), 3);
+    assert_eq!(c.raw.exporter.interval.0.as_secs(), 5);
+    assert_eq!(c.raw.exporter.log_rate_limit.max, 20);
+    let d = parse("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n", "x").unwrap();
+    let o = d.raw.exporter.otlp.as_ref().unwrap();
+    assert_eq!((o.compression, o.timeout.0.as_secs()), (Compression::Gzip, 10));
+}
+
+#[test]
+fn exporter_problems_are_located() {
+    let text = r#"
+exporter:
+  otlp:
+    endpoint: "http://127.0.0.1:4317"
+    headers:
+      - { name: "bad name", value: x }
+      - { name: authorization }
+      - { name: x-two, value: a, env: B }
+    tls: { cert_file: /c.pem }
+"#;
+    let e = errors(text);
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    assert!(all.contains("custos.yaml:6:") && all.contains("expected an HTTP header name"), "{all}");
+    assert!(all.contains("custos.yaml:7:") && all.contains("needs one of `value`, `env` or `file`"), "{all}");
+    assert!(all.contains("custos.yaml:8:") && all.contains("not several"), "{all}");
+    assert!(all.contains("`tls.cert_file` needs `tls.key_file`"), "{all}");
+    assert!(all.contains("use an `https://` endpoint"), "{all}");
+    let e = errors("exporter:\n  otlp: { endpoint: \"http://x:1\", compression: zstd }\n");
+    assert_eq!(e[0].line, 2, "{e:?}");
+    let e = errors("exporter:\n  interval: 1ms\n  spool: { max_bytes: 1KiB }\n");
+    let all = e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(all.contains("`exporter.interval` must be at least 100ms"), "{all}");
+    assert!(all.contains("`exporter.spool.max_bytes` must be at least 64KiB"), "{all}");
 }

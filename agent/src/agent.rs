@@ -1,0 +1,75 @@
+//! `custos run`: the agent. Starts the sensor and the pipeline with every
+//! consumer, and stops them in order.
+
+use crate::attribution::Attributor;
+use crate::config::LoadedConfig;
+use crate::pipeline::{Pipeline, PipelineStats};
+use crate::run::{host_view, start_sensor, stop_on_signals, Source, SummaryPrinter};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `custos run` gives the exporter to send or spool what it holds
+/// when stopping.
+const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+/// Options of `custos run` beyond the configuration.
+pub struct RunOptions {
+    pub source: Source,
+    /// Print the per-service table this often (None: never).
+    pub summary: Option<Duration>,
+}
+
+/// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
+pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
+    let started = start_sensor(&opts.source, &config).await?;
+    let stats = Arc::new(PipelineStats::default());
+    let attributor = Attributor::new(&config, host_view(&opts.source));
+    let mut pipeline = Pipeline::new(attributor, started.control, stats.clone());
+    let agent_stats = Arc::new(crate::export::AgentStats::default());
+    let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
+    pipeline.add_sink(Box::new(exporter.sink()));
+    let runbooks = crate::runbook::sink::start(&config)?;
+    if let Some(rb) = &runbooks {
+        pipeline.add_sink(Box::new(rb.sink()));
+        rb.export_audit(exporter.log_sender());
+    }
+    if config.raw.detection.enabled {
+        let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
+        // Anomalies reach the runbook engine through a bounded channel.
+        let findings = runbooks.as_ref().map(|rb| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            rb.forward_findings(rx);
+            tx
+        });
+        let sink = crate::detection::DetectionSink::new(
+            bank,
+            &config.raw.agent.state_dir,
+            Some(exporter.log_sender()),
+            findings,
+        );
+        pipeline.add_sink(Box::new(sink));
+    }
+    if let Some(every) = opts.summary {
+        let services = pipeline.configured_services();
+        pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
+    }
+    tracing::info!(
+        services = config.services.len(),
+        everything = config.manages_everything(),
+        "Agent started."
+    );
+    let stop = stop_on_signals();
+    let finished = tokio::spawn(pipeline.run(started.rx, stop)).await?;
+    if let Some(task) = started.task {
+        task.await??;
+    }
+    // Flushes what the exporter holds, or spools it, within the budget.
+    exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
+    tracing::info!(
+        events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
+        lost_kernel = finished.loss.kernel,
+        lost_channel = finished.loss.channel,
+        "Agent stopped."
+    );
+    Ok(())
+}
