@@ -46,7 +46,8 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             &config.raw.agent.state_dir,
             Some(exporter.log_sender()),
             findings,
-        );
+        )
+        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
         pipeline.add_sink(Box::new(sink));
     }
     if let Some(every) = opts.summary {
