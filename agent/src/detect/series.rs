@@ -103,6 +103,25 @@ impl Default for Params {
 /// Points before the seasonal departure is trusted.
 const DAY_SECONDS_MIN_POINTS: usize = 64;
 
+/// Combines the statistics' z-scores into one: the root sum of squares of
+/// their positive parts (a chi-like statistic, what Fisher's method does
+/// with p-values in the Gaussian tail), divided by 1.1.
+///
+/// The largest z alone ranks a point where one statistic is high above one
+/// where several agree; but each statistic alone is often high on normal
+/// data of some kind (novelty at the sharp daily steps of a square wave, the
+/// spread of a bursty counter), while real anomalies usually move more than
+/// one (a novel context that is also off the daily profile, a shift with a
+/// change of spread). A single statistic reaching z still counts about as z.
+/// The 1.1 keeps the meaning of the alarm levels: for four independent
+/// N(0, 1) statistics the combination exceeds 3.5 (high) and 5 (medium)
+/// about as often as the largest z did (9e-4 vs 8e-4, 7e-7 vs 1e-6).
+/// On NAB (standard / low FP / low FN): largest z 59.9 / 51.7 / 67.8, this
+/// 66.7 / 55.3 / 72.1 (the scale does not change the ranking).
+fn combined_z(zs: [f64; 4]) -> f64 {
+    zs.iter().map(|z| z.max(0.0).powi(2)).sum::<f64>().sqrt() / 1.1
+}
+
 /// A running estimate of the distribution of a log-scale statistic, which
 /// turns a new value into a z-score. Updates are winsorized at 3 sigma so
 /// that an anomaly does not teach it that anomalies are normal.
@@ -357,7 +376,9 @@ impl SeriesDetector {
             *resid += (miss.min(4.0 * resid.max(floor)) - *resid) * w;
         }
 
-        let mut z = 0.0;
+        // The z-scores of the four statistics (novelty, seasonal departure,
+        // level shift, spread change; 0 where not yet available).
+        let mut zs = [0.0f64; 4];
         if nn_value.is_some() {
             let ld = (dist + floor).ln();
             self.smooth_ld = if self.novelty.n == 0 {
@@ -365,7 +386,7 @@ impl SeriesDetector {
             } else {
                 self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing
             };
-            z = self.novelty.z(self.smooth_ld);
+            zs[0] = self.novelty.z(self.smooth_ld);
             self.novelty.learn(ld, self.params.calibration_horizon);
         }
         // Departure from the usual value at this time of day, smoothed so
@@ -374,7 +395,7 @@ impl SeriesDetector {
         self.season_dev = if self.n == 1 { sres } else { self.season_dev + (sres - self.season_dev) * 0.2 };
         let ls = (self.season_dev + floor).ln();
         if self.n as usize > DAY_SECONDS_MIN_POINTS {
-            z = z.max(self.params.seasonal_weight * self.season_cal.z(ls));
+            zs[1] = self.params.seasonal_weight * self.season_cal.z(ls);
         }
         self.season_cal.learn(ls, self.params.calibration_horizon);
 
@@ -390,8 +411,8 @@ impl SeriesDetector {
             let shift = ((self.short_mean - self.mean).abs() + floor).ln() - (scale + floor).ln();
             let spread = ((self.short_var + f2) / (self.var + f2)).ln().abs();
             if self.n as usize > DAY_SECONDS_MIN_POINTS {
-                let zc = self.shift_cal.z(shift).max(self.spread_cal.z(spread));
-                z = z.max(self.params.change_weight * zc);
+                zs[2] = self.params.change_weight * self.shift_cal.z(shift);
+                zs[3] = self.params.change_weight * self.spread_cal.z(spread);
             }
             self.shift_cal.learn(shift, self.params.calibration_horizon);
             self.spread_cal.learn(spread, self.params.calibration_horizon);
@@ -420,6 +441,7 @@ impl SeriesDetector {
             }
         }
 
+        let z = combined_z(zs);
         if self.n <= self.params.warmup as u64 || nn_value.is_none() {
             self.last_score = 0.0;
             return Observation::quiet(lo, hi);
