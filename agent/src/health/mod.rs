@@ -268,6 +268,7 @@ mod tests {
         server.join().unwrap();
     }
 
+    #[cfg(unix)]
     #[test]
     fn command_probe_uses_exit_code() {
         assert!(probe(ProbeKind::Command { argv: vec!["/bin/true".into()] }).check().ok);

@@ -4,11 +4,16 @@
 
 use super::model::{HeaderValue, WebhookAction};
 use serde::Serialize;
+#[cfg(unix)]
 use std::io::Read;
+#[cfg(unix)]
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
+#[cfg(unix)]
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(unix)]
+use std::time::Instant;
 
 /// Bytes of stdout and of stderr kept in the audit record.
 pub const MAX_OUTPUT: usize = 4096;
@@ -40,6 +45,7 @@ pub struct Identity {
 }
 
 /// Looks up `user` (a name or a numeric uid) and its groups.
+#[cfg(unix)]
 pub fn resolve_user(user: &str) -> Result<Identity, String> {
     let cname = std::ffi::CString::new(user).map_err(|_| format!("invalid user name `{user}`"))?;
     let mut pwd: libc::passwd = unsafe_zeroed_passwd();
@@ -64,13 +70,29 @@ pub fn resolve_user(user: &str) -> Result<Identity, String> {
     Ok(Identity { uid, gid, groups })
 }
 
+#[cfg(unix)]
 fn unsafe_zeroed_passwd() -> libc::passwd {
     // SAFETY: passwd is a plain C struct of integers and pointers; all-zero is valid.
     unsafe { std::mem::zeroed() }
 }
 
+/// Commands need a way to drop privileges to `run_as`; until the Windows
+/// one exists (a restricted token), exec actions and command probes fail
+/// there with this error rather than run as the agent's account.
+#[cfg(not(unix))]
+pub fn run_exec(
+    _argv: &[String],
+    _env: &[(String, String)],
+    _cwd: Option<&Path>,
+    _run_as: &str,
+    _timeout: Duration,
+) -> Result<ExecOutcome, String> {
+    Err("exec actions are not supported on this platform yet".into())
+}
+
 /// Runs `argv` directly (no shell) as `run_as`, with only `env` (plus a
 /// fixed PATH) in its environment, killing its process group after `timeout`.
+#[cfg(unix)]
 pub fn run_exec(
     argv: &[String],
     env: &[(String, String)],
@@ -145,6 +167,7 @@ pub fn run_exec(
 }
 
 /// Reads a pipe to its end, keeping the first `MAX_OUTPUT` bytes.
+#[cfg(unix)]
 fn read_bounded(mut r: impl Read) -> (String, bool) {
     let mut kept = Vec::new();
     let mut buf = [0u8; 4096];
@@ -245,7 +268,7 @@ pub fn send_webhook(
     last
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

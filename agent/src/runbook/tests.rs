@@ -370,6 +370,7 @@ steps: [ { log: { message: "{{ event.severity }}" } } ]
     assert!(r.records().iter().any(|x| x.details["result"]["message"] == "critical"));
 }
 
+#[cfg(unix)]
 #[test]
 fn exec_receives_event_fields_as_single_literal_arguments() {
     let r = rig(vec![rb(r#"
