@@ -144,18 +144,6 @@ static __always_inline struct custos_config *get_config(void)
 	return bpf_map_lookup_elem(&config, &zero);
 }
 
-/* Pid (tgid) of current in the agent's namespace; 0 when it is not visible
- * there. */
-static __always_inline __u32 current_ns_tgid(__u32 *tid)
-{
-	struct bpf_pidns_info ns = {};
-	if (bpf_get_ns_current_pid_tgid(cfg_pidns_dev, cfg_pidns_ino, &ns, sizeof(ns)))
-		return 0;
-	if (tid)
-		*tid = ns.pid;
-	return ns.tgid;
-}
-
 /* Pid number of `pid` in the agent's namespace, or 0. */
 static __always_inline __u32 pid_nr_in_agent_ns(struct pid *pid)
 {
@@ -184,6 +172,24 @@ static __always_inline __u32 task_ns_tid(struct task_struct *t)
 static __always_inline __u32 task_ns_tgid(struct task_struct *t)
 {
 	return pid_nr_in_agent_ns(BPF_CORE_READ(t, group_leader, thread_pid));
+}
+
+/* Pid (tgid) of current in the agent's namespace; 0 when it is not visible
+ * there. The helper answers only for tasks whose own namespace is the
+ * agent's; tasks in a namespace below it (a container, a systemd sandbox)
+ * are translated through their struct pid, which lists every level. */
+static __always_inline __u32 current_ns_tgid(__u32 *tid)
+{
+	struct bpf_pidns_info ns = {};
+	if (!bpf_get_ns_current_pid_tgid(cfg_pidns_dev, cfg_pidns_ino, &ns, sizeof(ns))) {
+		if (tid)
+			*tid = ns.pid;
+		return ns.tgid;
+	}
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+	if (tid)
+		*tid = task_ns_tid(t);
+	return task_ns_tgid(t);
 }
 
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)

@@ -60,3 +60,39 @@ async fn inner() {
     sensor.shutdown().await;
     println!("pidns-ok");
 }
+
+/// The other way round, as on a host running containers: the agent is in the
+/// outer namespace and the workload in a namespace below it. Every event of
+/// the workload, its exit included, is reported with the agent's pids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_in_a_nested_pid_namespace_are_seen_with_host_pids() {
+    if !bpf_available() {
+        return;
+    }
+    let (sensor, mut rx) = start(options(Scope::Everything));
+    let mark = marker("nested");
+    // unshare --fork: the workload is pid 1 of its namespace, the shell's
+    // child is pid 2 there; from here both have ordinary pids.
+    let mut outer = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "/bin/sh", "-c"])
+        .arg(format!("/bin/sh -c 'exit 7' {mark}; exit 0"))
+        .spawn()
+        .unwrap();
+    let events = collect_until(
+        &mut rx,
+        Duration::from_secs(10),
+        |e| match &e.body {
+            EventBody::ProcessStart(s) => s.argv.contains(&mark),
+            EventBody::ProcessExit(x) => x.exit_code == Some(7),
+            _ => false,
+        },
+        |seen| seen.iter().any(|e| e.kind() == EventKind::ProcessExit),
+    )
+    .await;
+    outer.wait().unwrap();
+    let start_ev = events.iter().find(|e| e.kind() == EventKind::ProcessStart).expect("the nested start");
+    let exit_ev = events.iter().find(|e| e.kind() == EventKind::ProcessExit).expect("the nested exit");
+    assert_eq!(start_ev.pid, exit_ev.pid, "one process, one host pid");
+    assert!(start_ev.pid > 2, "a host pid, not the namespace's own small pid: {}", start_ev.pid);
+    sensor.shutdown().await;
+}
