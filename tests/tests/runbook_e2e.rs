@@ -2,14 +2,6 @@
 //! sees a unit of the systemd sandbox crash, attributes the exit to its
 //! service, and its runbook restarts the unit over D-Bus; the audit log in
 //! the state dir records it and verifies.
-//!
-//! PENDING (not compiled: move it to tests/tests/ to run it): on this
-//! machine `custos run`/`custos watch` (main at 4933b40) report no event at
-//! all for processes of a sandbox unit (`systemd_unit: crashy.service`),
-//! so the runbook never fires; the runbook engine itself is exercised
-//! against the same sandbox in tests/tests/runbook_systemd.rs. Run with
-//! `CUSTOS_BIN=<a custos built from this branch>`: the shared target dir's
-//! binary may be another branch's.
 #![cfg(target_os = "linux")]
 
 use custos_tests::systemd::sandbox_or_skip;
