@@ -40,7 +40,7 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     pub service: String,
-    /// The series, e.g. `custos.tcp.connect.errors`.
+    /// The series, e.g. `custos.tcp.connect.error_ratio`.
     pub metric: String,
     pub ts: SystemTime,
     pub value: f64,

@@ -70,7 +70,10 @@ fn custos_run_restarts_a_crashing_unit_by_runbook() {
     use std::io::Read;
     agent.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let audit = std::fs::read_to_string(state.join("audit/audit.jsonl")).unwrap_or_default();
-    assert!(invocations.len() >= 3, "the runbook restarted the unit twice: {invocations:?}\n{stderr}\n{audit}");
+    assert!(
+        invocations.len() >= 3,
+        "the runbook restarted the unit twice: {invocations:?}\n{stderr}\n{audit}"
+    );
     assert!(status.success(), "{status:?}\n{stderr}");
     let outcomes: Vec<serde_json::Value> = audit
         .lines()
@@ -78,6 +81,9 @@ fn custos_run_restarts_a_crashing_unit_by_runbook() {
         .filter(|r| r["kind"] == "outcome")
         .collect();
     assert!(outcomes.len() >= 2 && outcomes.iter().all(|o| o["details"]["ok"] == true), "{audit}");
-    let verify = Command::new(custos_bin()).args(["audit", "verify", state.join("audit").to_str().unwrap()]).output().unwrap();
+    let verify = Command::new(custos_bin())
+        .args(["audit", "verify", state.join("audit").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }

@@ -124,7 +124,7 @@ fn health_and_anomaly_runbooks_act_on_their_signals() {
     engine.on_health("api", false, Some(&event("health-failed.json")));
     engine.on_anomaly(&Anomaly {
         service: "api".into(),
-        metric: "custos.tcp.connect.errors".into(),
+        metric: "custos.tcp.connect.error_ratio".into(),
         ts: SystemTime::now(),
         value: 40.0,
         expected_low: 0.0,
@@ -136,7 +136,7 @@ fn health_and_anomaly_runbooks_act_on_their_signals() {
         rx.try_iter().filter(|r| r.kind == AuditKind::Action).map(|r| r.details.to_string()).collect();
     assert!(actions.iter().any(|a| a.contains(r#""signal":"SIGHUP""#)), "{actions:?}");
     assert!(
-        actions.iter().any(|a| a.contains("custos.tcp.connect.errors at 40.0, expected 0.0..2.0")),
+        actions.iter().any(|a| a.contains("custos.tcp.connect.error_ratio at 40.0, expected 0.0..2.0")),
         "{actions:?}"
     );
     // Still failing after the cooldown: the ladder climbs to a restart.

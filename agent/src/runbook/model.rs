@@ -67,7 +67,7 @@ struct RawTrigger {
 struct RawAnomaly {
     severity: Spanned<String>,
     #[serde(default)]
-    metric: Option<String>,
+    metric: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -641,6 +641,7 @@ fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trig
         if r.above.is_none() && r.below.is_none() {
             p.at(m.referenced, "a `metric` trigger needs `above` or `below`");
         }
+        check_metric_name(m, p);
         return Some(Trigger::Metric {
             name: m.value.clone(),
             above: r.above,
@@ -659,7 +660,10 @@ fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trig
             );
             return None;
         };
-        return Some(Trigger::Anomaly { min, metric: a.value.metric.clone() });
+        if let Some(m) = &a.value.metric {
+            check_metric_name(m, p);
+        }
+        return Some(Trigger::Anomaly { min, metric: a.value.metric.as_ref().map(|m| m.value.clone()) });
     }
     if let Some(h) = &r.health {
         if h.value != "failing" {
@@ -1025,4 +1029,13 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
         }
     }
     report
+}
+
+/// Metric and anomaly triggers name one of the series the agent computes
+/// per service (the detector's series); any other name would never fire.
+fn check_metric_name(m: &Spanned<String>, p: &mut Problems<'_>) {
+    if !crate::detect::bank::is_known_metric(&m.value) {
+        let known: Vec<&str> = crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect();
+        p.at(m.referenced, format!("unknown metric `{}`: expected one of {}", m.value, known.join(", ")));
+    }
 }

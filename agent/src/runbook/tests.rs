@@ -324,7 +324,7 @@ fn metric_held_anomaly_and_combinations() {
         rb(r#"
 name: conn-errors
 service: api
-trigger: { metric: custos.tcp.connect.errors, above: 5, for: 1m }
+trigger: { metric: custos.tcp.connect.error_ratio, above: 5, for: 1m }
 steps: [ { log: { message: "{{ event.metric }}={{ event.value }}" } } ]
 "#),
         rb(r#"
@@ -338,18 +338,21 @@ steps: [ { log: { message: "{{ event.severity }}" } } ]
 "#),
     ]);
     let e = &r.engine;
-    e.on_metric("api", "custos.tcp.connect.errors", 9.0, r.clock.now());
+    e.on_metric("api", "custos.tcp.connect.error_ratio", 9.0, r.clock.now());
     r.clock.advance(Duration::from_secs(30));
-    e.on_metric("api", "custos.tcp.connect.errors", 2.0, r.clock.now());
+    e.on_metric("api", "custos.tcp.connect.error_ratio", 2.0, r.clock.now());
     r.clock.advance(Duration::from_secs(30));
-    e.on_metric("api", "custos.tcp.connect.errors", 9.0, r.clock.now());
+    e.on_metric("api", "custos.tcp.connect.error_ratio", 9.0, r.clock.now());
     r.clock.advance(Duration::from_secs(30));
-    e.on_metric("api", "custos.tcp.connect.errors", 9.0, r.clock.now());
+    e.on_metric("api", "custos.tcp.connect.error_ratio", 9.0, r.clock.now());
     assert!(r.records().is_empty(), "not held for a minute yet");
     r.clock.advance(Duration::from_secs(31));
-    e.on_metric("api", "custos.tcp.connect.errors", 9.0, r.clock.now());
+    e.on_metric("api", "custos.tcp.connect.error_ratio", 9.0, r.clock.now());
     let rs = r.records();
-    assert!(rs.iter().any(|x| x.details["result"]["message"] == "custos.tcp.connect.errors=9.0"), "{rs:?}");
+    assert!(
+        rs.iter().any(|x| x.details["result"]["message"] == "custos.tcp.connect.error_ratio=9.0"),
+        "{rs:?}"
+    );
 
     let anomaly = |sev| Anomaly {
         service: "api".into(),
@@ -433,6 +436,12 @@ fn errors_name_file_line_and_column() {
 
     let e = errors("name: x\nservice: api\ntrigger: { event: process_exit, where: { signal: SIGNOPE } }\nsteps: [ { restart: {} } ]\n");
     assert!(e.contains("signal name"), "{e}");
+
+    // A series the agent does not compute would never fire.
+    let e = errors("name: x\nservice: api\ntrigger: { metric: custos.tcp.errors, above: 1 }\nsteps: [ { restart: {} } ]\n");
+    assert!(e.starts_with("rb.yaml:3:") && e.contains("unknown metric `custos.tcp.errors`"), "{e}");
+    let e = errors("name: x\nservice: api\ntrigger: { anomaly: { severity: high, metric: cpu } }\nsteps: [ { restart: {} } ]\n");
+    assert!(e.contains("unknown metric `cpu`: expected one of custos.process.exits"), "{e}");
 }
 
 #[test]
