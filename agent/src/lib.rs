@@ -4,4 +4,5 @@
 
 pub mod anomaly;
 pub mod config;
+pub mod daemon;
 pub mod service_manager;
