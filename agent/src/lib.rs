@@ -2,7 +2,16 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod agent;
 pub mod anomaly;
+pub mod attribution;
 pub mod config;
 pub mod daemon;
+pub mod pipeline;
+pub mod platform_sensor;
+#[cfg(target_os = "linux")]
+pub mod procfs;
+pub mod run;
+pub mod sensor;
 pub mod service_manager;
+pub mod summary;

@@ -2,8 +2,12 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use custos::run::{Source, WatchOptions};
+use custos::sensor::Pace;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: watch the managed services, export telemetry, detect, heal.
+    Run(RunArgs),
+    /// Stream events as they happen: one readable line per event, or JSON lines.
+    Watch(WatchArgs),
     /// Check a configuration file and report every problem with its line and column.
     Validate {
         /// Configuration file (default: /etc/custos/custos.yaml, else the embedded default).
@@ -68,6 +76,83 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Configuration file (default: /etc/custos/custos.yaml, else the embedded default).
+    #[arg(long, short, env = "CUSTOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Read events from a recording of `custos watch --json` instead of the kernel.
+    #[arg(long, value_name = "FILE")]
+    replay: Option<PathBuf>,
+    /// With --replay: keep the recorded gaps between events, sped up by this factor.
+    #[arg(long, value_name = "FACTOR", requires = "replay")]
+    replay_speed: Option<f64>,
+}
+
+impl SourceArgs {
+    fn source(&self) -> Source {
+        match &self.replay {
+            None => Source::Kernel,
+            Some(path) => Source::Replay {
+                path: path.clone(),
+                pace: match self.replay_speed {
+                    Some(speed) => Pace::Recorded { speed },
+                    None => Pace::AsFast,
+                },
+            },
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// When to print the per-service summary table: auto (when stdout is a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    summary: String,
+    /// How often the summary table is printed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    summary_every: Duration,
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Only events of this managed service.
+    #[arg(long, short)]
+    service: Option<String>,
+    /// One JSON object per line (the format --replay reads back).
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    custos::config::HumanDuration::parse(s).map(|d| d.0)
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<custos::config::LoadedConfig> {
+    custos::config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration:\n{errors}"))
+}
+
+fn init_logging(config: &custos::config::LoadedConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTOS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.raw.agent.log_level.value));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match config.raw.agent.log_format {
+        custos::config::LogFormat::Json => builder.json().init(),
+        custos::config::LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -81,6 +166,25 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => {
+            let config = load_config(args.source.config.as_deref())?;
+            init_logging(&config);
+            let summary = match args.summary.as_str() {
+                "always" => Some(args.summary_every),
+                "never" => None,
+                _ => std::io::stdout().is_terminal().then_some(args.summary_every),
+            };
+            let opts = custos::agent::RunOptions { source: args.source.source(), summary };
+            runtime()?.block_on(custos::agent::run(config, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(args) => {
+            let config = load_config(args.source.config.as_deref())?;
+            init_logging(&config);
+            let opts = WatchOptions { source: args.source.source(), json: args.json, service: args.service };
+            runtime()?.block_on(custos::run::watch(config, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { config } => match custos::config::load(config.as_deref()) {
             Ok(c) => {
                 let src = c

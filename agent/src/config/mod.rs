@@ -105,6 +105,9 @@ pub struct ServiceEntry {
     /// An absolute executable path, or a pattern with `*` matched against the
     /// path (when it contains `/`) or else the executable's name.
     pub exe: Option<Spanned<String>>,
+    /// A cgroup v2 path relative to the cgroup2 root (`/custos-bench`,
+    /// `/kubepods.slice/...`): for services that systemd does not run.
+    pub cgroup: Option<Spanned<String>>,
     pub discover: Option<Spanned<Discover>>,
     pub health: Option<HealthConfig>,
 }
@@ -125,6 +128,7 @@ pub enum Selector {
     SystemdUnit(String),
     WindowsService(String),
     Exe(String),
+    Cgroup(String),
 }
 
 /// A managed service after validation.
@@ -399,12 +403,13 @@ fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
     // several lines; the first line holds the message itself.
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid configuration").trim();
-    let message = first
-        .split(" at line ")
-        .next()
-        .unwrap_or(first)
-        .trim_end_matches(|c: char| c == ',' || c == '.')
-        .to_string();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop the library's own `line N column M: ` prefix: ours says it.
+    let first = match first.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") && head.contains(" column ") => rest,
+        _ => first,
+    };
+    let message = first.split(" at line ").next().unwrap_or(first).trim_end_matches([',', '.']).to_string();
     ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
 }
 
@@ -419,6 +424,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             ("systemd_unit", entry.systemd_unit.as_ref()),
             ("windows_service", entry.windows_service.as_ref()),
             ("exe", entry.exe.as_ref()),
+            ("cgroup", entry.cgroup.as_ref()),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -461,7 +467,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 p.at(
                     name.referenced,
                     format!(
-                        "service `{}` needs one of `systemd_unit`, `windows_service` or `exe`",
+                        "service `{}` needs one of `systemd_unit`, `windows_service`, `exe` or `cgroup`",
                         name.value
                     ),
                 );
@@ -470,6 +476,12 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             [(k, v)] => match *k {
                 "systemd_unit" => Selector::SystemdUnit(normalize_unit(&v.value)),
                 "windows_service" => Selector::WindowsService(v.value.clone()),
+                "cgroup" => {
+                    if !v.value.starts_with('/') {
+                        p.at(v.referenced, format!("`cgroup` expects a path from the cgroup2 root such as `/system.slice/x.scope`, found `{}`", v.value));
+                    }
+                    Selector::Cgroup(v.value.trim_end_matches('/').to_string())
+                }
                 _ => {
                     if v.value.trim().is_empty() {
                         p.at(v.referenced, "`exe` must not be empty");
@@ -563,7 +575,7 @@ fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
         }
     }
     if let Some(t) = &h.tcp {
-        if !t.value.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+        if t.value.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
             p.at(t.referenced, format!("`health.tcp` expects `host:port`, found `{}`", t.value));
         }
     }

@@ -46,7 +46,7 @@ fn unknown_key_names_line_and_column() {
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].line, 3, "{e:?}");
     assert!(e[0].column >= 1);
-    assert!(e[0].message.contains("listne"), "{}", e[0].message);
+    assert!(e[0].message.starts_with("unknown field `listne`, expected one of"), "{}", e[0].message);
     assert!(e[0].to_string().starts_with("custos.yaml:3:"), "{}", e[0]);
 }
 
@@ -81,6 +81,8 @@ services:
     health: { http: "ftp://x" }
   - name: api2
     exe: /bin/y
+  - name: grp
+    cgroup: relative/path
 exporter:
   otlp: { endpoint: "127.0.0.1:4317" }
 agent:
@@ -91,15 +93,16 @@ agent:
     let all = msgs.join("\n");
     assert!(all.contains("more than one selector"), "{all}");
     assert!(all.contains("service `db` needs one of"), "{all}");
+    assert!(all.contains("`cgroup` expects a path"), "{all}");
     assert!(all.contains("needs a `name`"), "{all}");
     assert!(all.contains("`health.http` expects a URL"), "{all}");
     assert!(all.contains("defined twice"), "{all}");
     assert!(all.contains("expected an endpoint URL"), "{all}");
     assert!(all.contains("`agent.listen` expects"), "{all}");
-    assert_eq!(e.len(), 7, "{all}");
+    assert_eq!(e.len(), 8, "{all}");
     // Each points at its own line.
     assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:5:")), "{all}");
-    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:14:")), "{all}");
+    assert!(msgs.iter().any(|m| m.starts_with("custos.yaml:16:")), "{all}");
 }
 
 #[test]

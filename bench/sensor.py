@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Sensor benchmark: completeness, cost per event against peers, overhead on
+the observed, and the agent's footprint, all measured in one run so that the
+ratios compare like with like.
+
+Run as root from the repository: python3 bench/sensor.py [--quick]
+It installs auditd, bpftrace, nginx-light and wrk with apt when missing.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+CUSTOS = os.path.join(TARGET, "release", "custos")
+WORKLOAD = os.path.join(TARGET, "release", "custos-workload")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+def cgroup2_root():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            if right.split()[0] == "cgroup2":
+                return left.split()[4]
+    sys.exit("no cgroup2 mount")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / TICK
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def workload(cgroup, *args):
+    out = subprocess.run([WORKLOAD, "--cgroup", cgroup, *args], check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+class Custos:
+    """custos watch --json on the benchmark cgroup, writing events to a file."""
+
+    name = "custos"
+
+    def __init__(self, cgroup_rel, tmp, syscalls=True):
+        self.cfg = os.path.join(tmp, "custos.yaml")
+        with open(self.cfg, "w") as f:
+            f.write(
+                "services:\n  - name: bench\n    cgroup: %s\n"
+                "sensors: { syscalls: %s, syscall_interval: 1s }\n"
+                "agent: { state_dir: %s }\n" % (cgroup_rel, "true" if syscalls else "false", tmp)
+            )
+        os.chmod(self.cfg, 0o600)
+        self.out_path = os.path.join(tmp, "custos-events.jsonl")
+        self.err_path = os.path.join(tmp, "custos-stderr.txt")
+
+    def start(self):
+        self.out = open(self.out_path, "w")
+        self.err = open(self.err_path, "w")
+        self.proc = subprocess.Popen([CUSTOS, "watch", "--json", "--config", self.cfg], stdout=self.out, stderr=self.err)
+        time.sleep(3)  # programs loaded and attached
+        if self.proc.poll() is not None:
+            sys.exit("custos exited early:\n" + open(self.err_path).read())
+        return self.proc.pid
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        self.out.close()
+        self.err.close()
+
+    def events(self):
+        counts = {}
+        with open(self.out_path) as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+                if e["kind"] == "process_start" and e.get("exe", "").endswith("/true"):
+                    counts["exec_true"] = counts.get("exec_true", 0) + 1
+        return counts
+
+    def loss_line(self):
+        return [l for l in open(self.err_path).read().splitlines() if "lost:" in l][-1:]
+
+
+class Auditd:
+    name = "auditd"
+
+    def __init__(self, tmp):
+        self.log = os.path.join(tmp, "audit.log")
+        self.conf = os.path.join(tmp, "auditd.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"log_file = {self.log}\nlog_format = ENRICHED\nflush = INCREMENTAL_ASYNC\nfreq = 50\n"
+                    "max_log_file = 1024\nmax_log_file_action = IGNORE\nspace_left = 1\nadmin_space_left = 1\n"
+                    "disk_full_action = IGNORE\ndisk_error_action = IGNORE\n")
+
+    def start(self):
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        # -n: stay in the foreground (no fork), -c: our config directory.
+        self.proc = subprocess.Popen(["auditd", "-n", "-c", os.path.dirname(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2)
+        sh("auditctl", "-a", "always,exit", "-F", "arch=b64", "-S", "execve", "-k", "custos_exec", capture_output=True)
+        sh("auditctl", "-a", "always,exit", "-F", "arch=b64", "-S", "connect", "-k", "custos_connect", capture_output=True)
+        return self.proc.pid
+
+    def stop(self):
+        subprocess.run(["auditctl", "-D"], capture_output=True)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+    def events(self):
+        n = 0
+        if os.path.exists(self.log):
+            with open(self.log, errors="replace") as f:
+                n = sum(1 for l in f if l.startswith("type=SYSCALL") and "custos_" in l)
+        return {"records": n}
+
+
+class Bpftrace:
+    name = "bpftrace"
+    SCRIPT = """
+tracepoint:sched:sched_process_exec { printf("exec %d %s\\n", pid, str(args->filename)); }
+tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->newstate == 1/ { printf("est %d %d\\n", pid, args->dport); }
+"""
+
+    def __init__(self, tmp):
+        self.out_path = os.path.join(tmp, "bpftrace.txt")
+        self.script = os.path.join(tmp, "bench.bt")
+        with open(self.script, "w") as f:
+            f.write(self.SCRIPT)
+
+    def start(self):
+        self.out = open(self.out_path, "w")
+        self.proc = subprocess.Popen(["bpftrace", self.script], stdout=self.out, stderr=subprocess.STDOUT)
+        time.sleep(5)  # bpftrace compiles its script first
+        return self.proc.pid
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
+        self.out.close()
+
+    def events(self):
+        with open(self.out_path, errors="replace") as f:
+            return {"lines": sum(1 for l in f if l.startswith(("exec ", "est ")))}
+
+
+def observe(observer, cgroup, work_args):
+    pid = observer.start()
+    c0 = cpu_seconds(pid)
+    result = workload(cgroup, *work_args)
+    time.sleep(2)  # let the observer drain
+    c1 = cpu_seconds(pid)
+    rss = peak_rss_kib(pid)
+    observer.stop()
+    return result, c1 - c0, rss, observer.events()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root")
+    missing = [p for p, b in (("auditd", "auditd"), ("bpftrace", "bpftrace"), ("nginx-light", "nginx"), ("wrk", "wrk")) if not shutil.which(b)]
+    if missing:
+        sh("apt-get", "install", "-y", "-qq", *missing)
+    sh("cargo", "build", "--release", "-q", "-p", "custos", "-p", "custos-tests", cwd=ROOT)
+
+    root = cgroup2_root()
+    cg_rel = "/custos-bench"
+    cg = root + cg_rel
+    os.makedirs(cg, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="custos-bench-")
+    dur = 5 if args.quick else 15
+    report = []
+
+    # 1. Completeness under storms.
+    c = Custos(cg_rel, tmp)
+    res, cpu, rss_storm, ev = observe(c, cg, ["exec", "--count", "5000"])
+    report.append(("exec storm", f"{res['ok']} execs in {res['seconds']:.1f}s; custos saw {ev.get('exec_true', 0)} "
+                   f"process_start ({100.0 * ev.get('exec_true', 0) / max(res['ok'], 1):.2f}%), {c.loss_line()}"))
+    c = Custos(cg_rel, tmp)
+    res, cpu, rss2, ev = observe(c, cg, ["connect", "--count", "20000"])
+    report.append(("connect storm", f"{res['ok']} connects in {res['seconds']:.1f}s; custos saw {ev.get('tcp_connect', 0)} tcp_connect, "
+                   f"{ev.get('tcp_accept', 0)} tcp_accept, {ev.get('tcp_close', 0)} tcp_close, {c.loss_line()}"))
+    rss_peak = max(rss_storm, rss2)
+
+    # 2. Cost per event: observer CPU seconds per 1000 events at fixed rates.
+    rows = []
+    for rate in (100, 1600):
+        for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
+            o = mk()
+            res, cpu, rss, ev = observe(o, cg, ["exec", "--rate", str(rate), "--duration", str(dur)])
+            events = res["ok"]
+            rows.append((f"exec {rate}/s", o.name, cpu, 1000.0 * cpu / max(events, 1), 100.0 * cpu / res["seconds"], ev))
+            if o.name == "custos":
+                rss_peak = max(rss_peak, rss)
+    for rate in (1000,):
+        for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
+            o = mk()
+            res, cpu, rss, ev = observe(o, cg, ["connect", "--rate", str(rate), "--duration", str(dur)])
+            rows.append((f"connect {rate}/s", o.name, cpu, 1000.0 * cpu / max(res["ok"], 1), 100.0 * cpu / res["seconds"], ev))
+
+    # 3. Overhead on the observed: syscall loop and nginx under wrk.
+    n = "2000000" if args.quick else "20000000"
+    base = workload(cg, "syscalls", "--count", n)["per_second"]
+    c = Custos(cg_rel, tmp)
+    c.start()
+    with_custos = workload(cg, "syscalls", "--count", n)["per_second"]
+    c.stop()
+    overhead = [("syscall loop (getppid)", base, with_custos)]
+
+    ngx_conf = os.path.join(tmp, "nginx.conf")
+    with open(ngx_conf, "w") as f:
+        f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr;\n"
+                "events { worker_connections 1024; }\n"
+                "http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 'ok'; } } }\n" % tmp)
+
+    def wrk():
+        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{dur}s", "http://127.0.0.1:18080/"], check=True,
+                             capture_output=True, text=True).stdout
+        return float([l for l in out.splitlines() if l.startswith("Requests/sec")][0].split()[1])
+
+    ngx = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec nginx -c {ngx_conf}"])
+    time.sleep(1)
+    try:
+        wrk()  # warm-up
+        r0 = wrk()
+        c = Custos(cg_rel, tmp)
+        c.start()
+        r1 = wrk()
+        c.stop()
+        r2 = wrk()
+    finally:
+        ngx.terminate()
+        ngx.wait()
+    overhead.append(("nginx req/s under wrk", (r0 + r2) / 2, r1))
+
+    # 4. Footprint: idle CPU.
+    c = Custos(cg_rel, tmp)
+    pid = c.start()
+    i0 = cpu_seconds(pid)
+    time.sleep(10)
+    idle = (cpu_seconds(pid) - i0) / 10 * 100
+    rss_peak = max(rss_peak, peak_rss_kib(pid))
+    c.stop()
+
+    print("\n== 1. completeness")
+    for k, v in report:
+        print(f"{k:15} {v}")
+    print("\n== 2. observer cost (CPU s of the observer process; per 1000 events; % of one CPU)")
+    print(f"{'workload':16} {'observer':9} {'cpu_s':>7} {'s/1k ev':>8} {'%cpu':>6}  seen")
+    for w, name, cpu, per_k, pct, ev in rows:
+        print(f"{w:16} {name:9} {cpu:7.3f} {per_k:8.4f} {pct:6.2f}  {ev}")
+    for w in sorted({r[0] for r in rows}):
+        by = {r[1]: r[3] for r in rows if r[0] == w}
+        if by.get("auditd") and by.get("custos"):
+            print(f"{w:16} custos/auditd = {by['custos'] / by['auditd']:.3f}   custos/bpftrace = {by['custos'] / max(by.get('bpftrace', 1e-9), 1e-9):.3f}")
+    print("\n== 3. overhead on the observed (attached / detached)")
+    for name, b, w in overhead:
+        print(f"{name:24} detached {b:14.1f}  attached {w:14.1f}  ratio {w / b:.4f} ({(1 - w / b) * 100:+.2f}% slower)")
+    print("\n== 4. footprint")
+    print(f"peak RSS {rss_peak / 1024:.1f} MiB, idle CPU {idle:.2f}% of one core")
+    try:
+        os.rmdir(cg)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

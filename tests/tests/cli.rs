@@ -1,0 +1,137 @@
+//! The command line as a user meets it: validate, watch and run over a
+//! recording (no privileges needed).
+
+use custos_tests::custos_bin;
+use std::io::Write;
+use std::process::Command;
+
+const RECORDING: &str = r#"{"kind":"process_start","ts":"2024-01-01T00:00:00Z","service":"api","pid":10,"comm":"api","ppid":1,"exe":"/usr/bin/api","argv":["/usr/bin/api","--port","80"]}
+{"kind":"tcp_connect","ts":"2024-01-01T00:00:00.5Z","service":"api","pid":10,"comm":"api","family":"ipv4","saddr":"127.0.0.1","sport":40000,"daddr":"127.0.0.1","dport":5432,"result":"ECONNREFUSED","latency_ns":40000}
+this line is not an event
+{"kind":"tcp_connect","ts":"2024-01-01T00:00:00.6Z","service":"api","pid":10,"comm":"api","family":"ipv6","saddr":"::1","sport":40001,"daddr":"::1","dport":8080,"result":"ok","latency_ns":30000}
+{"kind":"process_exit","ts":"2024-01-01T00:00:01Z","service":"api","pid":10,"comm":"api","signal":"SIGSEGV","core_dumped":true,"lifetime_ns":1000000000}
+{"kind":"process_exit","ts":"2024-01-01T00:00:02Z","service":"db","pid":11,"comm":"db","exit_code":0,"lifetime_ns":5}
+"#;
+
+fn recording() -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(RECORDING.as_bytes()).unwrap();
+    f
+}
+
+fn config(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn custos(args: &[&str]) -> std::process::Output {
+    Command::new(custos_bin()).args(args).env_remove("CUSTOS_CONFIG").output().expect("run custos")
+}
+
+#[test]
+fn watch_json_round_trips_through_replay() {
+    let rec = recording();
+    let cfg = config("");
+    let first = custos(&[
+        "watch",
+        "--json",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        rec.path().to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let out = String::from_utf8(first.stdout).unwrap();
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("1 invalid recording lines skipped"), "{stderr}");
+    assert!(stderr.contains("line=3"), "the bad line is named: {stderr}");
+
+    // What watch printed replays to the same lines.
+    let again = config(&out);
+    let second = custos(&[
+        "watch",
+        "--json",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        again.path().to_str().unwrap(),
+    ]);
+    assert_eq!(String::from_utf8(second.stdout).unwrap(), out);
+
+    let v: serde_json::Value = serde_json::from_str(out.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(v["kind"], "tcp_connect");
+    assert_eq!(v["result"], "ECONNREFUSED");
+    assert_eq!(v["dport"], 5432);
+}
+
+#[test]
+fn watch_filters_by_service_and_prints_readable_lines() {
+    let rec = recording();
+    let cfg = config("");
+    let out = custos(&[
+        "watch",
+        "--service",
+        "db",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        rec.path().to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("process_exit") && text.contains("code=0"), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lost: kernel 0 channel 0 platform 0"), "loss counters at exit: {stderr}");
+}
+
+#[test]
+fn run_prints_the_service_table() {
+    let rec = recording();
+    let cfg = config("");
+    let out = custos(&[
+        "run",
+        "--summary",
+        "always",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        rec.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let api = text.lines().find(|l| l.starts_with("api ")).unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = api.split_whitespace().collect();
+    // STARTS EXITS FAIL CONNECTS CFAIL ACCEPTS
+    assert_eq!(&cols[1..7], ["1", "1", "1", "2", "1", "0"], "{api}");
+    assert!(text.lines().any(|l| l.starts_with("db ")), "{text}");
+}
+
+#[test]
+fn validate_reports_every_problem_and_fails() {
+    let cfg = config(
+        "services:\n  - name: a\n  - name: b\n    exe: /x\n    systemd_unit: y\nagent:\n  listen: nowhere\n",
+    );
+    let out = custos(&["validate", "--config", cfg.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let path = cfg.path().display().to_string();
+    assert_eq!(err.lines().count(), 3, "{err}");
+    assert!(err.lines().all(|l| l.starts_with(&format!("{path}:"))), "{err}");
+    assert!(err.contains(":2:"), "{err}");
+
+    let ok = config("services:\n  - name: api\n    systemd_unit: api\n");
+    let out = custos(&["validate", "--config", ok.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services"));
+}
+
+#[test]
+fn a_broken_config_stops_run_with_the_location() {
+    let cfg = config("sensors:\n  ring_buffer: huge\n");
+    let out = custos(&["run", "--config", cfg.path().to_str().unwrap(), "--replay", "/dev/null"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains(":2:") && err.contains("expected a size"), "{err}");
+}
