@@ -114,6 +114,12 @@ struct RunArgs {
     /// How often the summary table is printed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     summary_every: Duration,
+    /// Log line format on stderr; given, it also wins over journald under systemd.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Control socket for `custos status` (default /run/custos/control.sock).
+    #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+    socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -168,14 +174,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = load_config(args.source.config.as_deref())?;
-            init_logging(&config);
+            let logging = custos::daemon::run_support::init_logging(&config, args.log_format.as_deref())?;
             let summary = match args.summary.as_str() {
                 "always" => Some(args.summary_every),
                 "never" => None,
                 _ => std::io::stdout().is_terminal().then_some(args.summary_every),
             };
-            let opts = custos::agent::RunOptions { source: args.source.source(), summary };
-            runtime()?.block_on(custos::agent::run(config, opts))?;
+            let daemon =
+                custos::daemon::run_support::DaemonRunOptions { control_socket: args.socket, logging };
+            let opts = custos::agent::RunOptions { source: args.source.source(), summary, daemon };
+            let rt = runtime()?;
+            let result = rt.block_on(custos::agent::run(config, opts));
+            // The stop budget is spent inside run(); threads still blocked
+            // in a read (a replay from a pipe) must not hold the exit.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(args) => {

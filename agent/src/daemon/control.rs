@@ -95,6 +95,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct ControlServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
+    /// The directory, when this server created it (removed again if empty).
+    created_dir: Option<PathBuf>,
 }
 
 #[cfg(unix)]
@@ -104,9 +106,11 @@ impl ControlServer {
     /// Needs a tokio runtime.
     pub fn bind(path: &Path) -> io::Result<ControlServer> {
         use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+        let mut created_dir = None;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
                 std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                created_dir = Some(dir.to_path_buf());
             }
         }
         if let Ok(md) = std::fs::symlink_metadata(path) {
@@ -133,7 +137,7 @@ impl ControlServer {
         unsafe { libc::umask(old) };
         let listener = bound?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(ControlServer { listener, path: path.to_path_buf() })
+        Ok(ControlServer { listener, path: path.to_path_buf(), created_dir })
     }
 
     pub fn path(&self) -> &Path {
@@ -165,6 +169,10 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some(dir) = &self.created_dir {
+            // Only succeeds when empty: never takes anything else with it.
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -263,6 +271,7 @@ mod tests {
         task.abort();
         let _ = task.await;
         assert!(!path.exists(), "socket left behind after the server ended");
+        assert!(!path.parent().unwrap().exists(), "directory it created left behind");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,17 +6,15 @@
 //! The agent's `run` pipeline drives it:
 //!
 //! ```text
-//! let logging = daemon::logging::init(level, format)?;            // first
-//! let daemon = daemon::Daemon::start(DaemonOptions::default())?;  // signals, control socket, watchdog
-//! let reloader = Arc::new(Reloader::new(bundle, loader, daemon.notifier()));
-//! daemon.set_reloader(reloader.clone());                          // SIGHUP and `reload` requests
-//! daemon.set_status_provider(provider);                           // fills StatusSnapshot
-//! ... attach sensors, start the exporter ...
-//! daemon.ready();                                                 // READY=1
-//! loop { select! { _ = tick/batch => { heartbeat.checkpoint().await; ... }
-//!                  _ = cfg_rx.changed() => apply new config,
-//!                  _ = daemon.stop_requested() => break } }
-//! daemon.stopping();                                              // STOPPING=1
+//! let logging = daemon::logging::init(level, format, forced)?;     // first
+//! let daemon = daemon::Daemon::start(DaemonOptions::default())?;   // signals, control socket
+//! let reloader = Arc::new(Reloader::new(config, loader, daemon.notifier()));
+//! daemon.set_reloader(reloader.clone());                           // SIGHUP and `custos reload`
+//! daemon.add_status_provider(provider);                            // each module fills its part
+//! ... attach sensors, start the exporter, spawn the pipeline ...
+//! daemon.ready(liveness);                                          // READY=1, watchdog on liveness
+//! daemon.stop_requested().await;                                   // SIGTERM/SIGINT
+//! daemon.stopping();                                               // STOPPING=1
 //! let report = ShutdownPlan::new(STOP_BUDGET).step(..)...run().await;
 //! ```
 
@@ -24,19 +22,22 @@ pub mod cli;
 pub mod control;
 #[cfg(unix)]
 pub mod install;
+pub mod live;
 pub mod logging;
 pub mod notify;
 pub mod reload;
+pub mod run_support;
 pub mod shutdown;
 pub mod status;
 pub mod watchdog;
 
 pub use control::{ControlHandler, Request, Response};
+pub use live::LiveStatus;
 pub use notify::{Notifier, NotifyState};
 pub use reload::{Loader, Reloader};
 pub use shutdown::{ShutdownPlan, ShutdownReport, StepOutcome, STOP_BUDGET, STOP_MARGIN};
 pub use status::{AgentState, StatusProvider, StatusSnapshot};
-pub use watchdog::Heartbeat;
+pub use watchdog::{Liveness, StallSink};
 
 use status::{unix_now, ReloadRecord};
 use std::future::Future;
@@ -79,13 +80,20 @@ pub struct DaemonOptions {
     pub control_socket: Option<PathBuf>,
     /// Serve the control socket at all (tests of the pipeline may not want it).
     pub control: bool,
+    /// Fail when the control socket cannot be bound (else: warn and go on).
+    pub control_required: bool,
     /// How often `STATUS=` is refreshed.
     pub status_every: Duration,
 }
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { control_socket: None, control: true, status_every: Duration::from_secs(5) }
+        DaemonOptions {
+            control_socket: None,
+            control: true,
+            control_required: false,
+            status_every: Duration::from_secs(5),
+        }
     }
 }
 
@@ -102,7 +110,7 @@ struct Shared {
     started: Instant,
     started_at: u64,
     state: Mutex<AgentState>,
-    provider: Mutex<Option<Arc<dyn StatusProvider>>>,
+    providers: Mutex<Vec<Arc<dyn StatusProvider>>>,
     reloader: Mutex<Option<Arc<dyn Reload>>>,
     notifier: Notifier,
 }
@@ -127,8 +135,8 @@ impl Shared {
             state: self.state(),
             ..Default::default()
         };
-        let provider = self.provider.lock().ok().and_then(|g| g.clone());
-        if let Some(p) = provider {
+        let providers = self.providers.lock().map(|g| g.clone()).unwrap_or_default();
+        for p in providers {
             p.fill(&mut s);
         }
         // The daemon owns these, whatever the provider wrote.
@@ -175,9 +183,8 @@ impl ControlHandler for Handler {
 /// removes the control socket.
 pub struct Daemon {
     shared: Arc<Shared>,
-    heartbeat: Arc<Heartbeat>,
     stop_rx: watch::Receiver<Option<StopReason>>,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     control_path: Option<PathBuf>,
 }
 
@@ -192,11 +199,10 @@ impl Daemon {
             started: Instant::now(),
             started_at: unix_now(),
             state: Mutex::new(AgentState::Starting),
-            provider: Mutex::new(None),
+            providers: Mutex::new(Vec::new()),
             reloader: Mutex::new(None),
             notifier: notifier.clone(),
         });
-        let heartbeat = Heartbeat::from_env();
         let (stop_tx, stop_rx) = watch::channel(None);
         let mut tasks = Vec::new();
 
@@ -213,7 +219,9 @@ impl Daemon {
                         _ = int.recv() => StopReason::Interrupt,
                     };
                     if stop_tx.borrow().is_some() {
-                        tracing::warn!(?reason, "Already stopping; signal ignored.");
+                        // A second signal while draining means "now".
+                        tracing::warn!(?reason, "Second stop signal: exiting without draining.");
+                        std::process::exit(130);
                     } else {
                         tracing::info!(?reason, "Stop requested.");
                         let _ = stop_tx.send(Some(reason));
@@ -243,22 +251,24 @@ impl Daemon {
         #[cfg(unix)]
         if opts.control {
             let path = control::socket_path(opts.control_socket.as_deref());
-            let server = control::ControlServer::bind(&path)
-                .map_err(|source| DaemonError::ControlSocket { path: path.clone(), source })?;
-            tracing::debug!(path = %path.display(), "Control socket listening.");
-            tasks.push(tokio::spawn(server.serve(Arc::new(Handler(shared.clone())))));
-            control_path = Some(path);
+            match control::ControlServer::bind(&path) {
+                Ok(server) => {
+                    tracing::debug!(path = %path.display(), "Control socket listening.");
+                    tasks.push(tokio::spawn(server.serve(Arc::new(Handler(shared.clone())))));
+                    control_path = Some(path);
+                }
+                Err(source) if opts.control_required => {
+                    return Err(DaemonError::ControlSocket { path, source });
+                }
+                Err(e) => {
+                    // A foreground run without root, or a second agent:
+                    // everything works but `custos status`.
+                    tracing::warn!(path = %path.display(), error = %e, "No control socket; `custos status` will not reach this agent.");
+                }
+            }
         }
 
         if notifier.is_enabled() {
-            if let Some(interval) = watchdog::interval_from_env() {
-                tracing::info!(interval_ms = interval.as_millis() as u64, "Watchdog keep-alives enabled.");
-                tasks.push(tokio::spawn(watchdog::run_watchdog(
-                    notifier.clone(),
-                    heartbeat.clone(),
-                    interval,
-                )));
-            }
             let s = shared.clone();
             let every = opts.status_every;
             tasks.push(tokio::spawn(async move {
@@ -273,7 +283,7 @@ impl Daemon {
             }));
         }
 
-        Ok(Daemon { shared, heartbeat, stop_rx, tasks, control_path })
+        Ok(Daemon { shared, stop_rx, tasks: Mutex::new(tasks), control_path })
     }
 
     /// For the pipeline's own announcements and for [`Reloader::new`].
@@ -281,18 +291,14 @@ impl Daemon {
         self.shared.notifier.clone()
     }
 
-    /// The pipeline advances it (`checkpoint().await` in its main loop).
-    pub fn heartbeat(&self) -> Arc<Heartbeat> {
-        self.heartbeat.clone()
-    }
-
     pub fn control_socket(&self) -> Option<&std::path::Path> {
         self.control_path.as_deref()
     }
 
-    pub fn set_status_provider(&self, p: Arc<dyn StatusProvider>) {
-        if let Ok(mut g) = self.shared.provider.lock() {
-            *g = Some(p);
+    /// Adds a module's part of the status; providers fill in the order added.
+    pub fn add_status_provider(&self, p: Arc<dyn StatusProvider>) {
+        if let Ok(mut g) = self.shared.providers.lock() {
+            g.push(p);
         }
     }
 
@@ -304,9 +310,21 @@ impl Daemon {
         }
     }
 
-    /// Sensors are attached and the exporter runs: `READY=1`.
-    pub fn ready(&self) {
+    /// Sensors are attached and the exporter runs: `READY=1`. When systemd
+    /// asked for a watchdog, keep-alives start now and follow `liveness`
+    /// (the pipeline's heartbeat): they stop when it stops moving.
+    pub fn ready(&self, liveness: Arc<dyn Liveness>) {
         self.shared.set_state(AgentState::Running);
+        if self.shared.notifier.is_enabled() {
+            if let Some(interval) = watchdog::interval_from_env() {
+                tracing::info!(interval_ms = interval.as_millis() as u64, "Watchdog keep-alives enabled.");
+                let task =
+                    tokio::spawn(watchdog::run_watchdog(self.shared.notifier.clone(), liveness, interval));
+                if let Ok(mut g) = self.tasks.lock() {
+                    g.push(task);
+                }
+            }
+        }
         let line = self.shared.snapshot().summary_line();
         self.shared.notifier.notify_logged(&[NotifyState::Ready, NotifyState::Status(line)]);
         tracing::info!(pid = std::process::id(), "Agent ready.");
@@ -345,8 +363,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        if let Ok(g) = self.tasks.lock() {
+            for t in g.iter() {
+                t.abort();
+            }
         }
     }
 }
@@ -362,10 +382,11 @@ mod tests {
         let daemon = Daemon::start(DaemonOptions {
             control_socket: Some(sock.clone()),
             control: true,
+            control_required: true,
             status_every: Duration::from_secs(60),
         })
         .unwrap();
-        daemon.set_status_provider(Arc::new(|s: &mut StatusSnapshot| {
+        daemon.add_status_provider(Arc::new(|s: &mut StatusSnapshot| {
             s.events_per_sec = 3.0;
             s.state = AgentState::Stopping; // ignored: the daemon owns the state
         }));
@@ -390,7 +411,7 @@ mod tests {
         .unwrap();
         assert!(matches!(before_ready, Response::Reloaded { ok: false, .. }));
         daemon.set_reloader(reloader.clone());
-        daemon.ready();
+        daemon.ready(Arc::new(std::sync::atomic::AtomicU64::new(0)));
 
         let p = sock.clone();
         let (ok, status) = tokio::task::spawn_blocking(move || {

@@ -4,63 +4,68 @@
 //! stops the keep-alives, and systemd kills and restarts the agent.
 
 use super::notify::{Notifier, NotifyState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Environment variable of the test hook: after this many seconds the
-/// pipeline's `checkpoint()` never returns, as a hung pipeline would.
+/// pipeline hangs inside a sink, as a pipeline stuck in a consumer would.
 pub const STALL_ENV: &str = "CUSTOS_TEST_STALL_AFTER";
 
-/// Progress counter shared by the pipeline (writer) and the watchdog (reader).
-#[derive(Debug)]
-pub struct Heartbeat {
-    count: AtomicU64,
-    stall_at: Option<Instant>,
-    stall_logged: AtomicBool,
+/// A progress counter the watchdog reads: the pipeline's heartbeat, which
+/// advances with every event and every tick.
+pub trait Liveness: Send + Sync + 'static {
+    fn progress(&self) -> u64;
 }
 
-impl Heartbeat {
-    pub fn new() -> Arc<Heartbeat> {
-        Arc::new(Heartbeat { count: AtomicU64::new(0), stall_at: None, stall_logged: AtomicBool::new(false) })
+impl<F: Fn() -> u64 + Send + Sync + 'static> Liveness for F {
+    fn progress(&self) -> u64 {
+        self()
     }
+}
 
-    /// Honours the stall test hook (`CUSTOS_TEST_STALL_AFTER=<seconds>`).
-    pub fn from_env() -> Arc<Heartbeat> {
-        let stall_at = std::env::var(STALL_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Instant::now() + Duration::from_secs_f64(s));
-        if stall_at.is_some() {
-            tracing::warn!(var = STALL_ENV, "Test hook armed: the pipeline will stall on purpose.");
+impl Liveness for AtomicU64 {
+    fn progress(&self) -> u64 {
+        self.load(Ordering::Relaxed)
+    }
+}
+
+/// The stall test hook as a pipeline sink: once the deadline has passed,
+/// its next tick never returns, so the pipeline task really hangs (and
+/// with it the heartbeat). Only armed by `CUSTOS_TEST_STALL_AFTER`.
+#[derive(Debug)]
+pub struct StallSink {
+    at: Instant,
+}
+
+impl StallSink {
+    pub fn from_env() -> Option<StallSink> {
+        let secs = std::env::var(STALL_ENV).ok()?.trim().parse::<f64>().ok()?;
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
         }
-        Arc::new(Heartbeat { count: AtomicU64::new(0), stall_at, stall_logged: AtomicBool::new(false) })
+        tracing::warn!(var = STALL_ENV, secs, "Test hook armed: the pipeline will stall on purpose.");
+        Some(StallSink { at: Instant::now() + Duration::from_secs_f64(secs) })
     }
 
-    /// Records progress. Cheap enough for every batch of events.
-    pub fn beat(&self) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// The pipeline's main loop awaits this once per iteration (and its
-    /// periodic tick, so that an idle pipeline still proves it is alive).
-    /// It records progress; under the stall test hook, once the deadline has
-    /// passed, it never returns, so the loop really hangs.
-    pub async fn checkpoint(&self) {
-        if let Some(at) = self.stall_at {
-            if Instant::now() >= at {
-                if !self.stall_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(var = STALL_ENV, "Pipeline stalled by the test hook.");
-                }
-                std::future::pending::<()>().await;
+    fn stall_if_due(&self) {
+        if Instant::now() >= self.at {
+            tracing::warn!(var = STALL_ENV, "Pipeline stalled by the test hook.");
+            // Blocks the pipeline's thread for good, as a consumer stuck in a
+            // syscall would; only the watchdog can end this.
+            loop {
+                std::thread::park();
             }
         }
-        self.beat();
+    }
+}
+
+impl crate::pipeline::EventSink for StallSink {
+    fn on_event(&mut self, _event: &custos_event::Event) {
+        self.stall_if_due();
+    }
+    fn on_tick(&mut self, _tick: &crate::pipeline::Tick) {
+        self.stall_if_due();
     }
 }
 
@@ -105,15 +110,15 @@ impl WatchdogGate {
 
 /// Sends `WATCHDOG=1` every `interval` while the heartbeat moves; logs once
 /// when it stops moving and again when it recovers. Runs until aborted.
-pub async fn run_watchdog(notifier: Notifier, heartbeat: Arc<Heartbeat>, interval: Duration) {
-    let mut gate = WatchdogGate::new(heartbeat.count());
+pub async fn run_watchdog(notifier: Notifier, liveness: Arc<dyn Liveness>, interval: Duration) {
+    let mut gate = WatchdogGate::new(liveness.progress());
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut stuck = false;
     loop {
         ticker.tick().await;
-        if gate.should_beat(heartbeat.count()) {
+        if gate.should_beat(liveness.progress()) {
             if stuck {
                 tracing::info!("Pipeline progresses again; watchdog keep-alives resume.");
                 stuck = false;
@@ -135,16 +140,15 @@ mod tests {
 
     #[test]
     fn gate_beats_only_when_the_heartbeat_moved() {
-        let hb = Heartbeat::new();
-        let mut gate = WatchdogGate::new(hb.count());
-        assert!(!gate.should_beat(hb.count()), "no progress yet");
-        hb.beat();
-        assert!(gate.should_beat(hb.count()));
-        assert!(!gate.should_beat(hb.count()), "stuck pipeline: no keep-alive");
-        assert!(!gate.should_beat(hb.count()));
-        hb.beat();
-        hb.beat();
-        assert!(gate.should_beat(hb.count()));
+        let hb = AtomicU64::new(0);
+        let mut gate = WatchdogGate::new(hb.progress());
+        assert!(!gate.should_beat(hb.progress()), "no progress yet");
+        hb.fetch_add(1, Ordering::Relaxed);
+        assert!(gate.should_beat(hb.progress()));
+        assert!(!gate.should_beat(hb.progress()), "stuck pipeline: no keep-alive");
+        assert!(!gate.should_beat(hb.progress()));
+        hb.fetch_add(2, Ordering::Relaxed);
+        assert!(gate.should_beat(hb.progress()));
     }
 
     #[test]
@@ -164,7 +168,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let rx = tokio::net::UnixDatagram::bind(&path).unwrap();
-        let hb = Heartbeat::new();
+        let hb = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_watchdog(
             Notifier::to_addr(NotifyAddr::Path(path)),
             hb.clone(),
@@ -175,7 +179,7 @@ mod tests {
             let hb = hb.clone();
             tokio::spawn(async move {
                 loop {
-                    hb.beat();
+                    hb.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
@@ -192,24 +196,24 @@ mod tests {
         let silent = tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await;
         assert!(silent.is_err(), "watchdog kept beating while the heartbeat was stuck");
         // Recovers when progress resumes.
-        hb.beat();
+        hb.fetch_add(1, Ordering::Relaxed);
         let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf)).await.unwrap().unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
         task.abort();
     }
 
-    #[tokio::test]
-    async fn stall_hook_makes_checkpoint_hang() {
-        let hb = Arc::new(Heartbeat {
-            count: AtomicU64::new(0),
-            stall_at: Some(Instant::now() + Duration::from_millis(30)),
-            stall_logged: AtomicBool::new(false),
+    #[test]
+    fn stall_sink_blocks_the_pipeline_thread_after_its_deadline() {
+        use crate::pipeline::EventSink;
+        let mut sink = StallSink { at: Instant::now() + Duration::from_millis(50) };
+        let tick = crate::pipeline::Tick { now: std::time::SystemTime::now(), loss: Default::default() };
+        sink.on_tick(&tick); // before the deadline: returns
+        std::thread::sleep(Duration::from_millis(60));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            sink.on_tick(&tick);
+            let _ = tx.send(());
         });
-        hb.checkpoint().await;
-        assert_eq!(hb.count(), 1);
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        let r = tokio::time::timeout(Duration::from_millis(100), hb.checkpoint()).await;
-        assert!(r.is_err(), "checkpoint returned after the stall deadline");
-        assert_eq!(hb.count(), 1);
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "the stalled tick returned");
     }
 }

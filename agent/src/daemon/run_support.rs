@@ -1,0 +1,209 @@
+//! `custos run` as a service: the glue between the agent's pipeline
+//! (agent.rs) and the daemon parts, kept here so the agent's own code only
+//! calls `start`, `add_sinks`, `ready`, `until_stop` and `finish`.
+
+use super::live::LiveStatus;
+use super::logging::LoggingHandle;
+use super::reload::{config_loader, Reloader};
+use super::shutdown::{ShutdownPlan, StepOutcome, STOP_BUDGET};
+use super::watchdog::StallSink;
+use super::{Daemon, DaemonError, DaemonOptions};
+use crate::config::LoadedConfig;
+use crate::pipeline::{Finished, Pipeline, PipelineStats};
+use crate::sensor::SensorError;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// What `custos run` passes to the service integration.
+#[derive(Default)]
+pub struct DaemonRunOptions {
+    /// Control socket path (`--socket`, `CUSTOS_CONTROL_SOCKET`, default).
+    pub control_socket: Option<PathBuf>,
+    /// The installed logger, so that a reload can change the level; `None`
+    /// when the level is pinned (`CUSTOS_LOG`) or logging is not ours.
+    pub logging: Option<LoggingHandle>,
+}
+
+/// Errors at the end of `custos run`.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+    #[error("the pipeline task failed: {0}")]
+    Pipeline(String),
+    #[error("stop incomplete: {0}")]
+    Incomplete(String),
+}
+
+/// The running agent's link to its service manager and operators.
+pub struct ServiceLink {
+    daemon: Daemon,
+    live: LiveStatus,
+    reloader: Arc<Reloader<LoadedConfig>>,
+    logging: Option<LoggingHandle>,
+}
+
+impl ServiceLink {
+    /// Signals, control socket, reload. Call before the slow start-up.
+    pub fn start(config: &LoadedConfig, opts: DaemonRunOptions) -> Result<ServiceLink, DaemonError> {
+        let daemon =
+            Daemon::start(DaemonOptions { control_socket: opts.control_socket, ..DaemonOptions::default() })?;
+        let live = LiveStatus::new(config);
+        daemon.add_status_provider(Arc::new(live.clone()));
+        let reloader =
+            Arc::new(Reloader::new(config.clone(), config_loader(config.path.clone()), daemon.notifier()));
+        daemon.set_reloader(reloader.clone());
+        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging })
+    }
+
+    /// The daemon, for modules that add status providers.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// Every successfully reloaded configuration; modules that can apply a
+    /// new one at run time subscribe here.
+    pub fn config_updates(&self) -> watch::Receiver<Arc<LoadedConfig>> {
+        self.reloader.subscribe()
+    }
+
+    /// The status sink, and the stall test hook when armed.
+    pub fn add_sinks(&self, pipeline: &mut Pipeline) {
+        pipeline.add_sink(self.live.sink());
+        if let Some(stall) = StallSink::from_env() {
+            pipeline.add_sink(Box::new(stall));
+        }
+    }
+
+    /// The pipeline runs (sensors attached, consumers started): READY=1,
+    /// watchdog on the pipeline's heartbeat, reloads applied from now on.
+    pub fn ready(&self, stats: &Arc<PipelineStats>) {
+        let s = stats.clone();
+        self.daemon.ready(Arc::new(move || s.heartbeat.load(Ordering::Relaxed)));
+        let mut rx = self.reloader.subscribe();
+        let live = self.live.clone();
+        let logging = self.logging.clone();
+        tokio::spawn(async move {
+            let mut current = rx.borrow_and_update().clone();
+            while rx.changed().await.is_ok() {
+                let new = rx.borrow_and_update().clone();
+                live.set_config(&new);
+                if let Some(l) = &logging {
+                    if let Err(e) = l.set_level(&new.raw.agent.log_level.value) {
+                        tracing::warn!(error = %e, "Kept the previous log level.");
+                    }
+                }
+                let names = |c: &LoadedConfig| c.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+                if names(&new) != names(&current) || new.discover != current.discover {
+                    tracing::warn!("The managed services changed; they take effect at the next restart.");
+                }
+                current = new;
+            }
+        });
+    }
+
+    /// Waits for SIGTERM/SIGINT, or for the pipeline to end by itself (a
+    /// recording was exhausted), and returns the stop to carry out.
+    pub async fn until_stop(
+        self,
+        mut pipeline: JoinHandle<Finished>,
+        stop_tx: watch::Sender<bool>,
+        sensor: JoinHandle<Result<(), SensorError>>,
+    ) -> Stopping {
+        let early = tokio::select! {
+            _ = self.daemon.stop_requested() => None,
+            r = &mut pipeline => Some(r),
+        };
+        Stopping { link: self, pipeline, early, stop_tx, sensor }
+    }
+}
+
+/// The stop, once asked for.
+pub struct Stopping {
+    link: ServiceLink,
+    pipeline: JoinHandle<Finished>,
+    early: Option<Result<Finished, tokio::task::JoinError>>,
+    stop_tx: watch::Sender<bool>,
+    sensor: JoinHandle<Result<(), SensorError>>,
+}
+
+impl Stopping {
+    /// STOPPING=1, then within [`STOP_BUDGET`]: the pipeline stops taking
+    /// from the sensor and drains what it already has (sinks flush on
+    /// finish), then the sensor task ends. Steps that persist state
+    /// (exporter spool, detector, runbooks) go after these.
+    pub async fn finish(self) -> Result<Finished, StopError> {
+        self.link.daemon.stopping();
+        let _ = self.stop_tx.send(true);
+        let finished = Arc::new(Mutex::new(None));
+        let sensor_error = Arc::new(Mutex::new(None));
+        let (f, se) = (finished.clone(), sensor_error.clone());
+        let pipeline = self.pipeline;
+        let early = self.early;
+        let sensor = self.sensor;
+        let report = ShutdownPlan::new(STOP_BUDGET)
+            .step("drain the pipeline", async move {
+                let r = match early {
+                    Some(r) => r,
+                    None => pipeline.await,
+                };
+                let done = r.map_err(|e| e.to_string())?;
+                if let Ok(mut g) = f.lock() {
+                    *g = Some(done);
+                }
+                Ok(())
+            })
+            .step("stop the sensor", async move {
+                match sensor.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if let Ok(mut g) = se.lock() {
+                            *g = Some(e);
+                        }
+                        Err(msg)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .run()
+            .await;
+        if let Some(e) = sensor_error.lock().ok().and_then(|mut g| g.take()) {
+            return Err(StopError::Sensor(e));
+        }
+        let unfinished: Vec<String> = report
+            .steps
+            .iter()
+            .filter(|(_, o, _)| *o != StepOutcome::Done)
+            .map(|(n, o, _)| format!("{n}: {o:?}"))
+            .collect();
+        let done = finished.lock().ok().and_then(|mut g| g.take());
+        match done {
+            Some(f) if unfinished.is_empty() => Ok(f),
+            Some(_) => Err(StopError::Incomplete(unfinished.join(", "))),
+            None => Err(StopError::Pipeline(unfinished.join(", "))),
+        }
+    }
+}
+
+/// Installs the logger for `custos run`: journald under systemd, else
+/// stderr in the configured format; `--log-format` wins over both.
+/// `CUSTOS_LOG` (a filter) pins the level, which reloads then leave alone.
+pub fn init_logging(
+    config: &LoadedConfig,
+    format_flag: Option<&str>,
+) -> Result<Option<LoggingHandle>, super::logging::LoggingError> {
+    use crate::config::LogFormat;
+    let format = match format_flag {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.raw.agent.log_format,
+    };
+    let pinned = std::env::var("CUSTOS_LOG").ok().filter(|v| !v.is_empty());
+    let level = pinned.clone().unwrap_or_else(|| config.raw.agent.log_level.value.clone());
+    let handle = super::logging::init(&level, format, format_flag.is_some())?;
+    Ok(if pinned.is_some() { None } else { Some(handle) })
+}
