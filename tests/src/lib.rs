@@ -1,6 +1,8 @@
 //! Harnesses for custos's end-to-end tests: locating the built binary,
 //! privileged-test gating, an OTLP receiver, a systemd sandbox.
 
+pub mod systemd;
+
 use std::path::PathBuf;
 
 /// The `custos` binary built alongside these tests (`cargo test --workspace`
