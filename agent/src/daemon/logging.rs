@@ -95,7 +95,11 @@ pub fn init(level: &str, format: LogFormat, format_forced: bool) -> Result<Loggi
     let output: Box<dyn Layer<Registry> + Send + Sync> = match target {
         #[cfg(target_os = "linux")]
         LogTarget::Journald => match tracing_journald::layer() {
-            Ok(l) => Box::new(l.with_syslog_identifier("custos".into())),
+            // Fields arrive as CUSTOS_<NAME> (CUSTOS_ERROR, CUSTOS_SERVICE...):
+            // `journalctl -u custos CUSTOS_SERVICE=api` filters on them.
+            Ok(l) => {
+                Box::new(l.with_syslog_identifier("custos".into()).with_field_prefix(Some("CUSTOS".into())))
+            }
             Err(e) => {
                 eprintln!("custos: journald socket unavailable ({e}); logging to stderr");
                 target = LogTarget::Stderr(format);
