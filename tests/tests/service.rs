@@ -126,6 +126,7 @@ fn custos_as_a_systemd_service() {
     let out = custos(&sd, &bin, &["status"]);
     let shown = text(&out.stdout);
     assert!(out.status.success(), "status failed: {shown}{}", text(&out.stderr));
+    println!("custos status:\n{shown}");
     assert!(
         shown.starts_with(&format!("custos {} (pid {first_pid}): running", env!("CARGO_PKG_VERSION"))),
         "{shown}"
@@ -179,6 +180,7 @@ fn custos_as_a_systemd_service() {
                 },
             )
         });
+        println!("journal: the rejection is logged with PRIORITY=3 and CUSTOS_ERROR containing {want}");
     } else {
         println!("note: no journald in the sandbox; journal fields not checked");
     }
@@ -206,7 +208,9 @@ fn custos_as_a_systemd_service() {
 
     // --- clean stop: exit 0 within TimeoutStopSec (a timeout would be Result=timeout).
     assert_eq!(prop(&sd, "TimeoutStopUSec"), "30s");
+    let stop_started = Instant::now();
     sd.systemctl(&["stop", UNIT]).unwrap();
+    println!("systemctl stop took {:?} (TimeoutStopSec=30s)", stop_started.elapsed());
     assert_eq!(prop(&sd, "ActiveState"), "inactive");
     assert_eq!(prop(&sd, "Result"), "success");
     assert_eq!(prop(&sd, "ExecMainStatus"), "0", "the agent did not exit 0");
@@ -240,6 +244,10 @@ fn custos_as_a_systemd_service() {
         saw_watchdog |= prop(&sd, "Result") == "watchdog";
         saw_watchdog && prop(&sd, "MainPID") != stalled_pid && prop(&sd, "ActiveState") == "active"
     });
+    println!(
+        "watchdog: stalled pid {stalled_pid} killed (Result=watchdog), restarted as {}",
+        prop(&sd, "MainPID")
+    );
     remove_dropin(&sd, "20-test-watchdog.conf");
 
     // --- uninstall keeps configuration and state; --purge removes them.
