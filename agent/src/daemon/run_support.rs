@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// How long the sensor may take to end once the pipeline stopped taking
+/// its events.
+const SENSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What `custos run` passes to the service integration.
 #[derive(Default)]
 pub struct DaemonRunOptions {
@@ -157,7 +161,26 @@ impl Stopping {
                 Ok(())
             })
             .step("stop the sensor", async move {
-                match sensor.await {
+                // The pipeline has closed the channel, so the sensor can
+                // deliver nothing more; waiting is only to hear its error.
+                // A sensor that does not notice (a replay asleep until its
+                // next recorded event) is cancelled after a grace period.
+                let mut sensor = sensor;
+                let joined = match tokio::time::timeout(SENSOR_GRACE, &mut sensor).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_ms = SENSOR_GRACE.as_millis() as u64,
+                            "Sensor did not notice the stop; cancelled it."
+                        );
+                        sensor.abort();
+                        match sensor.await {
+                            Err(e) if e.is_cancelled() => Ok(Ok(())),
+                            other => other,
+                        }
+                    }
+                };
+                match joined {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => {
                         let msg = e.to_string();
