@@ -112,10 +112,20 @@ class Auditd:
     def __init__(self, tmp):
         self.log = os.path.join(tmp, "audit.log")
         self.conf = os.path.join(tmp, "auditd.conf")
+        # Debian's own configuration, logging to our file and never
+        # suspending or rotating during a run.
+        overrides = {"log_file": self.log, "max_log_file_action": "IGNORE", "space_left_action": "IGNORE",
+                     "admin_space_left_action": "IGNORE", "disk_full_action": "IGNORE",
+                     "disk_error_action": "IGNORE", "flush": "INCREMENTAL_ASYNC"}
+        lines = []
+        with open("/etc/audit/auditd.conf") as f:
+            for line in f:
+                key = line.split("=", 1)[0].strip()
+                lines.append(f"{key} = {overrides.pop(key)}\n" if key in overrides else line)
+        lines += [f"{k} = {v}\n" for k, v in overrides.items()]
         with open(self.conf, "w") as f:
-            f.write(f"log_file = {self.log}\nlog_format = ENRICHED\nflush = INCREMENTAL_ASYNC\nfreq = 50\n"
-                    "max_log_file = 1024\nmax_log_file_action = IGNORE\nspace_left = 1\nadmin_space_left = 1\n"
-                    "disk_full_action = IGNORE\ndisk_error_action = IGNORE\n")
+            f.writelines(lines)
+        os.chmod(self.conf, 0o640)
 
     def start(self):
         subprocess.run(["auditctl", "-D"], capture_output=True)

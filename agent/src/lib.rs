@@ -8,6 +8,7 @@ pub mod attribution;
 pub mod config;
 pub mod daemon;
 pub mod pipeline;
+pub mod platform;
 pub mod platform_sensor;
 #[cfg(target_os = "linux")]
 pub mod procfs;

@@ -5,20 +5,6 @@ use crate::attribution::HostView;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// The cgroup v2 mount point: `/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        // `... mount_point ... - fstype source opts`
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
 /// The /proc and cgroup2 view of this host.
 pub struct ProcHost {
     root: Option<PathBuf>,
@@ -26,7 +12,7 @@ pub struct ProcHost {
 
 impl ProcHost {
     pub fn new() -> Self {
-        ProcHost { root: cgroup2_root() }
+        ProcHost { root: custos_ebpf::cgroup2_mount().ok() }
     }
 
     fn list_system_services(&self) -> Vec<(String, String)> {
@@ -130,7 +116,7 @@ mod tests {
         let me = std::process::id();
         let parent = h.parent_pid(me).expect("own parent pid");
         assert_eq!(parent, std::os::unix::process::parent_id());
-        if let Some(root) = cgroup2_root() {
+        if let Ok(root) = custos_ebpf::cgroup2_mount() {
             let path = h.path_of_pid(me).expect("own cgroup path");
             let id = h.cgroup_id(&path).expect("own cgroup id");
             assert_eq!(std::fs::metadata(root.join(path.trim_start_matches('/'))).unwrap().ino(), id);

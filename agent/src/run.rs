@@ -26,8 +26,9 @@ pub enum Source {
 pub struct StartedSensor {
     pub control: Box<dyn SensorControl>,
     pub rx: mpsc::Receiver<Event>,
-    /// Ends when the sensor stops producing (a recording was exhausted).
-    pub task: tokio::task::JoinHandle<Result<(), SensorError>>,
+    /// The task feeding a recording; ends when it is exhausted. Kernel
+    /// sensors have none: they run until the pipeline drops their control.
+    pub task: Option<tokio::task::JoinHandle<Result<(), SensorError>>>,
     pub replay_stats: Option<Arc<ReplayStats>>,
 }
 
@@ -39,7 +40,7 @@ pub async fn start_sensor(source: &Source, config: &LoadedConfig) -> Result<Star
             let (tx, rx) = mpsc::channel(capacity);
             let stats = Arc::new(ReplayStats::default());
             let task = tokio::spawn(sensor::replay(path.clone(), *pace, tx, stats.clone()));
-            Ok(StartedSensor { control: Box::new(NoKernel), rx, task, replay_stats: Some(stats) })
+            Ok(StartedSensor { control: Box::new(NoKernel), rx, task: Some(task), replay_stats: Some(stats) })
         }
         Source::Kernel => crate::platform_sensor::start(config, capacity).await,
     }
@@ -189,10 +190,8 @@ pub async fn watch(config: LoadedConfig, opts: WatchOptions) -> anyhow::Result<L
     let stop = stop_on_signals();
     let pipeline_task = tokio::spawn(pipeline.run(started.rx, stop));
     let loss = pipeline_task.await?.loss;
-    match started.task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => return Err(e.into()),
+    if let Some(task) = started.task {
+        task.await??;
     }
     let invalid =
         started.replay_stats.map(|s| s.invalid.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);

@@ -1,2 +1,60 @@
 //! Linux sensor of custos: BPF programs written in C (bpf/), compiled by
 //! build.rs with clang, loaded with aya from bytes embedded in the binary.
+//!
+//! The decoding of kernel records ([`decode`]), the syscall statistics
+//! ([`stats`]) and the cgroup helpers are plain code tested everywhere; the
+//! sensor itself ([`EbpfSensor`]) is Linux-only.
+//!
+//! # Kernel side
+//!
+//! One CO-RE object (bpf/custos.bpf.c) with a hand-written header of the few
+//! kernel fields it reads (bpf/include/custos_core.h) and one wire header
+//! (bpf/include/custos_wire.h) mirrored by [`wire`]. Hooks, none of them
+//! kprobes or fentry/fexit (refused on kernels without kprobes or under
+//! lockdown):
+//!
+//! | event | hook |
+//! |---|---|
+//! | process start | `tp_btf/sched_process_exec` (argv from `mm->arg_start..arg_end`, 4 KiB) |
+//! | process exit | `tp_btf/sched_process_exit`, last thread only (`group_dead`) |
+//! | descendants of tracked pids | `tp_btf/sched_process_fork` |
+//! | fatal signal | `tp_btf/signal_generate`, default action terminates, handler `SIG_DFL` |
+//! | OOM kill | `tp_btf/mark_victim` |
+//! | connect, close, listen | `tp_btf/inet_sock_set_state`, owner remembered by socket in process context |
+//! | accept | `tracepoint/syscalls/sys_exit_accept{,4}` (needs tracefs; mounted if missing) |
+//! | syscall statistics | `tp_btf/sys_enter` + `sys_exit`, per-CPU map per (cgroup, syscall) |
+//!
+//! Scope is decided first in every program, so unmanaged processes never
+//! touch the ring buffer.
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use custos_ebpf::{cgroup2_mount, cgroup_id_of_path, EbpfSensor, Scope, SensorOptions};
+//! let (tx, mut rx) = tokio::sync::mpsc::channel(16384);
+//! let sensor = EbpfSensor::start(SensorOptions { scope: Scope::Managed, ..Default::default() }, tx)?;
+//! let unit = cgroup2_mount()?.join("system.slice/nginx.service");
+//! sensor.manage_cgroup(cgroup_id_of_path(&unit)?)?;
+//! while let Some(event) = rx.recv().await {
+//!     println!("{}", event.to_json_line());
+//! }
+//! println!("lost: {:?}", sensor.loss());
+//! sensor.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod decode;
+pub mod stats;
+pub mod syscall_names;
+pub mod wire;
+
+#[cfg(unix)]
+mod cgroup;
+#[cfg(unix)]
+pub use cgroup::{cgroup2_mount, cgroup2_mount_in, cgroup_id_of_path};
+
+#[cfg(target_os = "linux")]
+mod sensor;
+#[cfg(target_os = "linux")]
+pub use sensor::{availability, EbpfSensor, Scope, SensorError, SensorOptions};

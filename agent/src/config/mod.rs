@@ -263,6 +263,8 @@ pub struct AgentConfig {
     pub listen: Spanned<String>,
     pub log_level: Spanned<String>,
     pub log_format: LogFormat,
+    /// How custos runs as a Windows service (used by `custos install` there).
+    pub windows: WindowsAgentConfig,
 }
 
 impl Default for AgentConfig {
@@ -272,8 +274,53 @@ impl Default for AgentConfig {
             listen: unspanned("127.0.0.1:9464".to_string()),
             log_level: unspanned("info".to_string()),
             log_format: LogFormat::Text,
+            windows: WindowsAgentConfig::default(),
         }
     }
+}
+
+/// custos as a Windows service: its name in the SCM, what the SCM does when
+/// custos fails, and the name of its ETW sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsAgentConfig {
+    /// Name of the custos service in the SCM (and of its Event Log source).
+    pub service_name: Spanned<String>,
+    /// SCM recovery actions: failure n runs action n, failures after the
+    /// last run the last one (like `sc failure`).
+    pub recovery: Spanned<Vec<RecoveryAction>>,
+    /// The failure count is reset after this long without a failure.
+    pub reset_after: HumanDuration,
+    /// Also recover when custos stops with an error, not only when it crashes.
+    pub recover_on_error_exit: bool,
+    /// Base name of the ETW sessions (`<name>` and `<name>-kernel`).
+    pub etw_session: Spanned<String>,
+}
+
+impl Default for WindowsAgentConfig {
+    fn default() -> Self {
+        WindowsAgentConfig {
+            service_name: unspanned("custos".to_string()),
+            recovery: unspanned(vec![
+                RecoveryAction::Restart(HumanDuration::secs(60)),
+                RecoveryAction::Restart(HumanDuration::secs(60)),
+                RecoveryAction::None,
+            ]),
+            reset_after: HumanDuration::secs(24 * 3600),
+            recover_on_error_exit: true,
+            etw_session: unspanned("custos-sensor".to_string()),
+        }
+    }
+}
+
+/// One SCM recovery action: `{ restart: 60s }` or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryAction {
+    /// Restart custos after this delay.
+    Restart(HumanDuration),
+    /// Leave it stopped.
+    None,
 }
 
 /// How the agent's own log lines are written.
@@ -540,6 +587,7 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
             format!("`sensors.ring_buffer` must be a power of two of at least 4KiB, found {rb} bytes"),
         );
     }
+    validate_windows(&raw.agent.windows, &mut p);
     if raw.sensors.channel_capacity == 0 {
         p.at(serde_saphyr::Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
     }
@@ -548,6 +596,42 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
         Ok(LoadedConfig { raw, services, discover, path: None })
     } else {
         Err(ConfigErrors(p.errors))
+    }
+}
+
+/// Longest SCM delay: the SCM takes milliseconds in a `u32`.
+const SCM_MAX_DELAY_MS: u128 = u32::MAX as u128;
+
+fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
+    for (key, name) in [("service_name", &w.service_name), ("etw_session", &w.etw_session)] {
+        let v = &name.value;
+        // The SCM refuses `/` and `\` in service names; ETW names are
+        // limited to 1024 characters, service names to 256.
+        if v.is_empty() || v.len() > 256 || v.contains(['/', '\\']) || v.chars().any(char::is_control) {
+            p.at(
+                name.referenced,
+                format!("`agent.windows.{key}` expects 1 to 256 characters without `/` or `\\`, found `{v}`"),
+            );
+        }
+    }
+    for (i, a) in w.recovery.value.iter().enumerate() {
+        if let RecoveryAction::Restart(d) = a {
+            if d.0.as_millis() > SCM_MAX_DELAY_MS {
+                p.at(
+                    w.recovery.referenced,
+                    format!("`agent.windows.recovery[{i}]`: restart delay {d} exceeds the SCM's limit of about 49 days"),
+                );
+            }
+        }
+    }
+    if w.reset_after.0.as_secs() >= u64::from(u32::MAX) {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!(
+                "`agent.windows.reset_after` ({}) exceeds the SCM's limit of about 136 years",
+                w.reset_after
+            ),
+        );
     }
 }
 

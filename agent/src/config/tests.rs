@@ -159,3 +159,65 @@ fn missing_file_is_a_clear_error() {
     let e = load(Some(Path::new("/nonexistent/custos.yaml"))).unwrap_err();
     assert!(e.to_string().starts_with("/nonexistent/custos.yaml: cannot read"), "{e}");
 }
+
+#[test]
+fn windows_service_defaults_restart_twice_then_nothing() {
+    let w = parse("", "x").unwrap().raw.agent.windows;
+    assert_eq!(w.service_name.value, "custos");
+    assert_eq!(
+        w.recovery.value,
+        [
+            RecoveryAction::Restart(HumanDuration::secs(60)),
+            RecoveryAction::Restart(HumanDuration::secs(60)),
+            RecoveryAction::None
+        ]
+    );
+    assert_eq!(w.reset_after, HumanDuration::secs(86_400));
+    assert!(w.recover_on_error_exit);
+    assert_eq!(w.etw_session.value, "custos-sensor");
+}
+
+#[test]
+fn windows_recovery_actions_parse() {
+    let text = "agent:\n  windows:\n    service_name: custos-agent\n    recovery: [{ restart: 5s }, { restart: 2m }, none]\n    reset_after: 1h\n    recover_on_error_exit: false\n";
+    let w = parse(text, "x").unwrap().raw.agent.windows;
+    assert_eq!(w.service_name.value, "custos-agent");
+    assert_eq!(
+        w.recovery.value,
+        [
+            RecoveryAction::Restart(HumanDuration::secs(5)),
+            RecoveryAction::Restart(HumanDuration::secs(120)),
+            RecoveryAction::None
+        ]
+    );
+    assert_eq!(w.reset_after, HumanDuration::secs(3600));
+    assert!(!w.recover_on_error_exit);
+    let empty = parse("agent:\n  windows:\n    recovery: []\n", "x").unwrap();
+    assert!(empty.raw.agent.windows.recovery.value.is_empty());
+}
+
+#[test]
+fn windows_bad_service_name_is_located() {
+    let e = errors("agent:\n  windows:\n    service_name: 'a\\b'\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].line, e[0].column), (3, 19));
+    assert!(e[0].message.contains("agent.windows.service_name"), "{}", e[0].message);
+}
+
+#[test]
+fn windows_recovery_delay_beyond_the_scm_limit_is_an_error() {
+    let e = errors("agent:\n  windows:\n    recovery: [{ restart: 60d }]\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3);
+    assert!(e[0].message.contains("recovery[0]"), "{}", e[0].message);
+}
+
+#[test]
+fn windows_unknown_recovery_action_is_a_located_error() {
+    let e = errors("agent:\n  windows:\n    recovery: [reboot]\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 3);
+    assert!(e[0].message.contains("reboot"), "{}", e[0].message);
+    let e = errors("agent:\n  windows:\n    colour: blue\n");
+    assert!(e[0].message.contains("colour"), "{}", e[0].message);
+}

@@ -115,7 +115,7 @@ impl ServiceLink {
         self,
         mut pipeline: JoinHandle<Finished>,
         stop_tx: watch::Sender<bool>,
-        sensor: JoinHandle<Result<(), SensorError>>,
+        sensor: Option<JoinHandle<Result<(), SensorError>>>,
     ) -> Stopping {
         let early = tokio::select! {
             _ = self.daemon.stop_requested() => None,
@@ -131,7 +131,9 @@ pub struct Stopping {
     pipeline: JoinHandle<Finished>,
     early: Option<Result<Finished, tokio::task::JoinError>>,
     stop_tx: watch::Sender<bool>,
-    sensor: JoinHandle<Result<(), SensorError>>,
+    /// A replay's feeding task; kernel sensors have none (they stop when
+    /// the pipeline drops their control).
+    sensor: Option<JoinHandle<Result<(), SensorError>>>,
 }
 
 impl Stopping {
@@ -165,7 +167,7 @@ impl Stopping {
                 // deliver nothing more; waiting is only to hear its error.
                 // A sensor that does not notice (a replay asleep until its
                 // next recorded event) is cancelled after a grace period.
-                let mut sensor = sensor;
+                let Some(mut sensor) = sensor else { return Ok(()) };
                 let joined = match tokio::time::timeout(SENSOR_GRACE, &mut sensor).await {
                     Ok(r) => r,
                     Err(_) => {
