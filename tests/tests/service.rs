@@ -7,9 +7,10 @@
 //! `/run/custos-test` (its private `/run` tmpfs). Nothing touches the host's
 //! `/etc` or `/usr/local`.
 //!
-//! The kernel sensor is not wired into `custos run` yet, so a drop-in points
-//! the installed unit at a replay from a FIFO that a feeder unit keeps open;
-//! everything else is the unit exactly as `custos install` writes it.
+//! Where BPF works, the unit runs exactly as `custos install` writes it, on
+//! the kernel sensor: this also proves the capability set and the hardening
+//! leave BPF loading and attaching working. Elsewhere a drop-in points it at
+//! a replay from a FIFO that a feeder unit keeps open.
 
 use custos_tests::custos_bin;
 use custos_tests::systemd::{sandbox_or_skip, SystemdSandbox};
@@ -79,16 +80,22 @@ fn custos_as_a_systemd_service() {
     sd.write_unit(
         "custos-feeder.service",
         &format!(
-            "[Service]\nExecStart=/bin/sh -c 'exec 3>{fifo}; while :; do cat {PREFIX}/event.json >&3; sleep 0.2; done'\n"
+            "[Service]\nExecStart=/bin/sh -c 'exec 3<>{fifo}; while :; do cat {PREFIX}/event.json >&3; sleep 0.2; done'\n"
         ),
     )
     .unwrap();
     sd.systemctl(&["start", "--no-block", "custos-feeder.service"]).unwrap();
-    write_dropin(
-        &sd,
-        "10-test-source.conf",
-        &format!("[Service]\nExecStart=\nExecStart={installed_bin} run --config {config} --replay {fifo}\n"),
-    );
+    match custos_ebpf::availability() {
+        Ok(()) => println!("source: the kernel sensor (the unit as installed)"),
+        Err(why) => {
+            println!("source: a replay, because BPF is unavailable: {why}");
+            write_dropin(
+                &sd,
+                "10-test-source.conf",
+                &format!("[Service]\nExecStart=\nExecStart={installed_bin} run --config {config} --replay {fifo}\n"),
+            );
+        }
+    }
 
     // --- dry run: says what it would do, does nothing.
     let out =
