@@ -8,6 +8,10 @@ use crate::run::{host_view, start_sensor, Source, SummaryPrinter};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long `custos run` gives the exporter to send or spool what it holds
+/// when stopping.
+const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
 /// Options of `custos run` beyond the configuration.
 pub struct RunOptions {
     pub source: Source,
@@ -26,6 +30,20 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let stats = Arc::new(PipelineStats::default());
     let attributor = Attributor::new(&config, host_view(&opts.source));
     let mut pipeline = Pipeline::new(attributor, started.control, stats.clone());
+    let agent_stats = Arc::new(crate::export::AgentStats::default());
+    let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
+    pipeline.add_sink(Box::new(exporter.sink()));
+    service.add_exporter_status(&config, exporter.stats().clone());
+    if config.raw.detection.enabled {
+        let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
+        let sink = crate::detection::DetectionSink::new(
+            bank,
+            &config.raw.agent.state_dir,
+            Some(exporter.log_sender()),
+            None,
+        );
+        pipeline.add_sink(Box::new(sink));
+    }
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
@@ -39,8 +57,13 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pipeline_task = tokio::spawn(pipeline.run(started.rx, stop));
     service.ready(&stats);
-    let plan = service.until_stop(pipeline_task, stop_tx, started.task).await;
-    let finished = plan.finish().await?;
+    let stopping = service.until_stop(pipeline_task, stop_tx, started.task).await;
+    // After the drain: flushes what the exporter holds, or spools it, within the budget.
+    let stopping = stopping.then("flush or spool telemetry", EXPORT_SHUTDOWN_BUDGET, async move {
+        exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
+        Ok(())
+    });
+    let finished = stopping.finish().await?;
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
         lost_kernel = finished.loss.kernel,

@@ -74,6 +74,8 @@ enum Command {
         #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
         socket: Option<PathBuf>,
     },
+    /// Score a CSV of `timestamp,value` for anomalies offline, or evaluate the detector on NAB (--nab).
+    Detect(custos::detect::cli::DetectArgs),
 }
 
 #[derive(clap::Args)]
@@ -223,5 +225,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json, socket } => Ok(custos::daemon::cli::status(socket.as_deref(), json)),
         Command::Reload { socket } => Ok(custos::daemon::cli::reload(socket.as_deref())),
+        Command::Detect(args) => custos::detect::cli::run(args),
     }
 }

@@ -43,3 +43,5 @@ pub fn gate(test: &str, available: Result<(), String>) -> bool {
         }
     }
 }
+
+pub mod otlp;

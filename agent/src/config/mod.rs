@@ -35,12 +35,85 @@ pub struct Config {
 }
 
 /// Where telemetry goes. Without `otlp`, OTLP/JSON files in the state dir.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExporterConfig {
     pub otlp: Option<OtlpConfig>,
     pub spool: SpoolConfig,
     pub files: FilesConfig,
+    /// How often metrics are exported and pending logs flushed.
+    pub interval: HumanDuration,
+    /// Syscalls with their own series per service; the rest are folded into
+    /// `other` so that cardinality stays bounded.
+    pub syscall_top_n: usize,
+    /// Event log records (process start/exit, signals, OOM kills, failed
+    /// connects) kept per service per window; the rest are counted as
+    /// suppressed.
+    pub log_rate_limit: LogRateLimit,
+    /// Capacity of the queue of events waiting for aggregation; when it is
+    /// full, events are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        ExporterConfig {
+            otlp: None,
+            spool: SpoolConfig::default(),
+            files: FilesConfig::default(),
+            interval: HumanDuration::secs(10),
+            syscall_top_n: 16,
+            log_rate_limit: LogRateLimit::default(),
+            queue_capacity: 65_536,
+        }
+    }
+}
+
+/// At most `max` event log records per service per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogRateLimit {
+    pub max: u32,
+    pub per: HumanDuration,
+}
+
+impl Default for LogRateLimit {
+    fn default() -> Self {
+        LogRateLimit { max: 100, per: HumanDuration::secs(60) }
+    }
+}
+
+/// Payload compression on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    None,
+}
+
+/// One extra header sent with every export request. Exactly one of
+/// `value`, `env` (an environment variable holding the value) or `file` (a
+/// file holding it, trailing newline removed). Values are never logged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderConfig {
+    pub name: Spanned<String>,
+    pub value: Option<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
+    pub file: Option<Spanned<PathBuf>>,
+}
+
+/// TLS towards the collector (`https://` endpoints).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM CA bundle to trust instead of the system roots.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<Spanned<PathBuf>>,
 }
 
 /// OTLP wire protocol.
@@ -60,6 +133,33 @@ pub struct OtlpConfig {
     pub endpoint: Spanned<String>,
     #[serde(default)]
     pub protocol: OtlpProtocol,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Deadline of one export request.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default)]
+    pub headers: Vec<HeaderConfig>,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+impl OtlpConfig {
+    /// An endpoint with every other setting at its default.
+    pub fn new(endpoint: impl Into<String>, protocol: OtlpProtocol) -> Self {
+        OtlpConfig {
+            endpoint: unspanned(endpoint.into()),
+            protocol,
+            compression: Compression::default(),
+            timeout: default_otlp_timeout(),
+            headers: Vec::new(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+fn default_otlp_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 /// The on-disk spool that holds telemetry while the collector is away.
@@ -210,12 +310,42 @@ impl Default for SensorsConfig {
 pub struct DetectionConfig {
     pub enabled: bool,
     pub sensitivity: Sensitivity,
+    /// Metrics watched on every service (default: all of
+    /// `detect::DEFAULT_SERIES`).
+    pub series: Option<Vec<Spanned<String>>>,
+    /// Per-metric settings over the defaults.
+    pub overrides: Vec<MetricOverride>,
+    /// How far ahead a forecast toward a threshold fires.
+    pub forecast_horizon: HumanDuration,
+    /// At most this many series are kept (about 10 KiB each).
+    pub max_series: usize,
 }
 
 impl Default for DetectionConfig {
     fn default() -> Self {
-        DetectionConfig { enabled: true, sensitivity: Sensitivity::Medium }
+        DetectionConfig {
+            enabled: true,
+            sensitivity: Sensitivity::Medium,
+            series: None,
+            overrides: Vec::new(),
+            forecast_horizon: HumanDuration::secs(30 * 60),
+            max_series: 4096,
+        }
     }
+}
+
+/// Settings for one metric, over `detection:`'s.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricOverride {
+    /// A metric of `detect::DEFAULT_SERIES`, e.g. `custos.tcp.connect.duration`.
+    pub metric: Spanned<String>,
+    pub enabled: Option<bool>,
+    pub sensitivity: Option<Sensitivity>,
+    /// Points learned before the first alarm.
+    pub warmup: Option<u32>,
+    /// Forecast when the series heads above this value.
+    pub threshold: Option<f64>,
 }
 
 /// One knob for how readily anomalies are reported.
@@ -558,6 +688,32 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
                 format!("expected an endpoint URL such as `http://127.0.0.1:4317`, found `{ep}`"),
             );
         }
+        validate_otlp(otlp, &mut p);
+    }
+    let ex = &raw.exporter;
+    if ex.interval.0 < std::time::Duration::from_millis(100) {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!("`exporter.interval` must be at least 100ms, found {}", ex.interval),
+        );
+    }
+    if ex.log_rate_limit.per.0.is_zero() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.log_rate_limit.per` must be longer than 0s");
+    }
+    if ex.queue_capacity == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.queue_capacity` must be at least 1");
+    }
+    if ex.spool.max_bytes.0 < 64 * 1024 {
+        p.at(
+            serde_saphyr::Location::UNKNOWN,
+            format!(
+                "`exporter.spool.max_bytes` must be at least 64KiB, found {} bytes",
+                ex.spool.max_bytes.0
+            ),
+        );
+    }
+    if ex.files.max_files == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.files.max_files` must be at least 1");
     }
     if !raw.agent.state_dir.is_absolute() {
         p.at(serde_saphyr::Location::UNKNOWN, "`agent.state_dir` must be an absolute path");
@@ -591,6 +747,8 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
     if raw.sensors.channel_capacity == 0 {
         p.at(serde_saphyr::Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
     }
+
+    validate_detection(&raw.detection, &mut p);
 
     if p.errors.is_empty() {
         Ok(LoadedConfig { raw, services, discover, path: None })
@@ -632,6 +790,84 @@ fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
                 w.reset_after
             ),
         );
+    }
+}
+
+fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
+    if otlp.timeout.0.is_zero() {
+        p.at(serde_saphyr::Location::UNKNOWN, "`exporter.otlp.timeout` must be longer than 0s");
+    }
+    for h in &otlp.headers {
+        let name = &h.name.value;
+        let valid_name = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!#$%&'*+^`|~".contains(&b));
+        if !valid_name {
+            p.at(
+                h.name.referenced,
+                format!("expected an HTTP header name such as `authorization`, found `{name}`"),
+            );
+        }
+        let sources = [
+            h.value.as_ref().map(|v| v.referenced),
+            h.env.as_ref().map(|v| v.referenced),
+            h.file.as_ref().map(|v| v.referenced),
+        ];
+        let set: Vec<_> = sources.iter().flatten().collect();
+        match set.as_slice() {
+            [] => p.at(h.name.referenced, format!("header `{name}` needs one of `value`, `env` or `file`")),
+            [_] => {}
+            [_, second, ..] => {
+                p.at(**second, format!("header `{name}` takes one of `value`, `env` or `file`, not several"))
+            }
+        }
+    }
+    let tls = &otlp.tls;
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(c), None) => p.at(c.referenced, "`tls.cert_file` needs `tls.key_file` (the client key)"),
+        (None, Some(k)) => {
+            p.at(k.referenced, "`tls.key_file` needs `tls.cert_file` (the client certificate)")
+        }
+        _ => {}
+    }
+    let any_tls = tls.ca_file.is_some() || tls.cert_file.is_some();
+    if any_tls && otlp.endpoint.value.starts_with("http://") {
+        p.at(
+            otlp.endpoint.referenced,
+            "`tls` is set but the endpoint is `http://`: use an `https://` endpoint for TLS",
+        );
+    }
+}
+
+fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
+    let known = || crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect::<Vec<_>>().join(", ");
+    for m in d.series.iter().flatten() {
+        if !crate::detect::bank::is_known_metric(&m.value) {
+            p.at(
+                m.referenced,
+                format!("unknown metric `{}` in `detection.series`: expected one of {}", m.value, known()),
+            );
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for o in &d.overrides {
+        if !crate::detect::bank::is_known_metric(&o.metric.value) {
+            p.at(
+                o.metric.referenced,
+                format!(
+                    "unknown metric `{}` in `detection.overrides`: expected one of {}",
+                    o.metric.value,
+                    known()
+                ),
+            );
+        } else if !seen.insert(o.metric.value.clone()) {
+            p.at(o.metric.referenced, format!("metric `{}` has more than one override", o.metric.value));
+        }
+        if o.threshold.is_some_and(|t| !t.is_finite()) {
+            p.at(o.metric.referenced, format!("`threshold` of `{}` must be a finite number", o.metric.value));
+        }
+    }
+    if d.max_series == 0 {
+        p.at(serde_saphyr::Location::UNKNOWN, "`detection.max_series` must be at least 1");
     }
 }
 
@@ -781,7 +1017,10 @@ pub fn apply_env(
         match k.as_str() {
             "CUSTOS_OTLP_ENDPOINT" => {
                 let protocol = c.exporter.otlp.as_ref().map(|o| o.protocol).unwrap_or_default();
-                c.exporter.otlp = Some(OtlpConfig { endpoint: unspanned(v), protocol });
+                match c.exporter.otlp.as_mut() {
+                    Some(o) => o.endpoint = unspanned(v),
+                    None => c.exporter.otlp = Some(OtlpConfig::new(v, protocol)),
+                }
             }
             "CUSTOS_OTLP_PROTOCOL" => match (v.as_str(), c.exporter.otlp.as_mut()) {
                 ("grpc", Some(o)) => o.protocol = OtlpProtocol::Grpc,

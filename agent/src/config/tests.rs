@@ -221,3 +221,61 @@ fn windows_unknown_recovery_action_is_a_located_error() {
     let e = errors("agent:\n  windows:\n    colour: blue\n");
     assert!(e[0].message.contains("colour"), "{}", e[0].message);
 }
+
+#[test]
+fn exporter_section_parses_with_headers_tls_and_limits() {
+    let text = r#"
+exporter:
+  interval: 5s
+  syscall_top_n: 8
+  log_rate_limit: { max: 20, per: 30s }
+  otlp:
+    endpoint: "https://otel.example.com:4317"
+    protocol: grpc
+    compression: none
+    timeout: 3s
+    headers:
+      - { name: authorization, env: OTLP_TOKEN }
+      - { name: x-tenant, value: blue }
+      - { name: x-key, file: /etc/custos/key }
+    tls: { ca_file: /etc/custos/ca.pem, cert_file: /etc/custos/c.pem, key_file: /etc/custos/k.pem }
+"#;
+    let c = parse(text, "x").unwrap();
+    let o = c.raw.exporter.otlp.as_ref().unwrap();
+    assert_eq!(o.compression, Compression::None);
+    assert_eq!(o.timeout.0.as_secs(), 3);
+    assert_eq!(o.headers.len(), 3);
+    assert_eq!(c.raw.exporter.interval.0.as_secs(), 5);
+    assert_eq!(c.raw.exporter.log_rate_limit.max, 20);
+    let d = parse("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n", "x").unwrap();
+    let o = d.raw.exporter.otlp.as_ref().unwrap();
+    assert_eq!((o.compression, o.timeout.0.as_secs()), (Compression::Gzip, 10));
+}
+
+#[test]
+fn exporter_problems_are_located() {
+    let text = r#"
+exporter:
+  otlp:
+    endpoint: "http://127.0.0.1:4317"
+    headers:
+      - { name: "bad name", value: x }
+      - { name: authorization }
+      - { name: x-two, value: a, env: B }
+    tls: { cert_file: /c.pem }
+"#;
+    let e = errors(text);
+    let all: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let all = all.join("\n");
+    assert!(all.contains("custos.yaml:6:") && all.contains("expected an HTTP header name"), "{all}");
+    assert!(all.contains("custos.yaml:7:") && all.contains("needs one of `value`, `env` or `file`"), "{all}");
+    assert!(all.contains("custos.yaml:8:") && all.contains("not several"), "{all}");
+    assert!(all.contains("`tls.cert_file` needs `tls.key_file`"), "{all}");
+    assert!(all.contains("use an `https://` endpoint"), "{all}");
+    let e = errors("exporter:\n  otlp: { endpoint: \"http://x:1\", compression: zstd }\n");
+    assert_eq!(e[0].line, 2, "{e:?}");
+    let e = errors("exporter:\n  interval: 1ms\n  spool: { max_bytes: 1KiB }\n");
+    let all = e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(all.contains("`exporter.interval` must be at least 100ms"), "{all}");
+    assert!(all.contains("`exporter.spool.max_bytes` must be at least 64KiB"), "{all}");
+}

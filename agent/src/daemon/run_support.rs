@@ -121,7 +121,45 @@ impl ServiceLink {
             _ = self.daemon.stop_requested() => None,
             r = &mut pipeline => Some(r),
         };
-        Stopping { link: self, pipeline, early, stop_tx, sensor }
+        Stopping { link: self, pipeline, early, stop_tx, sensor, then: Vec::new() }
+    }
+
+    /// `custos status` shows the exporter's state from its counters.
+    pub fn add_exporter_status(&self, config: &LoadedConfig, stats: Arc<crate::export::AgentStats>) {
+        let endpoint = config.raw.exporter.otlp.as_ref().map(|o| o.endpoint.value.clone());
+        let files = config.files_dir().display().to_string();
+        self.daemon.add_status_provider(Arc::new(ExporterStatusProvider { stats, endpoint, files }));
+    }
+}
+
+/// The exporter's part of the status, read from its counters.
+struct ExporterStatusProvider {
+    stats: Arc<crate::export::AgentStats>,
+    endpoint: Option<String>,
+    files: String,
+}
+
+impl super::StatusProvider for ExporterStatusProvider {
+    fn fill(&self, s: &mut super::StatusSnapshot) {
+        let st = self.stats.snapshot();
+        s.exporter.spool_bytes = st.spool_bytes;
+        s.drops.exporter = st.events_dropped_exporter + st.logs_dropped;
+        s.exporter.endpoint =
+            Some(self.endpoint.clone().unwrap_or_else(|| format!("files in {}", self.files)));
+        s.exporter.state = exporter_state(&st, self.endpoint.is_some()).to_string();
+        if st.export_failures > 0 {
+            s.exporter.last_error = Some(format!("{} batches rejected by the collector", st.export_failures));
+        }
+    }
+}
+
+/// A one-word exporter state from its counters.
+fn exporter_state(st: &crate::export::StatsSnapshot, otlp: bool) -> &'static str {
+    match (otlp, st.spool_batches > 0, st.batches_exported > 0) {
+        (_, true, _) => "spooling",
+        (true, false, true) => "connected",
+        (false, false, true) => "writing files",
+        (_, false, false) => "starting",
     }
 }
 
@@ -134,9 +172,23 @@ pub struct Stopping {
     /// A replay's feeding task; kernel sensors have none (they stop when
     /// the pipeline drops their control).
     sensor: Option<JoinHandle<Result<(), SensorError>>>,
+    then: Vec<(String, std::time::Duration, StepFuture)>,
 }
 
+type StepFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 impl Stopping {
+    /// A step to run after the drain and the sensor, in the order added,
+    /// limited to `limit` (and to what is left of the stop budget): flush
+    /// or spool telemetry, persist detector and runbook state.
+    pub fn then<F>(mut self, name: &str, limit: std::time::Duration, fut: F) -> Stopping
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.then.push((name.to_string(), limit, Box::pin(fut)));
+        self
+    }
+
     /// STOPPING=1, then within [`STOP_BUDGET`]: the pipeline stops taking
     /// from the sensor and drains what it already has (sinks flush on
     /// finish), then the sensor task ends. Steps that persist state
@@ -150,7 +202,7 @@ impl Stopping {
         let pipeline = self.pipeline;
         let early = self.early;
         let sensor = self.sensor;
-        let report = ShutdownPlan::new(STOP_BUDGET)
+        let mut plan = ShutdownPlan::new(STOP_BUDGET)
             .step("drain the pipeline", async move {
                 let r = match early {
                     Some(r) => r,
@@ -193,9 +245,11 @@ impl Stopping {
                     }
                     Err(e) => Err(e.to_string()),
                 }
-            })
-            .run()
-            .await;
+            });
+        for (name, limit, fut) in self.then {
+            plan = plan.step_within(name, limit, fut);
+        }
+        let report = plan.run().await;
         if let Some(e) = sensor_error.lock().ok().and_then(|mut g| g.take()) {
             return Err(StopError::Sensor(e));
         }
@@ -231,4 +285,38 @@ pub fn init_logging(
     let level = pinned.clone().unwrap_or_else(|| config.raw.agent.log_level.value.clone());
     let handle = super::logging::init(&level, format, format_flag.is_some())?;
     Ok(if pinned.is_some() { None } else { Some(handle) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::{StatusProvider, StatusSnapshot};
+    use crate::export::AgentStats;
+
+    #[test]
+    fn exporter_state_follows_the_counters() {
+        let stats = Arc::new(AgentStats::default());
+        let p = ExporterStatusProvider {
+            stats: stats.clone(),
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            files: "/x".into(),
+        };
+        let fill = || {
+            let mut s = StatusSnapshot::default();
+            p.fill(&mut s);
+            s
+        };
+        assert_eq!(fill().exporter.state, "starting");
+        AgentStats::add(&stats.batches_exported, 1);
+        assert_eq!(fill().exporter.state, "connected");
+        AgentStats::set(&stats.spool_batches, 2);
+        AgentStats::set(&stats.spool_bytes, 4096);
+        AgentStats::add(&stats.events_dropped_exporter, 3);
+        let s = fill();
+        assert_eq!(
+            (s.exporter.state.as_str(), s.exporter.spool_bytes, s.drops.exporter),
+            ("spooling", 4096, 3)
+        );
+        assert_eq!(s.exporter.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    }
 }

@@ -1,0 +1,530 @@
+//! One series' detector: a bounded nearest-neighbour novelty model over
+//! multi-resolution context vectors, calibrated against its own history,
+//! with warm-up and episode hysteresis. See the module docs for why.
+
+use crate::anomaly::Severity;
+use serde::{Deserialize, Serialize};
+
+/// Raw values in a context vector (the newest first).
+const RAW: usize = 4;
+/// Block means of `MID_BLOCK` values, then of `LONG_BLOCK` values.
+const MID: usize = 4;
+const MID_BLOCK: usize = 8;
+const LONG: usize = 4;
+const LONG_BLOCK: usize = 32;
+/// Seasonal dimensions: the usual value at this time of day and of week.
+const SEASONAL: usize = 2;
+/// Dimensions of a context vector.
+pub const DIM: usize = RAW + MID + LONG + SEASONAL;
+/// Bins of the daily (half-hour) and weekly (hourly) profiles.
+const DAY_BINS: usize = 48;
+const WEEK_BINS: usize = 168;
+/// Values of history a context vector spans.
+pub const SPAN: usize = RAW + MID * MID_BLOCK + LONG * LONG_BLOCK;
+/// Context vectors remembered.
+pub const MEMORY: usize = 128;
+
+/// Tunables of one detector; derived from a sensitivity, overridable per metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Params {
+    /// A score at or above this starts an episode (an alarm).
+    pub alarm_score: f64,
+    /// An episode ends once scores stayed below this for `release_points`...
+    pub release_score: f64,
+    pub release_points: u32,
+    /// ...and it lasted at least this many points (one episode, one alarm).
+    pub min_episode: u32,
+    /// Points learned before any score (they score 0).
+    pub warmup: u32,
+    /// Points learned before any alarm (episodes start only after this; the
+    /// score is reported from `warmup` on). The first weeks' rare but
+    /// normal patterns (the first silent hour of a bursty counter) are
+    /// learned before anyone is paged for them.
+    #[serde(default = "default_alarm_warmup")]
+    pub alarm_warmup: u32,
+    /// A context vector is remembered every `stride` points, so the memory
+    /// reaches `MEMORY * stride` points back.
+    pub stride: u32,
+    /// Points over which the calibration of novelty forgets.
+    pub calibration_horizon: u32,
+    /// Width of the expected range in typical residuals.
+    pub range_width: f64,
+    /// Weight of the seasonal departure against context novelty (0: off).
+    #[serde(default = "one")]
+    pub seasonal_weight: f64,
+    /// Weight of the level-shift and variance-change statistics (0: off).
+    #[serde(default = "one")]
+    pub change_weight: f64,
+    /// Differences below this fraction of the series' standard deviation
+    /// are treated as noise by every statistic.
+    #[serde(default = "default_dead_band")]
+    pub dead_band: f64,
+    /// How far toward 1 a reported score raises the bar for the rest of its episode.
+    #[serde(default = "one")]
+    pub gate_step: f64,
+    /// Weight of the newest point in the smoothed novelty (1: no smoothing).
+    #[serde(default = "one")]
+    pub smoothing: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_dead_band() -> f64 {
+    0.05
+}
+
+fn default_alarm_warmup() -> u32 {
+    720
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            alarm_score: 0.75,
+            release_score: 0.5,
+            release_points: 20,
+            min_episode: 100,
+            warmup: 150,
+            alarm_warmup: default_alarm_warmup(),
+            stride: 3,
+            calibration_horizon: 2000,
+            range_width: 4.0,
+            smoothing: 1.0,
+            seasonal_weight: 1.0,
+            change_weight: 1.0,
+            gate_step: 1.0,
+            dead_band: default_dead_band(),
+        }
+    }
+}
+
+/// Points before the seasonal departure is trusted.
+const DAY_SECONDS_MIN_POINTS: usize = 64;
+
+/// A running estimate of the distribution of a log-scale statistic, which
+/// turns a new value into a z-score. Updates are winsorized at 3 sigma so
+/// that an anomaly does not teach it that anomalies are normal.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Calibration {
+    mean: f64,
+    var: f64,
+    n: u64,
+}
+
+impl Calibration {
+    /// Below this spread (in log units) differences are not meaningful.
+    const MIN_SD: f64 = 0.1;
+
+    fn z(&self, x: f64) -> f64 {
+        if self.n < 16 {
+            return 0.0;
+        }
+        (x - self.mean) / self.var.sqrt().max(Self::MIN_SD)
+    }
+
+    fn learn(&mut self, x: f64, horizon: u32) {
+        let x = if self.n >= 16 { x.min(self.mean + 3.0 * self.var.sqrt().max(Self::MIN_SD)) } else { x };
+        self.n += 1;
+        let b = 1.0 / (self.n.min(horizon as u64) as f64);
+        let e = x - self.mean;
+        self.mean += b * e;
+        self.var = (1.0 - b) * (self.var + b * e * e);
+    }
+}
+
+/// What one observation produced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    /// Anomaly score in [0, 1] of this point (0 during warm-up and for
+    /// non-finite or out-of-order points).
+    pub score: f64,
+    /// The score gated by hysteresis: the score of the point that started
+    /// an episode, 0 for the rest of the episode, the plain score otherwise.
+    /// This is the signal to threshold (it is what `custos detect` writes).
+    pub gated_score: f64,
+    /// True on the point that starts an episode.
+    pub alarm: bool,
+    pub severity: Severity,
+    pub expected_low: f64,
+    pub expected_high: f64,
+}
+
+impl Observation {
+    fn quiet(expected_low: f64, expected_high: f64) -> Self {
+        Observation {
+            score: 0.0,
+            gated_score: 0.0,
+            alarm: false,
+            severity: Severity::Low,
+            expected_low,
+            expected_high,
+        }
+    }
+}
+
+/// State of one series. Plain data: serializable, a few KiB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesDetector {
+    params: Params,
+    /// Finite, in-order points learned.
+    n: u64,
+    last_ts: f64,
+    /// The last `SPAN` values, a ring; `head` is the next slot.
+    hist: Vec<f32>,
+    head: usize,
+    /// Exponentially weighted mean and variance of the values.
+    mean: f64,
+    var: f64,
+    /// Remembered context vectors, dimension-major (`memory[k * MEMORY + i]`
+    /// is dimension `k` of context `i`) so the nearest-neighbour scan
+    /// vectorizes over contexts.
+    memory: Vec<f32>,
+    mem_len: usize,
+    /// Per remembered context: the point count when it last matched.
+    mem_last_hit: Vec<u64>,
+    /// Calibration of log novelty.
+    novelty: Calibration,
+    /// Smoothed |value - usual value at this time of day| and its calibration.
+    season_dev: f64,
+    season_cal: Calibration,
+    /// Short-window mean and variance of the values, and calibrations of
+    /// their departures from the long-run ones (level shift, rate change,
+    /// variance change).
+    short_mean: f64,
+    short_var: f64,
+    shift_cal: Calibration,
+    spread_cal: Calibration,
+    /// Smoothed log novelty.
+    smooth_ld: f64,
+    /// Typical |value - expected value| for the expected range.
+    resid_season: f64,
+    resid_recent: f64,
+    in_episode: bool,
+    episode_len: u32,
+    /// Gating: a point's score is reported only above this level, which
+    /// rises after each reported point and lapses after `min_episode` points
+    /// (level, points since it was set).
+    gate: (f64, u32),
+    /// Usual value per half hour of the day and per hour of the week (NaN: not seen yet).
+    day_profile: Vec<f32>,
+    week_profile: Vec<f32>,
+    quiet_run: u32,
+    pub(crate) skipped_non_finite: u64,
+    pub(crate) skipped_out_of_order: u64,
+    last_score: f64,
+}
+
+impl SeriesDetector {
+    pub fn new(params: Params) -> Self {
+        SeriesDetector {
+            params,
+            n: 0,
+            last_ts: f64::NEG_INFINITY,
+            hist: vec![0.0; SPAN],
+            head: 0,
+            mean: 0.0,
+            var: 0.0,
+            memory: vec![0.0; MEMORY * DIM],
+            mem_len: 0,
+            mem_last_hit: vec![0; MEMORY],
+            novelty: Calibration::default(),
+            season_dev: 0.0,
+            season_cal: Calibration::default(),
+            short_mean: 0.0,
+            short_var: 0.0,
+            shift_cal: Calibration::default(),
+            spread_cal: Calibration::default(),
+            smooth_ld: 0.0,
+            resid_season: 0.0,
+            resid_recent: 0.0,
+            in_episode: false,
+            episode_len: 0,
+            gate: (0.0, 0),
+            day_profile: vec![f32::NAN; DAY_BINS],
+            week_profile: vec![f32::NAN; WEEK_BINS],
+            quiet_run: 0,
+            skipped_non_finite: 0,
+            skipped_out_of_order: 0,
+            last_score: 0.0,
+        }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Replaces the tunables, keeping what was learned.
+    pub fn set_params(&mut self, params: Params) {
+        self.params = params;
+    }
+
+    /// The score of the last scored point.
+    pub fn last_score(&self) -> f64 {
+        self.last_score
+    }
+
+    /// Points learned so far.
+    pub fn points(&self) -> u64 {
+        self.n
+    }
+
+    /// Bytes of heap and inline state of this series.
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.hist.capacity() * 4
+            + self.memory.capacity() * 4
+            + self.mem_last_hit.capacity() * 8
+            + (DAY_BINS + WEEK_BINS) * 4
+    }
+
+    /// The `k`-th most recent value (0 = newest); needs `k < SPAN`.
+    #[inline]
+    fn back(&self, k: usize) -> f32 {
+        self.hist[(self.head + SPAN - 1 - k) % SPAN]
+    }
+
+    fn context(&self, out: &mut [f32; DIM], seasonal: [f32; SEASONAL]) {
+        out[RAW + MID + LONG..].copy_from_slice(&seasonal);
+        for (k, o) in out.iter_mut().take(RAW).enumerate() {
+            *o = self.back(k);
+        }
+        let mut k = RAW;
+        for b in 0..MID {
+            let s: f32 = (0..MID_BLOCK).map(|j| self.back(k + j)).sum();
+            out[RAW + b] = s / MID_BLOCK as f32;
+            k += MID_BLOCK;
+        }
+        for b in 0..LONG {
+            let s: f32 = (0..LONG_BLOCK).map(|j| self.back(k + j)).sum();
+            out[RAW + MID + b] = s / LONG_BLOCK as f32;
+            k += LONG_BLOCK;
+        }
+    }
+
+    /// Learns one point and scores it. `ts` is in seconds (any epoch).
+    pub fn observe(&mut self, ts: f64, value: f64) -> Observation {
+        if !value.is_finite() || !ts.is_finite() {
+            self.skipped_non_finite += 1;
+            return Observation::quiet(self.mean, self.mean);
+        }
+        if ts < self.last_ts {
+            // Late data cannot be placed in the context it belongs to; it is
+            // counted and left out rather than spliced in the wrong place.
+            self.skipped_out_of_order += 1;
+            return Observation::quiet(self.mean, self.mean);
+        }
+        self.last_ts = ts;
+        if self.n == 0 {
+            // Start the history at the first value, not at zero.
+            self.hist.iter_mut().for_each(|h| *h = value as f32);
+            self.mean = value;
+        }
+        self.n += 1;
+        self.hist[self.head] = value as f32;
+        self.head = (self.head + 1) % SPAN;
+
+        let a = 1.0 / (self.n.min(self.params.calibration_horizon as u64) as f64);
+        let d = value - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        // Distances below a small fraction of the series' spread are noise.
+        let scale = self.var.sqrt();
+        let floor = self.params.dead_band * scale + 1e-9 * (1.0 + self.mean.abs());
+
+        let seasonal = self.seasonal(ts, value);
+        let mut ctx = [0f32; DIM];
+        self.context(&mut ctx, seasonal);
+        let (nn_d2, nn_at) = self.nearest(&ctx);
+        let nn_value = nn_at.map(|i| self.memory[i] as f64);
+        let dist = nn_d2.sqrt();
+        // The expected range comes from whichever simple forecast of this
+        // point has been closer lately: the usual value at this time of day,
+        // or the recent mean (both from before this point).
+        let (by_season, by_recent) = (seasonal[0] as f64, if self.n == 1 { value } else { self.short_mean });
+        let (expected, typical_miss) = if self.resid_season < self.resid_recent {
+            (by_season, self.resid_season)
+        } else {
+            (by_recent, self.resid_recent)
+        };
+        let half = self.params.range_width * typical_miss.max(floor);
+        let (lo, hi) = (expected - half, expected + half);
+        let w = a.max(0.01);
+        for (resid, f) in [(&mut self.resid_season, by_season), (&mut self.resid_recent, by_recent)] {
+            let miss = (value - f).abs();
+            // Capped so one anomaly does not widen the range for long.
+            *resid += (miss.min(4.0 * resid.max(floor)) - *resid) * w;
+        }
+
+        let mut z = 0.0;
+        if nn_value.is_some() {
+            let ld = (dist + floor).ln();
+            self.smooth_ld = if self.novelty.n == 0 {
+                ld
+            } else {
+                self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing
+            };
+            z = self.novelty.z(self.smooth_ld);
+            self.novelty.learn(ld, self.params.calibration_horizon);
+        }
+        // Departure from the usual value at this time of day, smoothed so
+        // that a missing daily peak (sustained) counts more than noise.
+        let sres = (value - seasonal[0] as f64).abs();
+        self.season_dev = if self.n == 1 { sres } else { self.season_dev + (sres - self.season_dev) * 0.2 };
+        let ls = (self.season_dev + floor).ln();
+        if self.n as usize > DAY_SECONDS_MIN_POINTS {
+            z = z.max(self.params.seasonal_weight * self.season_cal.z(ls));
+        }
+        self.season_cal.learn(ls, self.params.calibration_horizon);
+
+        if self.n == 1 {
+            self.short_mean = value;
+        }
+        let sa = 1.0 / 16.0;
+        let e = value - self.short_mean;
+        self.short_mean += sa * e;
+        self.short_var = (1.0 - sa) * (self.short_var + sa * e * e);
+        if self.params.change_weight > 0.0 {
+            let f2 = floor * floor;
+            let shift = ((self.short_mean - self.mean).abs() + floor).ln() - (scale + floor).ln();
+            let spread = ((self.short_var + f2) / (self.var + f2)).ln().abs();
+            if self.n as usize > DAY_SECONDS_MIN_POINTS {
+                let zc = self.shift_cal.z(shift).max(self.spread_cal.z(spread));
+                z = z.max(self.params.change_weight * zc);
+            }
+            self.shift_cal.learn(shift, self.params.calibration_horizon);
+            self.spread_cal.learn(spread, self.params.calibration_horizon);
+        }
+
+        // Memory as a set of prototypes: a context like a remembered one
+        // (closer than the typical nearest distance) refreshes it; a new one
+        // is added, evicting the least recently matched. Recurring patterns
+        // thus stay remembered however long ago they started, and one
+        // slot is spent per kind of pattern rather than per point.
+        let typical = if self.novelty.n >= 16 { self.novelty.mean.exp() } else { 0.0 };
+        match nn_at {
+            Some(i) if dist + floor <= typical => {
+                self.mem_last_hit[i] = self.n;
+                if (self.n - 1) % self.params.stride as u64 == 0 {
+                    for (k, c) in ctx.iter().enumerate() {
+                        let m = &mut self.memory[k * MEMORY + i];
+                        *m += (c - *m) * 0.1;
+                    }
+                }
+            }
+            _ => {
+                if (self.n - 1) % self.params.stride as u64 == 0 {
+                    self.remember(&ctx);
+                }
+            }
+        }
+
+        if self.n <= self.params.warmup as u64 || nn_value.is_none() {
+            self.last_score = 0.0;
+            return Observation::quiet(lo, hi);
+        }
+        let score = if z > 0.0 { 1.0 - (-z * z / 18.0).exp() } else { 0.0 };
+        self.last_score = score;
+        // Gating that does not depend on where a threshold is later put: a
+        // reported point raises the bar for the next `min_episode` points
+        // to part of the way between its score and 1. Whatever the
+        // threshold, an episode crosses it about once. (Also requiring the
+        // scores to have calmed down before lowering the bar scored worse
+        // on NAB: a bar left up by a noisy stretch hides the next anomaly.)
+        let (level, age) = self.gate;
+        let level = if age >= self.params.min_episode { 0.0 } else { level };
+        let gated = if score > level { score } else { 0.0 };
+        if score > level {
+            // The bar rises in proportion to the score: a faint blip barely
+            // raises it, a strong alarm nearly closes it.
+            self.gate = (score + (1.0 - score) * self.params.gate_step * score, 0);
+        } else {
+            self.gate = (level, age.saturating_add(1));
+        }
+        let mut alarm = false;
+        if self.in_episode {
+            self.episode_len += 1;
+            self.quiet_run = if score < self.params.release_score { self.quiet_run + 1 } else { 0 };
+            if self.episode_len >= self.params.min_episode && self.quiet_run >= self.params.release_points {
+                self.in_episode = false;
+            }
+        } else if score >= self.params.alarm_score && self.n > self.params.alarm_warmup as u64 {
+            alarm = true;
+            self.in_episode = true;
+            self.episode_len = 0;
+            self.quiet_run = 0;
+        }
+        let severity = match z {
+            z if z < 7.0 => Severity::Low,
+            z if z < 10.0 => Severity::Medium,
+            z if z < 15.0 => Severity::High,
+            _ => Severity::Critical,
+        };
+        Observation { score, gated_score: gated, alarm, severity, expected_low: lo, expected_high: hi }
+    }
+
+    /// The usual values at this time of day and week (before learning
+    /// this point), then learns it. Profiles make a normal value at an
+    /// unusual time (a missing daily peak) a context never seen before.
+    fn seasonal(&mut self, ts: f64, value: f64) -> [f32; SEASONAL] {
+        let day = ts.rem_euclid(86_400.0);
+        let week = ts.rem_euclid(7.0 * 86_400.0);
+        let d = ((day / 1800.0) as usize).min(DAY_BINS - 1);
+        let w = ((week / 3600.0) as usize).min(WEEK_BINS - 1);
+        let fallback = self.mean as f32;
+        let pd = if self.day_profile[d].is_nan() { fallback } else { self.day_profile[d] };
+        let pw = if self.week_profile[w].is_nan() { fallback } else { self.week_profile[w] };
+        let v = value as f32;
+        for (p, i) in [(&mut self.day_profile, d), (&mut self.week_profile, w)] {
+            p[i] = if p[i].is_nan() { v } else { p[i] + (v - p[i]) * 0.05 };
+        }
+        [pd, pw]
+    }
+
+    /// Squared distance to the nearest remembered context and that
+    /// context's newest value (what was seen after a similar past).
+    fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<usize>) {
+        let len = self.mem_len;
+        let mut d = [0f32; MEMORY];
+        for (k, &c) in ctx.iter().enumerate() {
+            let row = &self.memory[k * MEMORY..k * MEMORY + len];
+            for (di, &m) in d[..len].iter_mut().zip(row) {
+                let t = m - c;
+                *di += t * t;
+            }
+        }
+        let mut best = f32::INFINITY;
+        let mut at = usize::MAX;
+        for (i, &di) in d[..len].iter().enumerate() {
+            if di < best {
+                best = di;
+                at = i;
+            }
+        }
+        if at == usize::MAX {
+            (0.0, None)
+        } else {
+            (best as f64, Some(at))
+        }
+    }
+
+    fn remember(&mut self, ctx: &[f32; DIM]) {
+        let slot = if self.mem_len < MEMORY {
+            self.mem_len += 1;
+            self.mem_len - 1
+        } else {
+            let mut oldest = 0;
+            for i in 1..MEMORY {
+                if self.mem_last_hit[i] < self.mem_last_hit[oldest] {
+                    oldest = i;
+                }
+            }
+            oldest
+        };
+        for (k, &c) in ctx.iter().enumerate() {
+            self.memory[k * MEMORY + slot] = c;
+        }
+        self.mem_last_hit[slot] = self.n;
+    }
+}

@@ -1,0 +1,330 @@
+//! Anomaly detection in the running agent: keeps each service's counters
+//! from the event stream, feeds the detector bank once per interval, and
+//! hands what it finds to the exporter (log records) and to the runbook
+//! engine (signals). The detector itself (`detect`) does no I/O; this is
+//! where its state is snapshotted to and restored from the state dir.
+
+use crate::anomaly::{Anomaly, Forecast};
+use crate::detect::bank::ServiceCounters;
+use crate::detect::DetectorBank;
+use crate::export::{AttrValue, LogRecord, LogSender, Severity as LogSeverity};
+use crate::pipeline::{EventSink, Tick};
+use custos_event::{Event, EventBody, ExitClass};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// How often each service's series get a point: the detector's warm-up
+/// and seasonal profiles are sized for 10 s points.
+pub const DETECTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the detector state is written to the state dir (and at stop).
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(300);
+
+/// File name of the detector snapshot in the state dir.
+pub const SNAPSHOT_FILE: &str = "detector.snapshot";
+
+/// What detection hands to the runbook engine.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    Anomaly(Anomaly),
+    Forecast(Forecast),
+}
+
+/// The pipeline sink that runs the detectors.
+pub struct DetectionSink {
+    bank: DetectorBank,
+    counters: HashMap<String, ServiceCounters>,
+    last_point: Option<SystemTime>,
+    last_snapshot: Option<SystemTime>,
+    snapshot_path: PathBuf,
+    logs: Option<LogSender>,
+    findings: Option<mpsc::Sender<Finding>>,
+    /// Findings dropped because the runbook engine's queue was full.
+    pub findings_dropped: u64,
+    /// Whole anomalies found since start (for status and self-telemetry).
+    pub anomalies: u64,
+}
+
+impl DetectionSink {
+    /// A sink over `bank`, restoring its state from `state_dir` when a
+    /// snapshot is there. A snapshot that cannot be read is set aside
+    /// (renamed `.corrupt`) with a warning: learning restarts, the agent runs.
+    pub fn new(
+        mut bank: DetectorBank,
+        state_dir: &std::path::Path,
+        logs: Option<LogSender>,
+        findings: Option<mpsc::Sender<Finding>>,
+    ) -> Self {
+        let snapshot_path = state_dir.join(SNAPSHOT_FILE);
+        match std::fs::read(&snapshot_path) {
+            Ok(bytes) => match bank.restore(&bytes) {
+                Ok(()) => {
+                    tracing::info!(path = %snapshot_path.display(), series = bank.len(), "Restored the detector state.")
+                }
+                Err(e) => {
+                    let aside = snapshot_path.with_extension("snapshot.corrupt");
+                    let _ = std::fs::rename(&snapshot_path, &aside);
+                    tracing::warn!(path = %snapshot_path.display(), error = %e, moved_to = %aside.display(), "Could not restore the detector state; learning starts over.");
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %snapshot_path.display(), error = %e, "Could not read the detector state; learning starts over.")
+            }
+        }
+        DetectionSink {
+            bank,
+            counters: HashMap::new(),
+            last_point: None,
+            last_snapshot: None,
+            snapshot_path,
+            logs,
+            findings,
+            findings_dropped: 0,
+            anomalies: 0,
+        }
+    }
+
+    /// The detector bank (scores for `custos.anomaly.score`, status).
+    pub fn bank(&self) -> &DetectorBank {
+        &self.bank
+    }
+
+    fn observe_all(&mut self, now: SystemTime) {
+        let services: Vec<(String, ServiceCounters)> =
+            self.counters.iter().map(|(s, c)| (s.clone(), *c)).collect();
+        for (service, c) in services {
+            for signal in self.bank.observe_counters(&service, now, &c) {
+                if let Some(a) = signal.anomaly {
+                    self.anomalies += 1;
+                    self.report_anomaly(&a);
+                    self.send(Finding::Anomaly(a));
+                }
+                if let Some(f) = signal.forecast {
+                    self.report_forecast(&f);
+                    self.send(Finding::Forecast(f));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, finding: Finding) {
+        if let Some(tx) = &self.findings {
+            if tx.try_send(finding).is_err() {
+                self.findings_dropped += 1;
+            }
+        }
+    }
+
+    fn report_anomaly(&self, a: &Anomaly) {
+        tracing::warn!(service = %a.service, metric = %a.metric, value = a.value, expected_low = a.expected_low, expected_high = a.expected_high, score = a.score, severity = a.severity.as_str(), "Anomaly detected.");
+        if let Some(logs) = &self.logs {
+            let mut r = LogRecord::new(
+                "custos.anomaly",
+                match a.severity {
+                    crate::anomaly::Severity::Low | crate::anomaly::Severity::Medium => LogSeverity::Warn,
+                    crate::anomaly::Severity::High | crate::anomaly::Severity::Critical => LogSeverity::Error,
+                },
+                Some(a.service.clone()),
+                format!(
+                    "{} of {} is {:.4}, outside the expected {:.4}..{:.4}",
+                    a.metric, a.service, a.value, a.expected_low, a.expected_high
+                ),
+            );
+            r.time = a.ts;
+            r.attributes = vec![
+                ("custos.anomaly.metric".into(), AttrValue::Str(a.metric.clone())),
+                ("custos.anomaly.value".into(), AttrValue::Float(a.value)),
+                ("custos.anomaly.expected_low".into(), AttrValue::Float(a.expected_low)),
+                ("custos.anomaly.expected_high".into(), AttrValue::Float(a.expected_high)),
+                ("custos.anomaly.score".into(), AttrValue::Float(a.score)),
+                ("custos.anomaly.severity".into(), AttrValue::Str(a.severity.as_str().into())),
+            ];
+            logs.send(r);
+        }
+    }
+
+    fn report_forecast(&self, f: &Forecast) {
+        tracing::warn!(service = %f.service, metric = %f.metric, threshold = f.threshold, eta_secs = f.eta_secs, "Forecast: a threshold will be crossed soon.");
+        if let Some(logs) = &self.logs {
+            let mut r = LogRecord::new(
+                "custos.forecast",
+                LogSeverity::Warn,
+                Some(f.service.clone()),
+                format!(
+                    "{} of {} is forecast to cross {} in {:.0}s",
+                    f.metric, f.service, f.threshold, f.eta_secs
+                ),
+            );
+            r.time = f.ts;
+            r.attributes = vec![
+                ("custos.forecast.metric".into(), AttrValue::Str(f.metric.clone())),
+                ("custos.forecast.threshold".into(), AttrValue::Float(f.threshold)),
+                ("custos.forecast.eta_seconds".into(), AttrValue::Float(f.eta_secs)),
+            ];
+            logs.send(r);
+        }
+    }
+
+    /// Writes the snapshot atomically (temporary file, fsync, rename) on a
+    /// blocking thread so the pipeline does not wait for the disk.
+    fn snapshot(&self, wait: bool) {
+        let bytes = self.bank.snapshot();
+        let path = self.snapshot_path.clone();
+        let write = move || {
+            if let Err(e) = write_atomically(&path, &bytes) {
+                tracing::warn!(path = %path.display(), error = %e, "Could not save the detector state.");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !wait => {
+                rt.spawn_blocking(write);
+            }
+            _ => write(),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or
+/// the new one, never a torn mix.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename is durable only once the directory entry is.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl EventSink for DetectionSink {
+    fn on_event(&mut self, e: &Event) {
+        let Some(service) = &e.service else { return };
+        let c = self.counters.entry(service.clone()).or_default();
+        match &e.body {
+            EventBody::ProcessExit(x) => {
+                c.exits += 1;
+                if x.class() != ExitClass::Clean {
+                    c.crashes += 1;
+                }
+            }
+            EventBody::TcpConnect(t) => {
+                c.connects += 1;
+                if !t.result.is_ok() {
+                    c.connect_errors += 1;
+                }
+                c.connect_seconds += t.latency_ns as f64 / 1e9;
+            }
+            EventBody::TcpAccept(_) => c.accepts += 1,
+            EventBody::TcpClose(t) => c.bytes += t.bytes_sent + t.bytes_received,
+            EventBody::SyscallStats(s) => {
+                for sc in &s.syscalls {
+                    c.syscalls += sc.count;
+                    c.syscall_errors += sc.errors;
+                    // The histogram's mean is not kept; p50 × count is a
+                    // robust stand-in for the total time.
+                    c.syscall_seconds += sc.p50_ns as f64 * sc.count as f64 / 1e9;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tick(&mut self, tick: &Tick) {
+        let due = self
+            .last_point
+            .is_none_or(|last| tick.now.duration_since(last).unwrap_or_default() >= DETECTION_INTERVAL);
+        if due {
+            self.last_point = Some(tick.now);
+            self.observe_all(tick.now);
+        }
+        let last_snapshot = *self.last_snapshot.get_or_insert(tick.now);
+        if tick.now.duration_since(last_snapshot).unwrap_or_default() >= SNAPSHOT_EVERY {
+            self.last_snapshot = Some(tick.now);
+            self.snapshot(false);
+        }
+    }
+
+    fn on_finish(&mut self, _tick: &Tick) {
+        self.snapshot(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sensitivity;
+    use custos_event::{LossCounters, ProcessExit};
+    use std::time::UNIX_EPOCH;
+
+    fn crash(service: &str, t: SystemTime) -> Event {
+        let mut e =
+            Event::new(t, EventBody::ProcessExit(ProcessExit { exit_code: Some(1), ..Default::default() }));
+        e.service = Some(service.into());
+        e
+    }
+
+    #[test]
+    fn snapshot_survives_a_restart_and_a_corrupt_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for i in 0..50u64 {
+            let now = t0 + DETECTION_INTERVAL * i as u32;
+            sink.on_event(&crash("api", now));
+            sink.on_tick(&Tick { now, loss: LossCounters::default() });
+        }
+        let learned = sink.bank().len();
+        assert!(learned > 0, "series were created");
+        sink.on_finish(&Tick { now: t0, loss: LossCounters::default() });
+        let restored = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
+        assert_eq!(restored.bank().len(), learned);
+        assert_eq!(restored.bank().snapshot(), sink.bank().snapshot(), "same state after restore");
+
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
+        let fresh = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
+        assert_eq!(fresh.bank().len(), 0);
+        assert!(dir.path().join("detector.snapshot.corrupt").exists());
+    }
+
+    #[test]
+    fn a_crash_burst_becomes_a_finding_for_the_runbooks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut sink = DetectionSink::new(DetectorBank::new(Sensitivity::High), dir.path(), None, Some(tx));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // A quiet week-long-enough history with an occasional exit, then a
+        // burst of crashes in one interval.
+        for i in 0..1500u64 {
+            let now = t0 + DETECTION_INTERVAL * i as u32;
+            if i % 97 == 0 {
+                sink.on_event(&crash("api", now));
+            }
+            if i == 1400 {
+                for _ in 0..200 {
+                    sink.on_event(&crash("api", now));
+                }
+            }
+            sink.on_tick(&Tick { now, loss: LossCounters::default() });
+        }
+        let mut found = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            found.push(f);
+        }
+        let crash_anomaly = |f: &Finding| {
+            matches!(f, Finding::Anomaly(a) if a.service == "api"
+                && (a.metric.contains("crash") || a.metric.contains("exits")))
+        };
+        assert!(found.iter().any(crash_anomaly), "{found:?}");
+        assert!(sink.anomalies >= 1);
+    }
+}
