@@ -200,3 +200,90 @@ fn without_notify_socket_nothing_is_required() {
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exports_every_event_seen_before_the_stop() {
+    use custos_tests::otlp::{str_attr, OtlpReceiver};
+    let rx = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("custos.yaml");
+    // An hour-long interval: nothing leaves before the stop, so what arrives
+    // was flushed by the stop itself.
+    std::fs::write(
+        &cfg,
+        format!(
+            "agent:\n  state_dir: {}\n  listen: \"127.0.0.1:0\"\nexporter:\n  interval: 1h\n  log_rate_limit: {{ max: 100000, per: 1m }}\n  otlp: {{ endpoint: \"{}\", protocol: grpc, timeout: 2s }}\n",
+            dir.path().display(),
+            rx.grpc_endpoint()
+        ),
+    )
+    .unwrap();
+    // 15 events now, then one a minute later that the stop must not wait for.
+    let connect = |pid: u32, ts: &str| {
+        format!(
+            r#"{{"kind":"tcp_connect","ts":"{ts}","service":"api","pid":{pid},"family":"ipv4","saddr":"127.0.0.1","sport":1,"daddr":"127.0.0.2","dport":9,"result":"ECONNREFUSED"}}"#
+        )
+    };
+    let mut rec: String = (0..15).map(|i| connect(3000 + i, "2026-11-20T10:00:00Z") + "\n").collect();
+    rec.push_str(&(connect(9999, "2026-11-20T10:01:00Z") + "\n"));
+    let rec_path = dir.path().join("rec.jsonl");
+    std::fs::write(&rec_path, rec).unwrap();
+    let notify_path = dir.path().join("notify");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let socket = dir.path().join("c.sock");
+    let mut child = Command::new(custos_bin())
+        .args(["run", "--summary", "never", "--replay-speed", "1", "--replay"])
+        .arg(&rec_path)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--socket")
+        .arg(&socket)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("CUSTOS_LOG", "warn")
+        .env_remove("CUSTOS_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 4096];
+        notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        loop {
+            let n = notify.recv(&mut buf).expect("READY=1 within 20s");
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+        // Until the 15 events went through the pipeline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = Command::new(custos_bin())
+                .args(["status", "--json", "--socket"])
+                .arg(&socket)
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v["events_total"].as_u64().unwrap_or(0) >= 15 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the events never reached the pipeline");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: our own child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        wait_exit(&mut child, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "custos exited with {status}");
+    let mut pids: Vec<u32> = rx
+        .recorder
+        .log_records()
+        .iter()
+        .filter(|(svc, l)| svc == "api" && l.event_name == "custos.tcp.connect")
+        .filter_map(|(_, l)| str_attr(&l.attributes, "process.pid")?.parse().ok())
+        .collect();
+    pids.sort();
+    pids.dedup();
+    assert_eq!(pids, (3000..3015).collect::<Vec<_>>(), "events seen before the stop were not all exported");
+}
