@@ -34,13 +34,24 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
     service.add_exporter_status(&config, exporter.stats().clone());
+    let runbooks = crate::runbook::sink::start(&config)?;
+    if let Some(rb) = &runbooks {
+        pipeline.add_sink(Box::new(rb.sink()));
+        rb.export_audit(exporter.log_sender());
+    }
     if config.raw.detection.enabled {
         let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
+        // Anomalies reach the runbook engine through a bounded channel.
+        let findings = runbooks.as_ref().map(|rb| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            rb.forward_findings(rx);
+            tx
+        });
         let sink = crate::detection::DetectionSink::new(
             bank,
             &config.raw.agent.state_dir,
             Some(exporter.log_sender()),
-            None,
+            findings,
         );
         pipeline.add_sink(Box::new(sink));
     }

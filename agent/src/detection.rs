@@ -7,7 +7,7 @@
 use crate::anomaly::{Anomaly, Forecast};
 use crate::detect::bank::ServiceCounters;
 use crate::detect::DetectorBank;
-use crate::export::{AttrValue, LogRecord, LogSender, Severity as LogSeverity};
+use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
 use crate::pipeline::{EventSink, Tick};
 use custos_event::{Event, EventBody, ExitClass};
 use std::collections::HashMap;
@@ -41,6 +41,8 @@ pub struct DetectionSink {
     snapshot_path: PathBuf,
     logs: Option<LogSender>,
     findings: Option<mpsc::Sender<Finding>>,
+    scores: Option<AnomalyScores>,
+    stats: Option<std::sync::Arc<AgentStats>>,
     /// Findings dropped because the runbook engine's queue was full.
     pub findings_dropped: u64,
     /// Whole anomalies found since start (for status and self-telemetry).
@@ -82,9 +84,20 @@ impl DetectionSink {
             snapshot_path,
             logs,
             findings,
+            scores: None,
+            stats: None,
             findings_dropped: 0,
             anomalies: 0,
         }
+    }
+
+    /// Publishes every series' score on `board` after each interval (the
+    /// exporter's `custos.anomaly.score` gauge) and counts anomalies in
+    /// `stats`.
+    pub fn with_exporter(mut self, board: AnomalyScores, stats: std::sync::Arc<AgentStats>) -> Self {
+        self.scores = Some(board);
+        self.stats = Some(stats);
+        self
     }
 
     /// The detector bank (scores for `custos.anomaly.score`, status).
@@ -99,6 +112,9 @@ impl DetectionSink {
             for signal in self.bank.observe_counters(&service, now, &c) {
                 if let Some(a) = signal.anomaly {
                     self.anomalies += 1;
+                    if let Some(stats) = &self.stats {
+                        AgentStats::add(&stats.anomalies, 1);
+                    }
                     self.report_anomaly(&a);
                     self.send(Finding::Anomaly(a));
                 }
@@ -106,6 +122,13 @@ impl DetectionSink {
                     self.report_forecast(&f);
                     self.send(Finding::Forecast(f));
                 }
+            }
+        }
+        if let Some(board) = &self.scores {
+            let mut board = board.lock().unwrap_or_else(|p| p.into_inner());
+            board.clear();
+            for (service, metric, score) in self.bank.scores() {
+                board.insert((service.to_string(), metric.to_string()), score);
             }
         }
     }

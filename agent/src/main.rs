@@ -74,6 +74,12 @@ enum Command {
         #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
         socket: Option<PathBuf>,
     },
+    /// Check, replay and draw runbooks.
+    #[command(subcommand)]
+    Runbook(custos::runbook::cli::RunbookCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(custos::runbook::cli::AuditCommand),
     /// Score a CSV of `timestamp,value` for anomalies offline, or evaluate the detector on NAB (--nab).
     Detect(custos::detect::cli::DetectArgs),
 }
@@ -225,6 +231,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json, socket } => Ok(custos::daemon::cli::status(socket.as_deref(), json)),
         Command::Reload { socket } => Ok(custos::daemon::cli::reload(socket.as_deref())),
+        Command::Runbook(cmd) => {
+            let dir = custos::config::load(None).map(|c| c.raw.runbooks.dir).unwrap_or_default();
+            custos::runbook::cli::run_runbook(cmd, &dir)
+        }
+        Command::Audit(cmd) => {
+            let dir = custos::config::load(None).map(|c| c.raw.agent.state_dir).unwrap_or_default();
+            custos::runbook::cli::run_audit(cmd, &dir.join("audit"))
+        }
         Command::Detect(args) => custos::detect::cli::run(args),
     }
 }

@@ -83,7 +83,11 @@ pub async fn replay(
                 let gap = event.ts.duration_since(prev).unwrap_or_default();
                 let wait = gap.div_f64(speed.max(1e-6)).min(Duration::from_secs(60));
                 if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+                    // A stopped pipeline closes the channel: stop waiting then.
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = tx.closed() => break,
+                    }
                 }
             }
             previous = Some(event.ts);
@@ -130,6 +134,24 @@ mod tests {
         assert_eq!(got[1].pid, 1);
         assert_eq!(stats.invalid.load(Ordering::Relaxed), 1);
         assert_eq!(stats.read.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_paced_replay_ends_when_the_pipeline_stops() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, r#"{{"kind":"process_start","ts":"2024-01-01T00:00:00Z","pid":1}}"#).unwrap();
+        writeln!(f, r#"{{"kind":"process_start","ts":"2024-01-01T00:00:50Z","pid":2}}"#).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(replay(
+            f.path().to_path_buf(),
+            Pace::Recorded { speed: 1.0 },
+            tx,
+            Default::default(),
+        ));
+        assert_eq!(rx.recv().await.unwrap().pid, 1);
+        drop(rx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
+        assert!(ended.is_ok(), "the replay stops waiting out a 50 s gap once nobody listens");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! privileged-test gating, an OTLP receiver, a systemd sandbox.
 
 pub mod systemd;
+pub mod webhook;
 
 use std::path::PathBuf;
 

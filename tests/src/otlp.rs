@@ -302,6 +302,36 @@ impl LogsService for GrpcSvc {
     }
 }
 
+fn http_tls_acceptor(tls: &ServerTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(std::io::Error::other)?;
+    let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(std::io::Error::other)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?;
+    let config = match &tls.client_ca_pem {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca) {
+                roots.add(c.map_err(std::io::Error::other)?).map_err(std::io::Error::other)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(std::io::Error::other)?;
+            builder.with_client_cert_verifier(verifier).with_single_cert(certs, key)
+        }
+        None => builder.with_no_client_auth().with_single_cert(certs, key),
+    }
+    .map_err(std::io::Error::other)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 fn reuse_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let sock =
         if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -430,7 +460,7 @@ impl OtlpReceiver {
         Ok(r)
     }
 
-    /// Starts with a TLS gRPC server (the HTTP server stays plain).
+    /// Starts with TLS on both the gRPC and the HTTP server.
     pub async fn start_tls(tls: ServerTls) -> std::io::Result<Self> {
         let any: SocketAddr = "127.0.0.1:0".parse().map_err(std::io::Error::other)?;
         let mut r = OtlpReceiver {
@@ -446,6 +476,9 @@ impl OtlpReceiver {
 
     pub fn grpc_tls_endpoint(&self) -> String {
         format!("https://{}", self.grpc_addr)
+    }
+    pub fn http_tls_endpoint(&self) -> String {
+        format!("https://{}", self.http_addr)
     }
 
     pub fn grpc_endpoint(&self) -> String {
@@ -483,17 +516,29 @@ impl OtlpReceiver {
                 .await;
         });
         let rec = self.recorder.clone();
+        let acceptor = match &self.tls {
+            Some(tls) => Some(http_tls_acceptor(tls)?),
+            None => None,
+        };
         let http_task = tokio::spawn(async move {
             // Connections live in this set: stopping the receiver drops them all.
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = hl.accept().await else { continue };
                 let rec = rec.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| http_handle(rec.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match acceptor {
+                        Some(a) => {
+                            let Ok(tls) = a.accept(stream).await else { return };
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+                        }
+                        None => {
+                            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
                 while conns.try_join_next().is_some() {}
             }

@@ -16,7 +16,7 @@
 //! let Some(sd) = systemd::sandbox_or_skip("my_test") else { return };
 //! sd.write_unit("crashy.service", "[Service]\nExecStart=/bin/sh -c 'sleep 1; exit 1'\n").unwrap();
 //! sd.systemctl(&["start", "crashy.service"]).unwrap();
-//! let bus = sd.private_socket(); // /proc/<pid>/root/run/systemd/private
+//! let bus = sd.system_bus_address(); // unix:path=/proc/<pid>/root/run/dbus/system_bus_socket
 //! ```
 //!
 //! Sandboxes are serialized machine-wide with a lock file: without a cgroup
@@ -49,14 +49,16 @@ exec /lib/systemd/systemd --system --unit=multi-user.target --log-target=null
 "#;
 
 /// Units masked in every sandbox: tmpfiles would touch shared directories,
-/// gettys have no terminal, postgresql is installed on this machine for other
-/// tests and must not start twice.
+/// gettys have no terminal; postgresql and nginx are installed on this
+/// machine and would bind the host's ports (the sandbox shares the network
+/// namespace).
 pub const MASKED_UNITS: &[&str] = &[
     "systemd-tmpfiles-setup.service",
     "systemd-tmpfiles-clean.timer",
     "getty@tty1.service",
     "console-getty.service",
     "postgresql.service",
+    "nginx.service",
 ];
 
 /// Whether this machine can run a sandbox; `Err` says why not.
@@ -197,9 +199,17 @@ impl SystemdSandbox {
         self.root().join("run/systemd/private")
     }
 
-    /// A D-Bus address for `private_socket()`.
+    /// A D-Bus address for `private_socket()`. Only usable from inside
+    /// the namespace (`exec`): systemd refuses peers whose PID it cannot
+    /// see, which is every process outside its PID namespace.
     pub fn private_bus_address(&self) -> String {
         format!("unix:path={}", self.private_socket().display())
+    }
+
+    /// The sandbox's system bus (its own dbus-daemon) as seen from outside:
+    /// the way to talk D-Bus to this systemd from the test process.
+    pub fn system_bus_address(&self) -> String {
+        format!("unix:path={}", self.root().join("run/dbus/system_bus_socket").display())
     }
 
     /// Runs `args` inside the namespaces (`nsenter -t PID -m -p`).

@@ -665,7 +665,7 @@ fn make_pki(dir: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_over_mutual_tls_with_a_given_ca() {
+async fn grpc_and_http_over_mutual_tls_with_a_given_ca() {
     let pki = tempfile::tempdir().unwrap();
     make_pki(pki.path());
     let read = |f: &str| std::fs::read(pki.path().join(f)).unwrap();
@@ -708,4 +708,20 @@ async fn grpc_over_mutual_tls_with_a_given_ca() {
     assert!(stats.snapshot().spool_writes > 0);
     h.shutdown(Duration::from_secs(2)).await;
     assert_eq!(connect_pids(&rx), vec![1007], "nothing came through without a client certificate");
+
+    // OTLP/HTTP over the same mutual TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "    tls: {{ ca_file: {}, cert_file: {}, key_file: {} }}\n",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    );
+    let cfg = load(dir.path(), &otlp_yaml(&rx.http_tls_endpoint(), "http", &tls));
+    let (h, stats) = start(&cfg);
+    h.submit(&failed_connect(9));
+    rx.recorder.wait_for(WAIT, "the log over HTTPS", |_| connect_pids(&rx).contains(&1009)).await;
+    h.shutdown(Duration::from_secs(3)).await;
+    assert_eq!(stats.snapshot().export_failures, 0);
+    assert!(rx.recorder.requests().iter().any(|q| q.transport == "http"));
 }

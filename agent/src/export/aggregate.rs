@@ -78,6 +78,8 @@ impl Default for SyscallSeries {
 #[derive(Debug, Default)]
 struct ServiceAgg {
     identity: Option<ServiceIdentity>,
+    /// Latest anomaly score per detected metric.
+    anomaly_scores: BTreeMap<String, f64>,
     starts: u64,
     exits: [u64; 4],
     running: HashSet<u32>,
@@ -138,6 +140,13 @@ impl Aggregator {
     /// Number of services with series.
     pub fn service_count(&self) -> usize {
         self.services.len()
+    }
+
+    /// Records the latest anomaly score of one of `service`'s series.
+    pub fn set_anomaly_score(&mut self, service: &str, metric: &str, score: f64) {
+        if let Some(s) = self.service_mut(service) {
+            s.anomaly_scores.insert(metric.to_string(), score);
+        }
     }
 
     /// Counts records the log rate limit suppressed for `service`.
@@ -390,6 +399,26 @@ fn log2_bounds() -> Vec<f64> {
 
 fn service_metrics(s: &ServiceAgg, start: u64, t: u64) -> Vec<Metric> {
     let mut m = Vec::with_capacity(24);
+    if !s.anomaly_scores.is_empty() {
+        let points = s
+            .anomaly_scores
+            .iter()
+            .map(|(metric, score)| NumberDataPoint {
+                attributes: vec![kv("custos.anomaly.metric", metric.as_str())],
+                start_time_unix_nano: start,
+                time_unix_nano: t,
+                value: Some(number_data_point::Value::AsDouble(*score)),
+                exemplars: Vec::new(),
+                flags: 0,
+            })
+            .collect();
+        m.push(gauge_metric(
+            "custos.anomaly.score",
+            "How anomalous each detected series of the service is now, from 0 (normal) to 1.",
+            "1",
+            points,
+        ));
+    }
     m.push(sum_metric(
         "custos.process.starts",
         "Processes started (exec) in the service.",
@@ -614,6 +643,46 @@ mod tests {
 
     fn count(a: &Aggregator, name: &str) -> Option<u64> {
         a.services["api"].syscalls.get(name).map(|s| s.count)
+    }
+
+    #[test]
+    fn anomaly_scores_are_a_gauge_per_series() {
+        let mut a = Aggregator::new(SystemTime::now(), 2);
+        a.set_anomaly_score("api", "custos.process.crashes", 0.25);
+        a.set_anomaly_score("api", "custos.tcp.accepts", 0.9);
+        a.set_anomaly_score("api", "custos.process.crashes", 0.5);
+        let host = HostInfo {
+            host_name: "h".into(),
+            host_id: "id".into(),
+            os_type: "linux".into(),
+            agent_version: "0".into(),
+        };
+        let req = a.collect(&host, SystemTime::now(), None);
+        let metrics = &req.resource_metrics[0].scope_metrics[0].metrics;
+        let m = metrics.iter().find(|m| m.name == "custos.anomaly.score").expect("gauge exported");
+        let Some(Data::Gauge(g)) = &m.data else { panic!("not a gauge: {m:?}") };
+        let points: Vec<(String, f64)> = g
+            .data_points
+            .iter()
+            .map(|p| {
+                let attr = p.attributes[0].value.as_ref().and_then(|v| v.value.as_ref());
+                let name = match attr {
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                        s.clone()
+                    }
+                    other => panic!("{other:?}"),
+                };
+                let v = match p.value {
+                    Some(number_data_point::Value::AsDouble(v)) => v,
+                    other => panic!("{other:?}"),
+                };
+                (name, v)
+            })
+            .collect();
+        assert_eq!(
+            points,
+            vec![("custos.process.crashes".to_string(), 0.5), ("custos.tcp.accepts".to_string(), 0.9)]
+        );
     }
 
     #[test]

@@ -167,7 +167,9 @@ impl Exporter {
         let (events_tx, events_rx) = mpsc::channel(ex.queue_capacity);
         let (logs_tx, logs_rx) = mpsc::channel(LOG_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let scores = AnomalyScores::default();
         let main = MainLoop {
+            scores: scores.clone(),
             aggregator,
             limiter: RateLimiter::new(ex.log_rate_limit.max, ex.log_rate_limit.per.0),
             identities,
@@ -180,6 +182,7 @@ impl Exporter {
         health.exporter_running.store(true, Ordering::Relaxed);
         let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, health.clone()));
         Ok(ExporterHandle {
+            scores,
             events: events_tx,
             logs: logs_tx,
             stats,
@@ -205,6 +208,12 @@ impl Shared {
     }
 }
 
+/// The latest anomaly score of each (service, metric) series, written by
+/// detection every interval and read by the exporter at every flush as the
+/// `custos.anomaly.score` gauge. A board rather than a queue: only the latest
+/// value matters, and neither side waits on the other for long.
+pub type AnomalyScores = Arc<Mutex<BTreeMap<(String, String), f64>>>;
+
 /// Sends log records to the exporter without blocking.
 #[derive(Clone)]
 pub struct LogSender {
@@ -226,6 +235,7 @@ impl LogSender {
 /// stops its tasks at once, as a crash would: what is in memory is lost,
 /// what is in the spool stays for the next start.
 pub struct ExporterHandle {
+    scores: AnomalyScores,
     events: mpsc::Sender<Event>,
     logs: mpsc::Sender<LogRecord>,
     stats: Arc<AgentStats>,
@@ -257,6 +267,11 @@ impl ExporterHandle {
     /// Never blocks; a full queue drops and counts (`logs_dropped`).
     pub fn log(&self, record: LogRecord) {
         self.log_sender().send(record);
+    }
+
+    /// The board detection publishes anomaly scores on.
+    pub fn anomaly_scores(&self) -> AnomalyScores {
+        self.scores.clone()
     }
 
     /// A cloneable handle for modules that produce log records (detection,
@@ -318,6 +333,7 @@ enum Sink {
 }
 
 struct MainLoop {
+    scores: AnomalyScores,
     aggregator: Aggregator,
     limiter: RateLimiter,
     identities: BTreeMap<String, ServiceIdentity>,
@@ -399,6 +415,12 @@ impl MainLoop {
         self.pending_logs.extend(summaries);
         let now = SystemTime::now();
         let snap = self.stats.snapshot();
+        {
+            let board = self.scores.lock().unwrap_or_else(|p| p.into_inner());
+            for ((service, metric), score) in board.iter() {
+                self.aggregator.set_anomaly_score(service, metric, *score);
+            }
+        }
         let req = self.aggregator.collect(&self.host, now, Some(&snap));
         let records = encode::metric_points(&req);
         match &mut self.sink {

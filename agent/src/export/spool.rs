@@ -56,10 +56,11 @@ pub enum SpoolError {
     Read { path: PathBuf, source: std::io::Error },
 }
 
+/// A spooled batch; its file name follows from `seq` (16 bytes per batch
+/// in memory, so that a spool of a million batches costs 16 MB at most).
 #[derive(Debug)]
 struct Entry {
     seq: u64,
-    path: PathBuf,
     size: u64,
 }
 
@@ -93,8 +94,11 @@ impl Spool {
             let Some(seq) = name.strip_suffix(&format!(".{EXT}")).and_then(|s| s.parse::<u64>().ok()) else {
                 continue;
             };
+            if path != batch_path(dir, seq) {
+                continue; // not a name this spool writes
+            }
             let size = de.metadata().map(|m| m.len()).unwrap_or(0);
-            entries.push(Entry { seq, path, size });
+            entries.push(Entry { seq, size });
         }
         entries.sort_by_key(|e| e.seq);
         let next_seq = entries.last().map(|e| e.seq + 1).unwrap_or(1);
@@ -140,7 +144,7 @@ impl Spool {
         }
         while self.bytes + size > self.max_bytes {
             let Some(old) = self.entries.pop_front() else { break };
-            let _ = fs::remove_file(&old.path);
+            let _ = fs::remove_file(batch_path(&self.dir, old.seq));
             self.bytes -= old.size;
             dropped += 1;
         }
@@ -155,7 +159,7 @@ impl Spool {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = self.dir.join(format!("{seq:020}.{EXT}"));
+        let path = batch_path(&self.dir, seq);
         let tmp = self.dir.join(format!(".tmp-{seq:020}"));
         let werr = |source| SpoolError::Write { path: path.clone(), source };
         let mut header = Vec::with_capacity(HEADER_LEN);
@@ -180,7 +184,7 @@ impl Spool {
             self.publish();
             return Err(werr(e));
         }
-        self.entries.push_back(Entry { seq, path, size });
+        self.entries.push_back(Entry { seq, size });
         self.bytes += size;
         AgentStats::add(&self.stats.spool_writes, 1);
         self.publish();
@@ -192,18 +196,19 @@ impl Spool {
     pub fn oldest(&mut self) -> Option<Result<(u64, Batch), SpoolError>> {
         let e = self.entries.front()?;
         let seq = e.seq;
-        match read_batch(&e.path) {
+        let path = batch_path(&self.dir, seq);
+        match read_batch(&path) {
             Ok(b) => Some(Ok((seq, b))),
             Err(err) => {
                 if matches!(err, SpoolError::Corrupt { .. }) {
                     AgentStats::add(&self.stats.spool_corrupt, 1);
                     // Keep the evidence out of the way of the next run.
-                    let bad = e.path.with_extension("corrupt");
-                    if fs::rename(&e.path, &bad).is_err() {
-                        let _ = fs::remove_file(&e.path);
+                    let bad = path.with_extension("corrupt");
+                    if fs::rename(&path, &bad).is_err() {
+                        let _ = fs::remove_file(&path);
                     }
                 } else {
-                    let _ = fs::remove_file(&e.path);
+                    let _ = fs::remove_file(&path);
                 }
                 self.bytes -= e.size;
                 self.entries.pop_front();
@@ -217,12 +222,16 @@ impl Spool {
     pub fn remove(&mut self, seq: u64) {
         if let Some(i) = self.entries.iter().position(|e| e.seq == seq) {
             if let Some(e) = self.entries.remove(i) {
-                let _ = fs::remove_file(&e.path);
+                let _ = fs::remove_file(batch_path(&self.dir, e.seq));
                 self.bytes -= e.size;
             }
         }
         self.publish();
     }
+}
+
+fn batch_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.{EXT}"))
 }
 
 fn read_batch(path: &Path) -> Result<Batch, SpoolError> {

@@ -291,7 +291,10 @@ impl HttpTransport {
             b = b.identity(id);
         }
         let client = b.build().map_err(|e| ExportError::Config(format!("HTTP client: {e}")))?;
-        let base = cfg.endpoint.value.trim_end_matches('/').to_string();
+        // The endpoint is the collector's base URL (as OTEL_EXPORTER_OTLP_ENDPOINT);
+        // a signal path given by mistake is not doubled.
+        let base = cfg.endpoint.value.trim_end_matches('/');
+        let base = base.strip_suffix("/v1/metrics").or_else(|| base.strip_suffix("/v1/logs")).unwrap_or(base);
         Ok(HttpTransport {
             client,
             metrics_url: format!("{base}/v1/metrics"),

@@ -1,0 +1,3 @@
+//! Linux: systemd over D-Bus.
+
+pub mod systemd;

@@ -1,0 +1,208 @@
+//! `custos runbook validate|test|graph` and `custos audit verify`.
+
+use super::engine::{Engine, EngineOptions, FakeClock};
+use super::model::{load_file, load_paths, Trigger};
+use crate::audit::{AuditKind, AuditLog};
+use crate::service_manager::{ServiceError, ServiceManager, ServiceStatus};
+use custos_event::Event;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RunbookCommand {
+    /// Check runbook files (default: the configured runbooks directory); report every problem with file, line and column.
+    Validate { paths: Vec<PathBuf> },
+    /// Replay an event through a runbook and print what would happen at each firing, doing nothing.
+    Test {
+        runbook: PathBuf,
+        /// The event, as custos-event JSON (one object).
+        #[arg(long)]
+        event: PathBuf,
+        /// How many firings to show (each after the cooldown of the one before).
+        #[arg(long, default_value_t = 3)]
+        times: u32,
+    },
+    /// Print a runbook as a Mermaid flowchart.
+    Graph { runbook: PathBuf },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain; report the first broken record.
+    Verify {
+        /// Audit directory (default: <state_dir>/audit).
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs a `runbook` subcommand; `default_dir` is the configured runbooks dir.
+pub fn run_runbook(cmd: RunbookCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RunbookCommand::Validate { paths } => {
+            let paths = if paths.is_empty() { vec![default_dir.to_path_buf()] } else { paths };
+            let report = load_paths(&paths);
+            for rb in &report.runbooks {
+                println!(
+                    "{}: ok (runbook {}, service {}, {} steps)",
+                    rb.source,
+                    rb.name,
+                    rb.service,
+                    rb.steps.len()
+                );
+            }
+            for e in &report.errors {
+                eprintln!("{e}");
+            }
+            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        RunbookCommand::Graph { runbook } => match load_file(&runbook) {
+            Ok(rb) => {
+                print!("{}", super::graph::mermaid(&rb));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        RunbookCommand::Test { runbook, event, times } => {
+            let rb = match load_file(&runbook) {
+                Ok(rb) => rb,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let text = std::fs::read_to_string(&event)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
+            let ev: Event = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a custos event: {e}", event.display()))?;
+            print!("{}", simulate(rb, ev, times)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Refuses every call: `runbook test` must never touch a service.
+struct NoServiceManager;
+
+impl ServiceManager for NoServiceManager {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn status(&self, unit: &str) -> Result<ServiceStatus, ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not query {unit}")))
+    }
+    fn start(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not start {unit}")))
+    }
+    fn stop(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not stop {unit}")))
+    }
+    fn restart(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not restart {unit}")))
+    }
+    fn reset_failed(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not reset {unit}")))
+    }
+    fn kill(&self, unit: &str, _signal: i32) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("runbook test does not signal {unit}")))
+    }
+}
+
+/// Feeds `event` through the runbook in dry-run with a fake clock until it
+/// has fired `times` times (each firing after the previous cooldown), and
+/// returns the audit trail as text: what custos would do, step by step.
+pub fn simulate(rb: super::model::Runbook, mut event: Event, times: u32) -> anyhow::Result<String> {
+    let dir = tempfile_dir()?;
+    let audit = Arc::new(AuditLog::open(&dir.join("audit"), crate::audit::DEFAULT_MAX_FILE_BYTES)?);
+    let rx = audit.subscribe(100_000);
+    let clock = Arc::new(FakeClock::new(event.ts));
+    let mut opts = EngineOptions::new(&dir);
+    opts.dry_run = true;
+    opts.inline = true;
+    let service = rb.service.clone();
+    event.service = Some(service.clone());
+    let per_firing = match &rb.trigger {
+        Trigger::Event { count, .. } => (*count).max(1),
+        _ => 1,
+    };
+    let gap =
+        rb.cooldown + rb.steps.iter().map(|s| s.delay).max().unwrap_or_default() + Duration::from_secs(1);
+    let uses_events = matches!(rb.trigger, Trigger::Event { .. })
+        || matches!(&rb.trigger, Trigger::All(_) | Trigger::Any(_));
+    let engine =
+        Engine::new(vec![rb.clone()], Arc::new(NoServiceManager), audit.clone(), clock.clone(), opts)?;
+    let mut out = String::new();
+    if !uses_events {
+        out.push_str(&format!(
+            "note: runbook {} triggers on {}, not on events; the event is fed anyway\n",
+            rb.name,
+            rb.trigger.describe()
+        ));
+    }
+    for firing in 1..=times {
+        out.push_str(&format!("firing {firing}:\n"));
+        for _ in 0..per_firing {
+            event.ts = clock_now(&clock);
+            engine.on_event(&event);
+            clock.advance(Duration::from_secs(1));
+        }
+        engine.wait_idle();
+        let mut any = false;
+        while let Ok(r) = rx.try_recv() {
+            if r.kind == AuditKind::Lifecycle {
+                continue;
+            }
+            any = true;
+            out.push_str(&format!("  {:<12} {}\n", r.kind.as_str(), r.message));
+            if r.kind == AuditKind::Action {
+                if let Some(w) = r.details.get("would") {
+                    out.push_str(&format!("  {:<12} {}\n", "", w));
+                }
+            }
+        }
+        if !any {
+            out.push_str("  (the trigger did not fire)\n");
+        }
+        clock.advance(gap);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
+fn clock_now(c: &FakeClock) -> std::time::SystemTime {
+    use super::engine::Clock;
+    c.now()
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("custos-runbook-test-{}-{n}", std::process::id()));
+    // A leftover from a crashed run with a reused pid must not leak state in.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `custos audit verify`.
+pub fn run_audit(cmd: AuditCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify { dir } => {
+            let dir = dir.unwrap_or_else(|| default_dir.to_path_buf());
+            match crate::audit::verify(&dir) {
+                Ok(s) => {
+                    println!("{}: ok ({} records in {} files)", dir.display(), s.records, s.files);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(b) => {
+                    eprintln!("{b}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

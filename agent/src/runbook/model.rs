@@ -1,0 +1,1028 @@
+//! Runbook files: the YAML shape, its validation into [`Runbook`], and
+//! loading a directory where one bad file does not stop the others.
+
+use super::template::{JsonTemplate, Template};
+use crate::anomaly::Severity;
+use crate::config::{ConfigError, ConfigErrors, HumanDuration};
+use custos_event::EventKind;
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+// ---------------------------------------------------------------- YAML shape
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunbook {
+    name: Spanned<String>,
+    service: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    trigger: Spanned<RawTrigger>,
+    steps: Spanned<Vec<Spanned<RawStep>>>,
+    #[serde(default)]
+    reset_after: Option<HumanDuration>,
+    #[serde(default)]
+    cooldown: Option<HumanDuration>,
+    #[serde(default)]
+    max_actions: Option<Spanned<RawMaxActions>>,
+    /// What to do once when the circuit breaker opens (usually a webhook).
+    #[serde(default)]
+    escalate: Option<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaxActions {
+    count: u32,
+    per: HumanDuration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTrigger {
+    event: Option<Spanned<String>>,
+    #[serde(rename = "where")]
+    conditions: BTreeMap<String, Spanned<serde_json::Value>>,
+    count: Option<Spanned<u32>>,
+    within: Option<HumanDuration>,
+    metric: Option<Spanned<String>>,
+    above: Option<f64>,
+    below: Option<f64>,
+    #[serde(rename = "for")]
+    held_for: Option<HumanDuration>,
+    anomaly: Option<Spanned<RawAnomaly>>,
+    health: Option<Spanned<String>>,
+    service_down: Option<Spanned<bool>>,
+    all: Option<Spanned<Vec<Spanned<RawTrigger>>>>,
+    any: Option<Spanned<Vec<Spanned<RawTrigger>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnomaly {
+    severity: Spanned<String>,
+    #[serde(default)]
+    metric: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStep {
+    restart: Option<Spanned<RawServiceAction>>,
+    start: Option<Spanned<RawServiceAction>>,
+    stop: Option<Spanned<RawServiceAction>>,
+    signal: Option<Spanned<RawSignal>>,
+    exec: Option<Spanned<RawExec>>,
+    webhook: Option<Spanned<RawWebhook>>,
+    log: Option<Spanned<RawLog>>,
+    verify: Option<RawVerify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServiceAction {
+    delay: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    signal: Spanned<String>,
+    #[serde(default)]
+    delay: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    argv: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    cwd: Option<Spanned<String>>,
+    #[serde(default)]
+    run_as: Option<Spanned<String>>,
+    #[serde(default)]
+    delay: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: Spanned<String>,
+    #[serde(default)]
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<RawHeader>>,
+    #[serde(default)]
+    body: Option<Spanned<serde_json::Value>>,
+    /// `alert`: a generic JSON alert (severity, service, runbook, summary...).
+    #[serde(default)]
+    preset: Option<Spanned<String>>,
+    #[serde(default)]
+    severity: Option<Spanned<String>>,
+    #[serde(default)]
+    summary: Option<Spanned<String>>,
+    #[serde(default)]
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    delay: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawHeader {
+    Literal(String),
+    Source(RawHeaderSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderSource {
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    message: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    healthy_within: HumanDuration,
+    #[serde(default)]
+    stable_for: Option<HumanDuration>,
+}
+
+// ------------------------------------------------------------ validated model
+
+/// A validated runbook.
+#[derive(Debug, Clone)]
+pub struct Runbook {
+    pub name: String,
+    /// The managed service's name (as in the configuration's `services:`).
+    pub service: String,
+    pub description: Option<String>,
+    /// The file it was read from (or a label).
+    pub source: String,
+    pub dry_run: bool,
+    pub trigger: Trigger,
+    pub steps: Vec<Step>,
+    /// No firing for this long resets the ladder to step 1.
+    pub reset_after: Option<Duration>,
+    /// After an action, firings within this time are suppressed.
+    pub cooldown: Duration,
+    pub max_actions: Option<MaxActions>,
+    /// Run once when the circuit breaker opens.
+    pub escalate: Option<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxActions {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// When a runbook fires.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// Events of `kind` whose fields meet every condition; `count` of them
+    /// within `within` (a crash loop) when `count > 1`.
+    Event {
+        kind: EventKind,
+        conditions: Vec<FieldCondition>,
+        count: u32,
+        within: Option<Duration>,
+    },
+    /// A metric above and/or below a value, continuously for `held`.
+    Metric {
+        name: String,
+        above: Option<f64>,
+        below: Option<f64>,
+        held: Duration,
+    },
+    /// An anomaly at or above a severity (on one metric, or any).
+    Anomaly {
+        min: Severity,
+        metric: Option<String>,
+    },
+    /// The service's health probe reports it unhealthy.
+    HealthFailing,
+    /// The service is inactive or failed, and its manager is not restarting it.
+    ServiceDown,
+    All(Vec<Trigger>),
+    Any(Vec<Trigger>),
+}
+
+/// One `where:` condition on an event field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldCondition {
+    pub field: String,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Eq(serde_json::Value),
+    Ne(serde_json::Value),
+    Gt(f64),
+    Ge(f64),
+    Lt(f64),
+    Le(f64),
+    In(Vec<serde_json::Value>),
+}
+
+/// One rung of the ladder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub action: Action,
+    pub delay: Duration,
+    pub verify: Option<Verify>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verify {
+    pub healthy_within: Duration,
+    /// Healthy means observed healthy continuously for this long.
+    pub stable_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Restart,
+    Start,
+    Stop,
+    Signal(i32),
+    Exec(ExecAction),
+    Webhook(WebhookAction),
+    Log(Template),
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Restart => "restart",
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Signal(_) => "signal",
+            Action::Exec(_) => "exec",
+            Action::Webhook(_) => "webhook",
+            Action::Log(_) => "log",
+        }
+    }
+
+    /// A one-line description for `runbook test`, graphs and audit records.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Restart | Action::Start | Action::Stop => format!("{} the service", self.name()),
+            Action::Signal(s) => format!(
+                "send {} to the main process",
+                custos_event::signal_name(*s).map(str::to_string).unwrap_or_else(|| format!("signal {s}"))
+            ),
+            Action::Exec(e) => format!(
+                "exec [{}] as {}",
+                e.argv.iter().map(|a| format!("{:?}", a.source())).collect::<Vec<_>>().join(", "),
+                e.run_as
+            ),
+            Action::Webhook(w) => format!("{} {}", w.method, w.url),
+            Action::Log(m) => format!("log {:?}", m.source()),
+        }
+    }
+}
+
+/// Default user for `exec` when `run_as` is not given: unprivileged.
+pub const DEFAULT_RUN_AS: &str = "nobody";
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecAction {
+    pub argv: Vec<Template>,
+    pub timeout: Duration,
+    pub env: Vec<(String, Template)>,
+    pub cwd: Option<PathBuf>,
+    pub run_as: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookAction {
+    pub url: String,
+    pub method: String,
+    pub headers: Vec<(String, HeaderValue)>,
+    pub body: Option<JsonTemplate>,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// A header value; secrets come from the environment or a file at send
+/// time and never appear in audit records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderValue {
+    Literal(String),
+    Env(String),
+    File(PathBuf),
+}
+
+// ------------------------------------------------------------------ fields
+
+const COMMON_FIELDS: &[&str] = &["kind", "service", "pid", "tid", "comm", "cgroup_id", "ts"];
+
+/// The fields `where:` and templates may use for an event kind.
+pub fn event_fields(kind: EventKind) -> &'static [&'static str] {
+    match kind {
+        EventKind::ProcessStart => &["ppid", "uid", "gid", "exe", "argv", "argv_truncated"],
+        EventKind::ProcessExit => {
+            &["exit_code", "signal", "core_dumped", "lifetime_ns", "ppid", "oom_killed", "exit_class"]
+        }
+        EventKind::Signal => &["signal", "sender_pid", "code"],
+        EventKind::OomKill => &["rss_bytes", "memcg"],
+        EventKind::TcpConnect => &["family", "saddr", "sport", "daddr", "dport", "result", "latency_ns"],
+        EventKind::TcpAccept => &["family", "saddr", "sport", "daddr", "dport"],
+        EventKind::TcpClose => &[
+            "family",
+            "saddr",
+            "sport",
+            "daddr",
+            "dport",
+            "bytes_sent",
+            "bytes_received",
+            "retransmits",
+            "duration_ns",
+            "inbound",
+            "closed_by",
+        ],
+        EventKind::Listen => &["family", "saddr", "sport"],
+        EventKind::SyscallStats => &["interval_ns", "syscalls"],
+        EventKind::HealthProbe => &["probe", "ok", "latency_ns", "detail"],
+        EventKind::Loss => &["stage", "lost"],
+    }
+}
+
+/// Fields of the synthetic events non-event triggers render from.
+pub const ANOMALY_FIELDS: &[&str] =
+    &["kind", "metric", "value", "severity", "score", "expected_low", "expected_high", "ts"];
+pub const METRIC_FIELDS: &[&str] = &["kind", "metric", "value", "ts"];
+pub const HEALTH_FIELDS: &[&str] = &["kind", "probe", "ok", "detail", "latency_ns", "ts"];
+pub const STATE_FIELDS: &[&str] = &["kind", "state", "sub_state", "ts"];
+
+impl Trigger {
+    /// Every field a template may reference under this trigger: the union
+    /// over its leaves (a field absent from the firing event renders empty).
+    pub fn template_fields(&self) -> BTreeSet<&'static str> {
+        let mut out = BTreeSet::new();
+        self.collect_fields(&mut out);
+        out
+    }
+
+    fn collect_fields(&self, out: &mut BTreeSet<&'static str>) {
+        match self {
+            Trigger::Event { kind, .. } => {
+                out.extend(COMMON_FIELDS);
+                out.extend(event_fields(*kind));
+            }
+            Trigger::Metric { .. } => out.extend(METRIC_FIELDS),
+            Trigger::Anomaly { .. } => out.extend(ANOMALY_FIELDS),
+            Trigger::HealthFailing => out.extend(HEALTH_FIELDS),
+            Trigger::ServiceDown => out.extend(STATE_FIELDS),
+            Trigger::All(ts) | Trigger::Any(ts) => ts.iter().for_each(|t| t.collect_fields(out)),
+        }
+    }
+
+    /// One line for `runbook test` and graphs.
+    pub fn describe(&self) -> String {
+        match self {
+            Trigger::Event { kind, conditions, count, within } => {
+                let mut s = kind.as_str().to_string();
+                if !conditions.is_empty() {
+                    let c: Vec<String> = conditions.iter().map(|c| format!("{} {}", c.field, c.op)).collect();
+                    s.push_str(&format!(" where {}", c.join(" and ")));
+                }
+                if *count > 1 {
+                    s.push_str(&format!(" ×{count}"));
+                    if let Some(w) = within {
+                        s.push_str(&format!(" within {}", humantime::format_duration(*w)));
+                    }
+                }
+                s
+            }
+            Trigger::Metric { name, above, below, held } => {
+                let mut s = name.clone();
+                if let Some(a) = above {
+                    s.push_str(&format!(" > {a}"));
+                }
+                if let Some(b) = below {
+                    s.push_str(&format!(" < {b}"));
+                }
+                format!("{s} for {}", humantime::format_duration(*held))
+            }
+            Trigger::Anomaly { min, metric } => {
+                format!(
+                    "anomaly ≥ {}{}",
+                    min.as_str(),
+                    metric.as_ref().map(|m| format!(" on {m}")).unwrap_or_default()
+                )
+            }
+            Trigger::HealthFailing => "health probe failing".into(),
+            Trigger::ServiceDown => "service down".into(),
+            Trigger::All(ts) => {
+                format!("all({})", ts.iter().map(Trigger::describe).collect::<Vec<_>>().join("; "))
+            }
+            Trigger::Any(ts) => {
+                format!("any({})", ts.iter().map(Trigger::describe).collect::<Vec<_>>().join("; "))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Eq(v) => write!(f, "= {v}"),
+            Op::Ne(v) => write!(f, "≠ {v}"),
+            Op::Gt(v) => write!(f, "> {v}"),
+            Op::Ge(v) => write!(f, "≥ {v}"),
+            Op::Lt(v) => write!(f, "< {v}"),
+            Op::Le(v) => write!(f, "≤ {v}"),
+            Op::In(vs) => write!(f, "in {}", serde_json::Value::Array(vs.clone())),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ parsing
+
+struct Problems<'a> {
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, loc: Location, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: self.source.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message: message.into(),
+        });
+    }
+}
+
+fn yaml_error(e: &serde_saphyr::Error, source: &str) -> ConfigError {
+    let loc = e.location().unwrap_or(Location::UNKNOWN);
+    // The first line of the library's message holds the message itself;
+    // the rest repeats the location and quotes a snippet.
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or("invalid runbook").trim();
+    let message = first.split(" at line ").next().unwrap_or(first).trim_end_matches([',', '.']).to_string();
+    ConfigError { source: source.to_string(), line: loc.line(), column: loc.column(), message }
+}
+
+/// Parses and validates one runbook's text. `source` names it in errors.
+pub fn parse(text: &str, source: &str) -> Result<Runbook, ConfigErrors> {
+    let raw: RawRunbook =
+        serde_saphyr::from_str(text).map_err(|e| ConfigErrors(vec![yaml_error(&e, source)]))?;
+    let mut p = Problems { source, errors: Vec::new() };
+    let rb = compile(raw, source, &mut p);
+    match rb {
+        Some(rb) if p.errors.is_empty() => Ok(rb),
+        _ => Err(ConfigErrors(p.errors)),
+    }
+}
+
+fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runbook> {
+    if raw.name.value.trim().is_empty() {
+        p.at(raw.name.referenced, "`name` must not be empty");
+    }
+    if raw.service.value.trim().is_empty() {
+        p.at(raw.service.referenced, "`service` must not be empty");
+    }
+    let trigger = compile_trigger(&raw.trigger, p);
+    let fields = trigger.as_ref().map(Trigger::template_fields).unwrap_or_default();
+    if raw.steps.value.is_empty() {
+        p.at(raw.steps.referenced, "`steps` needs at least one step");
+    }
+    let steps: Vec<Option<Step>> =
+        raw.steps.value.iter().map(|s| compile_step(s, &fields, &raw.name.value, p)).collect();
+    let escalate = raw.escalate.as_ref().map(|s| compile_step(s, &fields, &raw.name.value, p));
+    let max_actions = raw.max_actions.as_ref().map(|m| {
+        if m.value.count == 0 {
+            p.at(m.referenced, "`max_actions.count` must be at least 1");
+        }
+        if m.value.per.0.is_zero() {
+            p.at(m.referenced, "`max_actions.per` must be longer than 0s");
+        }
+        MaxActions { count: m.value.count, per: m.value.per.0 }
+    });
+    let trigger = trigger?;
+    let steps: Option<Vec<Step>> = steps.into_iter().collect();
+    let escalate = match escalate {
+        Some(None) => return None,
+        Some(Some(s)) => Some(s),
+        None => None,
+    };
+    Some(Runbook {
+        name: raw.name.value,
+        service: raw.service.value,
+        description: raw.description,
+        source: source.to_string(),
+        dry_run: raw.dry_run,
+        trigger,
+        steps: steps?,
+        reset_after: raw.reset_after.map(|d| d.0),
+        cooldown: raw.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
+        max_actions,
+        escalate,
+    })
+}
+
+fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trigger> {
+    let loc = t.referenced;
+    let r = &t.value;
+    let kinds: Vec<&str> = [
+        r.event.as_ref().map(|_| "event"),
+        r.metric.as_ref().map(|_| "metric"),
+        r.anomaly.as_ref().map(|_| "anomaly"),
+        r.health.as_ref().map(|_| "health"),
+        r.service_down.as_ref().map(|_| "service_down"),
+        r.all.as_ref().map(|_| "all"),
+        r.any.as_ref().map(|_| "any"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if kinds.len() != 1 {
+        p.at(
+            loc,
+            format!(
+                "a trigger needs exactly one of `event`, `metric`, `anomaly`, `health`, `service_down`, `all`, `any`{}",
+                if kinds.is_empty() { String::new() } else { format!(", found {}", kinds.join(" and ")) }
+            ),
+        );
+        return None;
+    }
+    let stray = |p: &mut Problems<'_>, key: &str, present: bool, owner: &str| {
+        if present {
+            p.at(loc, format!("`{key}` belongs to `{owner}` triggers"));
+        }
+    };
+    if r.event.is_none() {
+        stray(p, "where", !r.conditions.is_empty(), "event");
+        stray(p, "count", r.count.is_some(), "event");
+        stray(p, "within", r.within.is_some(), "event");
+    }
+    if r.metric.is_none() {
+        stray(p, "above", r.above.is_some(), "metric");
+        stray(p, "below", r.below.is_some(), "metric");
+        stray(p, "for", r.held_for.is_some(), "metric");
+    }
+    if let Some(ev) = &r.event {
+        let Some(kind) = EventKind::parse(&ev.value) else {
+            p.at(
+                ev.referenced,
+                format!(
+                    "unknown event `{}`: expected one of {}",
+                    ev.value,
+                    EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return None;
+        };
+        let mut conditions = Vec::new();
+        for (field, cond) in &r.conditions {
+            if !COMMON_FIELDS.contains(&field.as_str()) && !event_fields(kind).contains(&field.as_str()) {
+                p.at(
+                    cond.referenced,
+                    format!(
+                        "`{kind}` events have no field `{field}`: expected one of {}",
+                        COMMON_FIELDS
+                            .iter()
+                            .chain(event_fields(kind))
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                continue;
+            }
+            match compile_condition(field, &cond.value) {
+                Ok(ops) => {
+                    conditions.extend(ops.into_iter().map(|op| FieldCondition { field: field.clone(), op }))
+                }
+                Err(e) => p.at(cond.referenced, e),
+            }
+        }
+        let count = r.count.as_ref().map(|c| c.value).unwrap_or(1);
+        if count == 0 {
+            p.at(r.count.as_ref().map(|c| c.referenced).unwrap_or(loc), "`count` must be at least 1");
+        }
+        if count > 1 && r.within.is_none() {
+            p.at(
+                r.count.as_ref().map(|c| c.referenced).unwrap_or(loc),
+                "`count` above 1 needs `within` (e.g. `within: 5m`)",
+            );
+        }
+        return Some(Trigger::Event { kind, conditions, count, within: r.within.map(|d| d.0) });
+    }
+    if let Some(m) = &r.metric {
+        if r.above.is_none() && r.below.is_none() {
+            p.at(m.referenced, "a `metric` trigger needs `above` or `below`");
+        }
+        return Some(Trigger::Metric {
+            name: m.value.clone(),
+            above: r.above,
+            below: r.below,
+            held: r.held_for.map(|d| d.0).unwrap_or_default(),
+        });
+    }
+    if let Some(a) = &r.anomaly {
+        let Some(min) = Severity::parse(&a.value.severity.value) else {
+            p.at(
+                a.value.severity.referenced,
+                format!(
+                    "unknown severity `{}`: expected low, medium, high or critical",
+                    a.value.severity.value
+                ),
+            );
+            return None;
+        };
+        return Some(Trigger::Anomaly { min, metric: a.value.metric.clone() });
+    }
+    if let Some(h) = &r.health {
+        if h.value != "failing" {
+            p.at(h.referenced, format!("`health` expects `failing`, found `{}`", h.value));
+        }
+        return Some(Trigger::HealthFailing);
+    }
+    if let Some(d) = &r.service_down {
+        if !d.value {
+            p.at(d.referenced, "`service_down` expects `true`");
+        }
+        return Some(Trigger::ServiceDown);
+    }
+    let (list, all) = match (&r.all, &r.any) {
+        (Some(l), _) => (l, true),
+        (_, Some(l)) => (l, false),
+        _ => return None,
+    };
+    if list.value.is_empty() {
+        p.at(list.referenced, "`all`/`any` needs at least one trigger");
+    }
+    let children: Vec<Option<Trigger>> = list.value.iter().map(|c| compile_trigger(c, p)).collect();
+    let children: Vec<Trigger> = children.into_iter().collect::<Option<_>>()?;
+    Some(if all { Trigger::All(children) } else { Trigger::Any(children) })
+}
+
+fn compile_condition(field: &str, v: &serde_json::Value) -> Result<Vec<Op>, String> {
+    let scalar = |v: &serde_json::Value| -> Result<serde_json::Value, String> { normalize_scalar(field, v) };
+    let number = |op: &str, v: &serde_json::Value| -> Result<f64, String> {
+        v.as_f64().ok_or_else(|| format!("`{field}: {{ {op}: ... }}` expects a number, found {v}"))
+    };
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.is_empty() {
+                return Err(format!("`{field}` needs a condition such as `{{ ne: 0 }}`"));
+            }
+            map.iter()
+                .map(|(op, v)| {
+                    Ok(match op.as_str() {
+                        "eq" => Op::Eq(scalar(v)?),
+                        "ne" => Op::Ne(scalar(v)?),
+                        "gt" => Op::Gt(number(op, v)?),
+                        "ge" => Op::Ge(number(op, v)?),
+                        "lt" => Op::Lt(number(op, v)?),
+                        "le" => Op::Le(number(op, v)?),
+                        "in" => Op::In(
+                            v.as_array()
+                                .ok_or_else(|| format!("`{field}: {{ in: ... }}` expects a list"))?
+                                .iter()
+                                .map(scalar)
+                                .collect::<Result<_, _>>()?,
+                        ),
+                        other => {
+                            return Err(format!(
+                            "unknown condition `{other}` on `{field}`: expected eq, ne, gt, ge, lt, le or in"
+                        ))
+                        }
+                    })
+                })
+                .collect()
+        }
+        serde_json::Value::Array(_) => {
+            Err(format!("`{field}` expects a value or a condition such as `{{ in: [...] }}`"))
+        }
+        v => Ok(vec![Op::Eq(scalar(v)?)]),
+    }
+}
+
+/// Puts a condition's value in the form events serialize to: signals by
+/// name (`11` and `segv` become `SIGSEGV`), connect results by errno name.
+fn normalize_scalar(field: &str, v: &serde_json::Value) -> Result<serde_json::Value, String> {
+    match field {
+        "signal" => {
+            let n = match v {
+                serde_json::Value::Number(n) => n.as_i64().map(|n| n as i32),
+                serde_json::Value::String(s) => custos_event::signal_from_name(s),
+                _ => None,
+            };
+            n.and_then(|n| custos_event::signal_name(n).map(|s| serde_json::Value::String(s.into())))
+                .ok_or_else(|| format!("`signal` expects a signal name such as SIGSEGV, found {v}"))
+        }
+        "result" => {
+            let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            custos_event::ConnectResult::parse(&s).map(|r| serde_json::Value::String(r.name())).ok_or_else(
+                || format!("`result` expects `ok` or an errno name such as ECONNREFUSED, found {v}"),
+            )
+        }
+        _ => Ok(v.clone()),
+    }
+}
+
+fn compile_step(
+    s: &Spanned<RawStep>,
+    fields: &BTreeSet<&'static str>,
+    runbook: &str,
+    p: &mut Problems<'_>,
+) -> Option<Step> {
+    let r = &s.value;
+    let set: Vec<&str> = [
+        r.restart.as_ref().map(|_| "restart"),
+        r.start.as_ref().map(|_| "start"),
+        r.stop.as_ref().map(|_| "stop"),
+        r.signal.as_ref().map(|_| "signal"),
+        r.exec.as_ref().map(|_| "exec"),
+        r.webhook.as_ref().map(|_| "webhook"),
+        r.log.as_ref().map(|_| "log"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if set.len() != 1 {
+        p.at(
+            s.referenced,
+            format!(
+                "a step needs exactly one of `restart`, `start`, `stop`, `signal`, `exec`, `webhook`, `log`{}",
+                if set.is_empty() { String::new() } else { format!(", found {}", set.join(" and ")) }
+            ),
+        );
+        return None;
+    }
+    let tpl = |p: &mut Problems<'_>, s: &Spanned<String>| -> Option<Template> {
+        Template::parse(&s.value, fields).map_err(|e| p.at(s.referenced, e)).ok()
+    };
+    let (action, delay) = if let Some(a) = &r.restart {
+        (Action::Restart, a.value.delay)
+    } else if let Some(a) = &r.start {
+        (Action::Start, a.value.delay)
+    } else if let Some(a) = &r.stop {
+        (Action::Stop, a.value.delay)
+    } else if let Some(a) = &r.signal {
+        let Some(n) = custos_event::signal_from_name(&a.value.signal.value) else {
+            p.at(
+                a.value.signal.referenced,
+                format!("unknown signal `{}`: expected a name such as SIGTERM", a.value.signal.value),
+            );
+            return None;
+        };
+        (Action::Signal(n), a.value.delay)
+    } else if let Some(e) = &r.exec {
+        let e_ = &e.value;
+        if e_.argv.value.is_empty() {
+            p.at(e_.argv.referenced, "`exec.argv` needs at least the program");
+        }
+        let argv: Vec<Option<Template>> = e_.argv.value.iter().map(|a| tpl(p, a)).collect();
+        if let Some(first) = e_.argv.value.first() {
+            if !first.value.starts_with('/') {
+                p.at(
+                    first.referenced,
+                    format!(
+                        "`exec.argv[0]` must be an absolute path (no PATH lookup), found `{}`",
+                        first.value
+                    ),
+                );
+            }
+        }
+        let env: Vec<Option<(String, Template)>> =
+            e_.env.iter().map(|(k, v)| tpl(p, v).map(|t| (k.clone(), t))).collect();
+        let cwd = e_.cwd.as_ref().and_then(|c| {
+            if c.value.starts_with('/') {
+                Some(PathBuf::from(&c.value))
+            } else {
+                p.at(c.referenced, format!("`exec.cwd` must be an absolute path, found `{}`", c.value));
+                None
+            }
+        });
+        let run_as =
+            e_.run_as.as_ref().map(|r| r.value.clone()).unwrap_or_else(|| DEFAULT_RUN_AS.to_string());
+        (
+            Action::Exec(ExecAction {
+                argv: argv.into_iter().collect::<Option<_>>()?,
+                timeout: e_.timeout.map(|d| d.0).unwrap_or(DEFAULT_EXEC_TIMEOUT),
+                env: env.into_iter().collect::<Option<_>>()?,
+                cwd,
+                run_as,
+            }),
+            e_.delay,
+        )
+    } else if let Some(w) = &r.webhook {
+        (Action::Webhook(compile_webhook(&w.value, fields, runbook, p)?), w.value.delay)
+    } else if let Some(l) = &r.log {
+        (Action::Log(tpl(p, &l.value.message)?), None)
+    } else {
+        return None;
+    };
+    let verify = r.verify.as_ref().map(|v| Verify {
+        healthy_within: v.healthy_within.0,
+        stable_for: v.stable_for.map(|d| d.0).unwrap_or(Duration::from_secs(1)).min(v.healthy_within.0),
+    });
+    Some(Step { action, delay: delay.map(|d| d.0).unwrap_or_default(), verify })
+}
+
+fn compile_webhook(
+    w: &RawWebhook,
+    fields: &BTreeSet<&'static str>,
+    runbook: &str,
+    p: &mut Problems<'_>,
+) -> Option<WebhookAction> {
+    let url = &w.url;
+    if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
+        p.at(
+            url.referenced,
+            format!("`webhook.url` expects an http:// or https:// URL, found `{}`", url.value),
+        );
+    }
+    let method = w.method.as_ref().map(|m| m.value.to_ascii_uppercase()).unwrap_or_else(|| "POST".into());
+    if !["POST", "PUT", "PATCH", "GET"].contains(&method.as_str()) {
+        p.at(
+            w.method.as_ref().map(|m| m.referenced).unwrap_or(url.referenced),
+            format!("`webhook.method` expects POST, PUT, PATCH or GET, found `{method}`"),
+        );
+    }
+    let mut headers = Vec::new();
+    for (name, h) in &w.headers {
+        let v = match &h.value {
+            RawHeader::Literal(s) => HeaderValue::Literal(s.clone()),
+            RawHeader::Source(RawHeaderSource { env: Some(e), file: None }) => HeaderValue::Env(e.clone()),
+            RawHeader::Source(RawHeaderSource { env: None, file: Some(f) }) if f.starts_with('/') => {
+                HeaderValue::File(PathBuf::from(f))
+            }
+            _ => {
+                p.at(
+                    h.referenced,
+                    format!(
+                        "header `{name}` expects a string, `{{ env: VAR }}` or `{{ file: /absolute/path }}`"
+                    ),
+                );
+                continue;
+            }
+        };
+        headers.push((name.clone(), v));
+    }
+    let body = match (&w.preset, &w.body) {
+        (Some(pr), None) => {
+            if pr.value != "alert" {
+                p.at(pr.referenced, format!("unknown webhook preset `{}`: expected `alert`", pr.value));
+                return None;
+            }
+            let severity = w.severity.as_ref().map(|s| s.value.clone()).unwrap_or_else(|| "P1".into());
+            if !["P0", "P1", "P2"].contains(&severity.as_str()) {
+                p.at(
+                    w.severity.as_ref().map(|s| s.referenced).unwrap_or(pr.referenced),
+                    format!("`severity` expects P0, P1 or P2, found `{severity}`"),
+                );
+            }
+            let summary = w.summary.as_ref().map(|s| s.value.clone()).unwrap_or_else(|| {
+                format!("runbook {runbook}: {{{{ service.name }}}} needs attention ({{{{ event.kind }}}})")
+            });
+            let v = serde_json::json!({
+                "severity": severity,
+                "service": "{{ service.name }}",
+                "unit": "{{ service.unit }}",
+                "runbook": runbook.replace("{{", "{ {"),
+                "summary": summary,
+                "event": "{{ event.kind }}",
+                "source": "custos",
+            });
+            let mut fields = fields.clone();
+            fields.insert("kind");
+            match JsonTemplate::parse(&v, &fields) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    p.at(w.summary.as_ref().map(|s| s.referenced).unwrap_or(pr.referenced), e);
+                    return None;
+                }
+            }
+        }
+        (None, Some(b)) => match JsonTemplate::parse(&b.value, fields) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                p.at(b.referenced, e);
+                return None;
+            }
+        },
+        (Some(pr), Some(_)) => {
+            p.at(pr.referenced, "`webhook` takes `preset` or `body`, not both");
+            return None;
+        }
+        (None, None) => {
+            if w.severity.is_some() || w.summary.is_some() {
+                p.at(url.referenced, "`severity` and `summary` belong to `preset: alert`");
+            }
+            None
+        }
+    };
+    Some(WebhookAction {
+        url: url.value.clone(),
+        method,
+        headers,
+        body,
+        timeout: w.timeout.map(|d| d.0).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
+        retries: w.retries.unwrap_or(2),
+    })
+}
+
+// ------------------------------------------------------------------ loading
+
+/// The outcome of loading runbook files: the good ones, and every error of
+/// the bad ones (which are skipped).
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub runbooks: Vec<Runbook>,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Reads one file: refuses it when others could write it, then parses it.
+pub fn load_file(path: &Path) -> Result<Runbook, ConfigErrors> {
+    let source = path.display().to_string();
+    let one = |message: String| {
+        ConfigErrors(vec![ConfigError { source: source.clone(), line: 0, column: 0, message }])
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read the runbook: {e}")))?;
+    crate::config::check_file_permissions(path).map_err(one)?;
+    parse(&text, &source)
+}
+
+/// Loads files and directories (every `*.yaml`/`*.yml` inside, sorted).
+/// A bad file is reported and skipped; duplicate runbook names are errors.
+pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
+    let mut files = Vec::new();
+    let mut report = LoadReport::default();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(rd) => {
+                    let mut found: Vec<PathBuf> = rd
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                        .collect();
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => report.errors.push(ConfigError {
+                    source: p.display().to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the runbook directory: {e}"),
+                }),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut names = BTreeMap::<String, String>::new();
+    for f in files {
+        match load_file(&f) {
+            Ok(rb) => {
+                if let Some(first) = names.get(&rb.name) {
+                    report.errors.push(ConfigError {
+                        source: rb.source.clone(),
+                        line: 0,
+                        column: 0,
+                        message: format!(
+                            "runbook name `{}` is already used by {first}: this file is skipped",
+                            rb.name
+                        ),
+                    });
+                    continue;
+                }
+                names.insert(rb.name.clone(), rb.source.clone());
+                report.runbooks.push(rb);
+            }
+            Err(ConfigErrors(errs)) => report.errors.extend(errs),
+        }
+    }
+    report
+}

@@ -1,0 +1,217 @@
+//! The example runbooks in runbooks/: each one loads, and `runbook test`
+//! shows the behaviour it documents. Also: unsafe file permissions are
+//! refused without stopping the other runbooks.
+
+use custos::runbook::cli::simulate;
+use custos::runbook::{load_file, load_paths};
+use custos_event::Event;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn example(name: &str) -> PathBuf {
+    let p = repo().join("runbooks").join(name);
+    // A checkout with a group-writable umask would be refused (rightly);
+    // the examples are meant to be installed go-w.
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+    if mode & 0o022 != 0 {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !0o022)).unwrap();
+    }
+    p
+}
+
+fn event(name: &str) -> Event {
+    let text = std::fs::read_to_string(repo().join("runbooks/events").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn run(runbook: &str, ev: &str, times: u32) -> String {
+    let rb = load_file(&example(runbook)).unwrap_or_else(|e| panic!("{e}"));
+    simulate(rb, event(ev), times).unwrap()
+}
+
+#[test]
+fn every_example_runbook_validates() {
+    for name in [
+        "crash-loop.yaml",
+        "oom.yaml",
+        "dependency-connect-failures.yaml",
+        "health-check-failing.yaml",
+        "anomaly.yaml",
+    ] {
+        example(name);
+    }
+    let report = load_paths(&[repo().join("runbooks")]);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(report.runbooks.len(), 5);
+}
+
+#[test]
+fn crash_loop_climbs_the_ladder_to_an_alert() {
+    let out = run("crash-loop.yaml", "crash.json", 5);
+    let steps: Vec<&str> = out.lines().filter(|l| l.contains("decision")).collect();
+    assert_eq!(steps.len(), 5, "{out}");
+    assert!(steps[0].contains("step 1 of 4: restart"), "{out}");
+    assert!(steps[1].contains("step 2 of 4: restart"), "{out}");
+    assert!(steps[2].contains("step 3 of 4: exec"), "{out}");
+    assert!(steps[3].contains("step 4 of 4: POST"), "{out}");
+    assert!(steps[4].contains("step 4 of 4"), "{out}");
+    assert!(out.contains(r#""argv":["/usr/bin/journalctl","--unit","api.service","#), "{out}");
+    assert!(
+        out.contains(r#""severity":"P1""#) && out.contains("api keeps crashing (last exit code 1"),
+        "{out}"
+    );
+}
+
+#[test]
+fn oom_restarts_then_alerts() {
+    let out = run("oom.yaml", "oom.json", 2);
+    assert!(out.contains("step 1 of 2: restart"), "{out}");
+    assert!(out.contains("step 2 of 2: POST"), "{out}");
+    assert!(out.contains("was killed for lack of memory again (pid 4242)"), "{out}");
+}
+
+#[test]
+fn dependency_failures_need_five_refusals_and_run_diagnostics_unprivileged() {
+    let out = run("dependency-connect-failures.yaml", "db-refused.json", 2);
+    assert!(out.contains(r#""argv":["/usr/bin/getent","hosts","127.0.0.1"]"#), "{out}");
+    assert!(out.contains(r#""run_as":"nobody""#), "{out}");
+    assert!(out.contains("cannot connect to 127.0.0.1:5432 (ECONNREFUSED)"), "{out}");
+    // A connect to another port never fires.
+    let rb = load_file(&example("dependency-connect-failures.yaml")).unwrap();
+    let mut ev = event("db-refused.json");
+    if let custos_event::EventBody::TcpConnect(c) = &mut ev.body {
+        c.endpoints.dport = 6379;
+    }
+    assert!(simulate(rb, ev, 1).unwrap().contains("did not fire"));
+}
+
+#[test]
+fn health_and_anomaly_runbooks_do_not_fire_on_plain_events() {
+    // These trigger on the probe's thresholded state and on detector
+    // signals, which `runbook test` does not synthesize from an event.
+    let out = run("health-check-failing.yaml", "health-failed.json", 1);
+    assert!(out.contains("not on events") && out.contains("did not fire"), "{out}");
+    let out = run("anomaly.yaml", "crash.json", 1);
+    assert!(out.contains("did not fire"), "{out}");
+}
+
+#[test]
+fn health_and_anomaly_runbooks_act_on_their_signals() {
+    use custos::anomaly::{Anomaly, Severity};
+    use custos::audit::{AuditKind, AuditLog};
+    use custos::runbook::{Engine, EngineOptions, FakeClock};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit = Arc::new(AuditLog::open(&dir.path().join("audit"), 1 << 20).unwrap());
+    let rx = audit.subscribe(1000);
+    let clock = Arc::new(FakeClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)));
+    let mut opts = EngineOptions::new(dir.path());
+    opts.dry_run = true;
+    opts.inline = true;
+    let rbs = vec![
+        load_file(&example("health-check-failing.yaml")).unwrap(),
+        load_file(&example("anomaly.yaml")).unwrap(),
+    ];
+    let sm = Arc::new(NoSm);
+    let engine = Engine::new(rbs, sm, audit, clock.clone(), opts).unwrap();
+    engine.on_health("api", false, Some(&event("health-failed.json")));
+    engine.on_anomaly(&Anomaly {
+        service: "api".into(),
+        metric: "custos.tcp.connect.errors".into(),
+        ts: SystemTime::now(),
+        value: 40.0,
+        expected_low: 0.0,
+        expected_high: 2.0,
+        score: 0.97,
+        severity: Severity::Critical,
+    });
+    let actions: Vec<String> =
+        rx.try_iter().filter(|r| r.kind == AuditKind::Action).map(|r| r.details.to_string()).collect();
+    assert!(actions.iter().any(|a| a.contains(r#""signal":"SIGHUP""#)), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| a.contains("custos.tcp.connect.errors at 40.0, expected 0.0..2.0")),
+        "{actions:?}"
+    );
+    // Still failing after the cooldown: the ladder climbs to a restart.
+    clock.advance(Duration::from_secs(61));
+    engine.on_health("api", false, Some(&event("health-failed.json")));
+    assert!(engine.status()[0].next_step == 3, "{:?}", engine.status()[0]);
+}
+
+struct NoSm;
+impl custos::service_manager::ServiceManager for NoSm {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn status(
+        &self,
+        u: &str,
+    ) -> Result<custos::service_manager::ServiceStatus, custos::service_manager::ServiceError> {
+        Err(custos::service_manager::ServiceError::NotFound(u.into()))
+    }
+    fn start(&self, _: &str) -> Result<(), custos::service_manager::ServiceError> {
+        panic!("dry run must not start")
+    }
+    fn stop(&self, _: &str) -> Result<(), custos::service_manager::ServiceError> {
+        panic!("dry run must not stop")
+    }
+    fn restart(&self, _: &str) -> Result<(), custos::service_manager::ServiceError> {
+        panic!("dry run must not restart")
+    }
+    fn reset_failed(&self, _: &str) -> Result<(), custos::service_manager::ServiceError> {
+        panic!("dry run must not reset")
+    }
+    fn kill(&self, _: &str, _: i32) -> Result<(), custos::service_manager::ServiceError> {
+        panic!("dry run must not signal")
+    }
+}
+
+#[test]
+fn writable_or_foreign_runbooks_are_refused_and_others_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "name: good\nservice: api\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\n";
+    for (name, text, mode) in [
+        ("a-good.yaml", good, 0o644),
+        ("b-world.yaml", &good.replace("good", "world"), 0o666),
+        ("c-group.yaml", &good.replace("good", "group"), 0o664),
+        (
+            "d-broken.yaml",
+            "name: broken\nservice: api\ntrigger: { event: nope }\nsteps: [ { restart: {} } ]\n",
+            0o644,
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let report = load_paths(&[dir.path().to_path_buf()]);
+    let names: Vec<&str> = report.runbooks.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["good"]);
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors[0].contains("b-world.yaml") && errors[0].contains("group- or world-writable"),
+        "{errors:#?}"
+    );
+    assert!(errors[1].contains("c-group.yaml") && errors[1].contains("mode 664"), "{errors:#?}");
+    assert!(
+        errors[2].contains("d-broken.yaml:3:") && errors[2].contains("unknown event `nope`"),
+        "{errors:#?}"
+    );
+
+    // Owned by someone else (only checkable as root, where chown works).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let p = dir.path().join("a-good.yaml");
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        let e = load_file(&p).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    }
+}
