@@ -38,6 +38,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink()));
         rb.export_audit(exporter.log_sender());
+        service.attach_runbooks(rb.engine.clone());
     }
     if config.raw.detection.enabled {
         let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);

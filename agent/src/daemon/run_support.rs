@@ -4,7 +4,7 @@
 
 use super::live::LiveStatus;
 use super::logging::LoggingHandle;
-use super::reload::{config_loader, Reloader};
+use super::reload::Reloader;
 use super::shutdown::{ShutdownPlan, StepOutcome, STOP_BUDGET};
 use super::watchdog::StallSink;
 use super::{Daemon, DaemonError, DaemonOptions};
@@ -42,12 +42,41 @@ pub enum StopError {
     Incomplete(String),
 }
 
+/// What a reload replaces, as one unit: the configuration and the
+/// runbooks its `runbooks.dir` holds. Either both are valid and both are
+/// swapped in, or neither is.
+pub struct Reloaded {
+    pub config: LoadedConfig,
+    /// `None` when the runbooks directory does not exist (self-healing off).
+    pub runbooks: Option<Vec<crate::runbook::model::Runbook>>,
+}
+
+/// Loads a [`Reloaded`]: the configuration file, then its runbooks. Any
+/// invalid runbook rejects the whole reload (at start-up a bad runbook is
+/// skipped; on reload, keeping the running set is the safer choice).
+pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String> {
+    let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let dir = &config.raw.runbooks.dir;
+    let runbooks = if dir.is_dir() {
+        let report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        if !report.errors.is_empty() {
+            let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+            return Err(errors.join("\n"));
+        }
+        Some(report.runbooks)
+    } else {
+        None
+    };
+    Ok(Reloaded { config, runbooks })
+}
+
 /// The running agent's link to its service manager and operators.
 pub struct ServiceLink {
     daemon: Daemon,
     live: LiveStatus,
-    reloader: Arc<Reloader<LoadedConfig>>,
+    reloader: Arc<Reloader<Reloaded>>,
     logging: Option<LoggingHandle>,
+    engine: Arc<Mutex<Option<crate::runbook::Engine>>>,
 }
 
 impl ServiceLink {
@@ -57,10 +86,15 @@ impl ServiceLink {
             Daemon::start(DaemonOptions { control_socket: opts.control_socket, ..DaemonOptions::default() })?;
         let live = LiveStatus::new(config);
         daemon.add_status_provider(Arc::new(live.clone()));
-        let reloader =
-            Arc::new(Reloader::new(config.clone(), config_loader(config.path.clone()), daemon.notifier()));
+        let path = config.path.clone();
+        let initial = Reloaded { config: config.clone(), runbooks: None };
+        let reloader = Arc::new(Reloader::new(
+            initial,
+            Arc::new(move || load_reloaded(path.as_deref())),
+            daemon.notifier(),
+        ));
         daemon.set_reloader(reloader.clone());
-        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging })
+        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging, engine: Arc::new(Mutex::new(None)) })
     }
 
     /// The daemon, for modules that add status providers.
@@ -68,10 +102,19 @@ impl ServiceLink {
         &self.daemon
     }
 
-    /// Every successfully reloaded configuration; modules that can apply a
-    /// new one at run time subscribe here.
-    pub fn config_updates(&self) -> watch::Receiver<Arc<LoadedConfig>> {
+    /// Every successful reload; modules that can apply a new configuration
+    /// at run time subscribe here.
+    pub fn config_updates(&self) -> watch::Receiver<Arc<Reloaded>> {
         self.reloader.subscribe()
+    }
+
+    /// The runbook engine: reloads replace its runbooks, and `custos status`
+    /// shows their ladder positions and last actions.
+    pub fn attach_runbooks(&self, engine: crate::runbook::Engine) {
+        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine.clone())));
+        if let Ok(mut g) = self.engine.lock() {
+            *g = Some(engine);
+        }
     }
 
     /// The status sink, and the stall test hook when armed.
@@ -90,11 +133,22 @@ impl ServiceLink {
         let mut rx = self.reloader.subscribe();
         let live = self.live.clone();
         let logging = self.logging.clone();
+        let engine = self.engine.clone();
         tokio::spawn(async move {
-            let mut current = rx.borrow_and_update().clone();
+            let mut current = rx.borrow_and_update().config.clone();
             while rx.changed().await.is_ok() {
-                let new = rx.borrow_and_update().clone();
+                let reloaded = rx.borrow_and_update().clone();
+                let new = reloaded.config.clone();
                 live.set_config(&new);
+                let engine = engine.lock().ok().and_then(|g| g.clone());
+                match (engine, &reloaded.runbooks) {
+                    (Some(e), Some(rbs)) => e.reload(rbs.clone()),
+                    (Some(e), None) => e.reload(Vec::new()),
+                    (None, Some(_)) => {
+                        tracing::warn!("Runbooks appeared; self-healing starts at the next restart.")
+                    }
+                    (None, None) => {}
+                }
                 if let Some(l) = &logging {
                     if let Err(e) = l.set_level(&new.raw.agent.log_level.value) {
                         tracing::warn!(error = %e, "Kept the previous log level.");
@@ -129,6 +183,56 @@ impl ServiceLink {
         let endpoint = config.raw.exporter.otlp.as_ref().map(|o| o.endpoint.value.clone());
         let files = config.files_dir().display().to_string();
         self.daemon.add_status_provider(Arc::new(ExporterStatusProvider { stats, endpoint, files }));
+    }
+}
+
+/// The runbooks' part of the status, from the engine.
+struct RunbookStatusProvider(crate::runbook::Engine);
+
+impl super::StatusProvider for RunbookStatusProvider {
+    fn fill(&self, s: &mut super::StatusSnapshot) {
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        };
+        let now = std::time::SystemTime::now();
+        let mut actions = Vec::new();
+        for r in self.0.status() {
+            let state = if r.breaker_open {
+                "circuit_open"
+            } else if r.cooldown_until.is_some_and(|t| t > now) {
+                "cooldown"
+            } else if r.dry_run {
+                "dry_run"
+            } else {
+                "armed"
+            };
+            s.runbooks.push(super::status::RunbookStatus {
+                name: r.name.clone(),
+                service: r.service.clone(),
+                ladder_position: r.next_step.saturating_sub(1) as u32,
+                ladder_steps: r.steps as u32,
+                state: state.into(),
+            });
+            for a in &r.last_actions {
+                let outcome = match (a.dry_run, a.ok, a.healed) {
+                    (true, _, _) => "dry_run".to_string(),
+                    (false, false, _) => format!("failed: {}", a.detail),
+                    (false, true, Some(true)) => "ok, healed".into(),
+                    (false, true, Some(false)) => "ok, not healed".into(),
+                    (false, true, None) => "ok".into(),
+                };
+                actions.push(super::status::ActionRecord {
+                    at: secs(a.ts),
+                    runbook: r.name.clone(),
+                    service: r.service.clone(),
+                    action: format!("{} (step {})", a.action, a.step),
+                    outcome,
+                });
+            }
+        }
+        actions.sort_by_key(|a| std::cmp::Reverse(a.at));
+        actions.truncate(10);
+        s.last_actions = actions;
     }
 }
 
@@ -292,6 +396,40 @@ mod tests {
     use super::*;
     use crate::daemon::{StatusProvider, StatusSnapshot};
     use crate::export::AgentStats;
+
+    #[test]
+    fn reload_loads_config_and_runbooks_together_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rb_dir = dir.path().join("runbooks");
+        std::fs::create_dir(&rb_dir).unwrap();
+        let cfg = dir.path().join("custos.yaml");
+        let write = |p: &std::path::Path, t: &str| {
+            std::fs::write(p, t).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write(
+            &cfg,
+            &format!(
+                "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {} }}\n",
+                rb_dir.display(),
+                dir.path().display()
+            ),
+        );
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/anomaly.yaml"))
+                .unwrap();
+        write(&rb_dir.join("a.yaml"), &example);
+        let ok = load_reloaded(Some(&cfg)).unwrap();
+        assert_eq!(ok.runbooks.as_ref().map(Vec::len), Some(1));
+        // One broken runbook rejects the whole reload, with its place.
+        write(&rb_dir.join("b.yaml"), "name: broken\nservice: api\ntrigger: { nonsense: 1 }\nsteps: []\n");
+        let err = load_reloaded(Some(&cfg)).err().expect("a broken runbook was accepted");
+        assert!(err.contains(&rb_dir.join("b.yaml").display().to_string()), "{err}");
+        // No runbooks directory: self-healing off, the config alone reloads.
+        write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
+        assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());
+    }
 
     #[test]
     fn exporter_state_follows_the_counters() {
