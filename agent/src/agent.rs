@@ -4,7 +4,7 @@
 use crate::attribution::Attributor;
 use crate::config::LoadedConfig;
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::run::{host_view, start_sensor, stop_on_signals, Source, SummaryPrinter};
+use crate::run::{host_view, start_sensor, Source, SummaryPrinter};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +17,15 @@ pub struct RunOptions {
     pub source: Source,
     /// Print the per-service table this often (None: never).
     pub summary: Option<Duration>,
+    /// Service integration: control socket path, and the logger whose level
+    /// follows reloads.
+    pub daemon: crate::daemon::run_support::DaemonRunOptions,
 }
 
 /// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
 pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
+    // Service integration first, so that an early SIGTERM is not lost.
+    let service = crate::daemon::run_support::ServiceLink::start(&config, opts.daemon)?;
     let started = start_sensor(&opts.source, &config).await?;
     let stats = Arc::new(PipelineStats::default());
     let attributor = Attributor::new(&config, host_view(&opts.source));
@@ -28,10 +33,12 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let agent_stats = Arc::new(crate::export::AgentStats::default());
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
+    service.add_exporter_status(&config, exporter.stats().clone());
     let runbooks = crate::runbook::sink::start(&config)?;
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink()));
         rb.export_audit(exporter.log_sender());
+        service.attach_runbooks(rb.engine.clone());
     }
     if config.raw.detection.enabled {
         let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
@@ -54,18 +61,22 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
     }
+    service.add_sinks(&mut pipeline);
     tracing::info!(
         services = config.services.len(),
         everything = config.manages_everything(),
         "Agent started."
     );
-    let stop = stop_on_signals();
-    let finished = tokio::spawn(pipeline.run(started.rx, stop)).await?;
-    if let Some(task) = started.task {
-        task.await??;
-    }
-    // Flushes what the exporter holds, or spools it, within the budget.
-    exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pipeline_task = tokio::spawn(pipeline.run(started.rx, stop));
+    service.ready(&stats);
+    let stopping = service.until_stop(pipeline_task, stop_tx, started.task).await;
+    // After the drain: flushes what the exporter holds, or spools it, within the budget.
+    let stopping = stopping.then("flush or spool telemetry", EXPORT_SHUTDOWN_BUDGET, async move {
+        exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
+        Ok(())
+    });
+    let finished = stopping.finish().await?;
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
         lost_kernel = finished.loss.kernel,

@@ -7,6 +7,7 @@ pub mod anomaly;
 pub mod attribution;
 pub mod audit;
 pub mod config;
+pub mod daemon;
 pub mod detect;
 pub mod detection;
 pub mod export;

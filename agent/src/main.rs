@@ -32,6 +32,48 @@ enum Command {
         #[arg(long, short, env = "CUSTOS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Install custos as a systemd service, start it and wait until it is ready. Re-run to update.
+    Install {
+        /// Configuration to install as /etc/custos/custos.yaml (validated first).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Install binary, configuration and state below this directory.
+        #[arg(long, env = "CUSTOS_INSTALL_PREFIX", hide = true)]
+        prefix: Option<PathBuf>,
+        /// Directory for the unit file (default /etc/systemd/system).
+        #[arg(long, env = "CUSTOS_UNIT_DIR", hide = true)]
+        unit_dir: Option<PathBuf>,
+    },
+    /// Stop and remove the custos service.
+    Uninstall {
+        /// Also remove the configuration and the state (spool, detector and runbook state).
+        #[arg(long)]
+        purge: bool,
+        /// Print what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, env = "CUSTOS_INSTALL_PREFIX", hide = true)]
+        prefix: Option<PathBuf>,
+        #[arg(long, env = "CUSTOS_UNIT_DIR", hide = true)]
+        unit_dir: Option<PathBuf>,
+    },
+    /// Show the running agent's state: services, events, drops, exporter, runbooks, actions.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Control socket of the agent (default /run/custos/control.sock).
+        #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+        socket: Option<PathBuf>,
+    },
+    /// Ask the running agent to reload its configuration and runbooks (like SIGHUP).
+    Reload {
+        #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+        socket: Option<PathBuf>,
+    },
     /// Check, replay and draw runbooks.
     #[command(subcommand)]
     Runbook(custos::runbook::cli::RunbookCommand),
@@ -80,6 +122,12 @@ struct RunArgs {
     /// How often the summary table is printed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     summary_every: Duration,
+    /// Log line format on stderr; given, it also wins over journald under systemd.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Control socket for `custos status` (default /run/custos/control.sock).
+    #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+    socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -134,14 +182,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = load_config(args.source.config.as_deref())?;
-            init_logging(&config);
+            let logging = custos::daemon::run_support::init_logging(&config, args.log_format.as_deref())?;
             let summary = match args.summary.as_str() {
                 "always" => Some(args.summary_every),
                 "never" => None,
                 _ => std::io::stdout().is_terminal().then_some(args.summary_every),
             };
-            let opts = custos::agent::RunOptions { source: args.source.source(), summary };
-            runtime()?.block_on(custos::agent::run(config, opts))?;
+            let daemon =
+                custos::daemon::run_support::DaemonRunOptions { control_socket: args.socket, logging };
+            let opts = custos::agent::RunOptions { source: args.source.source(), summary, daemon };
+            let rt = runtime()?;
+            let result = rt.block_on(custos::agent::run(config, opts));
+            // The stop budget is spent inside run(); threads still blocked
+            // in a read (a replay from a pipe) must not hold the exit.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(args) => {
@@ -166,6 +221,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Install { config, dry_run, prefix, unit_dir } => {
+            custos::daemon::cli::install(config, dry_run, prefix.as_deref(), unit_dir.as_deref())
+                .map_err(anyhow::Error::msg)
+        }
+        Command::Uninstall { purge, dry_run, prefix, unit_dir } => {
+            custos::daemon::cli::uninstall(purge, dry_run, prefix.as_deref(), unit_dir.as_deref())
+                .map_err(anyhow::Error::msg)
+        }
+        Command::Status { json, socket } => Ok(custos::daemon::cli::status(socket.as_deref(), json)),
+        Command::Reload { socket } => Ok(custos::daemon::cli::reload(socket.as_deref())),
         Command::Runbook(cmd) => {
             let dir = custos::config::load(None).map(|c| c.raw.runbooks.dir).unwrap_or_default();
             custos::runbook::cli::run_runbook(cmd, &dir)

@@ -1,0 +1,188 @@
+//! The pipeline's live figures for `custos status` and systemd `STATUS=`:
+//! a sink that counts events per service and follows the loss counters, and
+//! the provider that turns them into a [`StatusSnapshot`] part.
+
+use super::status::{Drops, ServiceHealth, StatusProvider, StatusSnapshot};
+use crate::config::{LoadedConfig, Selector};
+use crate::pipeline::{EventSink, Tick};
+use custos_event::{Event, EventKind};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Default)]
+struct Inner {
+    total: u64,
+    per_service: BTreeMap<String, u64>,
+    /// Events per second over the last tick interval.
+    rate: f64,
+    last_tick: Option<(Instant, u64)>,
+    drops: Drops,
+    /// Configured services and their unit, in configuration order.
+    configured: Vec<(String, Option<String>)>,
+    config_path: Option<String>,
+}
+
+/// Shared between the sink (writer, on the pipeline task) and the control
+/// socket (reader). The lock is held for a few counter updates only.
+#[derive(Debug, Default, Clone)]
+pub struct LiveStatus(Arc<Mutex<Inner>>);
+
+impl LiveStatus {
+    pub fn new(config: &LoadedConfig) -> LiveStatus {
+        let s = LiveStatus::default();
+        s.set_config(config);
+        s
+    }
+
+    /// Takes the services and path of a (re)loaded configuration.
+    pub fn set_config(&self, config: &LoadedConfig) {
+        if let Ok(mut g) = self.0.lock() {
+            g.configured = config
+                .services
+                .iter()
+                .map(|s| {
+                    let unit = match &s.selector {
+                        Selector::SystemdUnit(u) | Selector::WindowsService(u) => Some(u.clone()),
+                        _ => None,
+                    };
+                    (s.name.clone(), unit)
+                })
+                .collect();
+            g.config_path = config.path.as_ref().map(|p| p.display().to_string());
+        }
+    }
+
+    /// The sink to add to the pipeline.
+    pub fn sink(&self) -> Box<dyn EventSink> {
+        Box::new(LiveSink { shared: self.clone(), pending: 0, pending_services: BTreeMap::new() })
+    }
+}
+
+impl StatusProvider for LiveStatus {
+    fn fill(&self, s: &mut StatusSnapshot) {
+        let Ok(g) = self.0.lock() else { return };
+        s.events_total = g.total;
+        s.events_per_sec = g.rate;
+        s.drops.kernel = g.drops.kernel;
+        s.drops.user = g.drops.user;
+        s.config_path = g.config_path.clone();
+        let mut services: Vec<ServiceHealth> = g
+            .configured
+            .iter()
+            .map(|(name, unit)| ServiceHealth {
+                name: name.clone(),
+                unit: unit.clone(),
+                detail: Some(format!("{} events", g.per_service.get(name).copied().unwrap_or(0))),
+                ..Default::default()
+            })
+            .collect();
+        // Services found without configuration (discovery, manage-everything).
+        for (name, n) in &g.per_service {
+            if !g.configured.iter().any(|(c, _)| c == name) {
+                services.push(ServiceHealth {
+                    name: name.clone(),
+                    detail: Some(format!("{n} events")),
+                    ..Default::default()
+                });
+            }
+        }
+        s.services = services;
+    }
+}
+
+/// Counts locally and publishes at each tick and flush, so the lock is not
+/// taken per event.
+struct LiveSink {
+    shared: LiveStatus,
+    pending: u64,
+    pending_services: BTreeMap<String, u64>,
+}
+
+impl LiveSink {
+    fn publish(&mut self, tick: Option<&Tick>) {
+        let Ok(mut g) = self.shared.0.lock() else { return };
+        g.total += self.pending;
+        self.pending = 0;
+        for (k, v) in std::mem::take(&mut self.pending_services) {
+            *g.per_service.entry(k).or_default() += v;
+        }
+        if let Some(t) = tick {
+            let now = Instant::now();
+            if let Some((then, count)) = g.last_tick {
+                let secs = now.duration_since(then).as_secs_f64();
+                if secs > 0.0 {
+                    g.rate = (g.total - count) as f64 / secs;
+                }
+            }
+            g.last_tick = Some((now, g.total));
+            g.drops.kernel = t.loss.kernel;
+            g.drops.user = t.loss.channel + t.loss.platform;
+        }
+    }
+}
+
+impl EventSink for LiveSink {
+    fn on_event(&mut self, e: &Event) {
+        if e.kind() == EventKind::Loss {
+            return;
+        }
+        self.pending += 1;
+        if let Some(s) = &e.service {
+            match self.pending_services.get_mut(s) {
+                Some(n) => *n += 1,
+                None => {
+                    self.pending_services.insert(s.clone(), 1);
+                }
+            }
+        }
+    }
+    fn on_tick(&mut self, tick: &Tick) {
+        self.publish(Some(tick));
+    }
+    fn flush(&mut self) {
+        self.publish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custos_event::{EventBody, LossCounters, ProcessStart};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    fn ev(service: &str) -> Event {
+        let mut e = Event::new(UNIX_EPOCH, EventBody::ProcessStart(ProcessStart::default()));
+        e.service = Some(service.into());
+        e
+    }
+
+    #[test]
+    fn counts_events_per_service_and_losses() {
+        let cfg = crate::config::parse("services:\n  - name: api\n    systemd_unit: api\n", "t").unwrap();
+        let live = LiveStatus::new(&cfg);
+        let mut sink = live.sink();
+        for _ in 0..3 {
+            sink.on_event(&ev("api"));
+        }
+        sink.on_event(&ev("cron"));
+        let loss = LossCounters { kernel: 5, channel: 2, ..Default::default() };
+        sink.on_tick(&Tick { now: SystemTime::now(), loss });
+        let mut s = StatusSnapshot::default();
+        live.fill(&mut s);
+        assert_eq!(s.events_total, 4);
+        assert_eq!((s.drops.kernel, s.drops.user), (5, 2));
+        let got: Vec<_> =
+            s.services.iter().map(|x| (x.name.as_str(), x.unit.as_deref(), x.detail.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![("api", Some("api.service"), Some("3 events")), ("cron", None, Some("1 events"))]
+        );
+        // A second tick gives a rate.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        sink.on_event(&ev("api"));
+        sink.on_tick(&Tick { now: SystemTime::now(), loss });
+        live.fill(&mut s);
+        assert!(s.events_per_sec > 0.0);
+    }
+}

@@ -1,0 +1,460 @@
+//! `custos run` as a service: the glue between the agent's pipeline
+//! (agent.rs) and the daemon parts, kept here so the agent's own code only
+//! calls `start`, `add_sinks`, `ready`, `until_stop` and `finish`.
+
+use super::live::LiveStatus;
+use super::logging::LoggingHandle;
+use super::reload::Reloader;
+use super::shutdown::{ShutdownPlan, StepOutcome, STOP_BUDGET};
+use super::watchdog::StallSink;
+use super::{Daemon, DaemonError, DaemonOptions};
+use crate::config::LoadedConfig;
+use crate::pipeline::{Finished, Pipeline, PipelineStats};
+use crate::sensor::SensorError;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long the sensor may take to end once the pipeline stopped taking
+/// its events.
+const SENSOR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What `custos run` passes to the service integration.
+#[derive(Default)]
+pub struct DaemonRunOptions {
+    /// Control socket path (`--socket`, `CUSTOS_CONTROL_SOCKET`, default).
+    pub control_socket: Option<PathBuf>,
+    /// The installed logger, so that a reload can change the level; `None`
+    /// when the level is pinned (`CUSTOS_LOG`) or logging is not ours.
+    pub logging: Option<LoggingHandle>,
+}
+
+/// Errors at the end of `custos run`.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+    #[error("the pipeline task failed: {0}")]
+    Pipeline(String),
+    #[error("stop incomplete: {0}")]
+    Incomplete(String),
+}
+
+/// What a reload replaces, as one unit: the configuration and the
+/// runbooks its `runbooks.dir` holds. Either both are valid and both are
+/// swapped in, or neither is.
+pub struct Reloaded {
+    pub config: LoadedConfig,
+    /// `None` when the runbooks directory does not exist (self-healing off).
+    pub runbooks: Option<Vec<crate::runbook::model::Runbook>>,
+}
+
+/// Loads a [`Reloaded`]: the configuration file, then its runbooks. Any
+/// invalid runbook rejects the whole reload (at start-up a bad runbook is
+/// skipped; on reload, keeping the running set is the safer choice).
+pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String> {
+    let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let dir = &config.raw.runbooks.dir;
+    let runbooks = if dir.is_dir() {
+        let report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        if !report.errors.is_empty() {
+            let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+            return Err(errors.join("\n"));
+        }
+        Some(report.runbooks)
+    } else {
+        None
+    };
+    Ok(Reloaded { config, runbooks })
+}
+
+/// The running agent's link to its service manager and operators.
+pub struct ServiceLink {
+    daemon: Daemon,
+    live: LiveStatus,
+    reloader: Arc<Reloader<Reloaded>>,
+    logging: Option<LoggingHandle>,
+    engine: Arc<Mutex<Option<crate::runbook::Engine>>>,
+}
+
+impl ServiceLink {
+    /// Signals, control socket, reload. Call before the slow start-up.
+    pub fn start(config: &LoadedConfig, opts: DaemonRunOptions) -> Result<ServiceLink, DaemonError> {
+        let daemon =
+            Daemon::start(DaemonOptions { control_socket: opts.control_socket, ..DaemonOptions::default() })?;
+        let live = LiveStatus::new(config);
+        daemon.add_status_provider(Arc::new(live.clone()));
+        let path = config.path.clone();
+        let initial = Reloaded { config: config.clone(), runbooks: None };
+        let reloader = Arc::new(Reloader::new(
+            initial,
+            Arc::new(move || load_reloaded(path.as_deref())),
+            daemon.notifier(),
+        ));
+        daemon.set_reloader(reloader.clone());
+        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging, engine: Arc::new(Mutex::new(None)) })
+    }
+
+    /// The daemon, for modules that add status providers.
+    pub fn daemon(&self) -> &Daemon {
+        &self.daemon
+    }
+
+    /// Every successful reload; modules that can apply a new configuration
+    /// at run time subscribe here.
+    pub fn config_updates(&self) -> watch::Receiver<Arc<Reloaded>> {
+        self.reloader.subscribe()
+    }
+
+    /// The runbook engine: reloads replace its runbooks, and `custos status`
+    /// shows their ladder positions and last actions.
+    pub fn attach_runbooks(&self, engine: crate::runbook::Engine) {
+        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine.clone())));
+        if let Ok(mut g) = self.engine.lock() {
+            *g = Some(engine);
+        }
+    }
+
+    /// The status sink, and the stall test hook when armed.
+    pub fn add_sinks(&self, pipeline: &mut Pipeline) {
+        pipeline.add_sink(self.live.sink());
+        if let Some(stall) = StallSink::from_env() {
+            pipeline.add_sink(Box::new(stall));
+        }
+    }
+
+    /// The pipeline runs (sensors attached, consumers started): READY=1,
+    /// watchdog on the pipeline's heartbeat, reloads applied from now on.
+    pub fn ready(&self, stats: &Arc<PipelineStats>) {
+        let s = stats.clone();
+        self.daemon.ready(Arc::new(move || s.heartbeat.load(Ordering::Relaxed)));
+        let mut rx = self.reloader.subscribe();
+        let live = self.live.clone();
+        let logging = self.logging.clone();
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let mut current = rx.borrow_and_update().config.clone();
+            while rx.changed().await.is_ok() {
+                let reloaded = rx.borrow_and_update().clone();
+                let new = reloaded.config.clone();
+                live.set_config(&new);
+                let engine = engine.lock().ok().and_then(|g| g.clone());
+                match (engine, &reloaded.runbooks) {
+                    (Some(e), Some(rbs)) => e.reload(rbs.clone()),
+                    (Some(e), None) => e.reload(Vec::new()),
+                    (None, Some(_)) => {
+                        tracing::warn!("Runbooks appeared; self-healing starts at the next restart.")
+                    }
+                    (None, None) => {}
+                }
+                if let Some(l) = &logging {
+                    if let Err(e) = l.set_level(&new.raw.agent.log_level.value) {
+                        tracing::warn!(error = %e, "Kept the previous log level.");
+                    }
+                }
+                let names = |c: &LoadedConfig| c.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+                if names(&new) != names(&current) || new.discover != current.discover {
+                    tracing::warn!("The managed services changed; they take effect at the next restart.");
+                }
+                current = new;
+            }
+        });
+    }
+
+    /// Waits for SIGTERM/SIGINT, or for the pipeline to end by itself (a
+    /// recording was exhausted), and returns the stop to carry out.
+    pub async fn until_stop(
+        self,
+        mut pipeline: JoinHandle<Finished>,
+        stop_tx: watch::Sender<bool>,
+        sensor: Option<JoinHandle<Result<(), SensorError>>>,
+    ) -> Stopping {
+        let early = tokio::select! {
+            _ = self.daemon.stop_requested() => None,
+            r = &mut pipeline => Some(r),
+        };
+        Stopping { link: self, pipeline, early, stop_tx, sensor, then: Vec::new() }
+    }
+
+    /// `custos status` shows the exporter's state from its counters.
+    pub fn add_exporter_status(&self, config: &LoadedConfig, stats: Arc<crate::export::AgentStats>) {
+        let endpoint = config.raw.exporter.otlp.as_ref().map(|o| o.endpoint.value.clone());
+        let files = config.files_dir().display().to_string();
+        self.daemon.add_status_provider(Arc::new(ExporterStatusProvider { stats, endpoint, files }));
+    }
+}
+
+/// The runbooks' part of the status, from the engine.
+struct RunbookStatusProvider(crate::runbook::Engine);
+
+impl super::StatusProvider for RunbookStatusProvider {
+    fn fill(&self, s: &mut super::StatusSnapshot) {
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        };
+        let now = std::time::SystemTime::now();
+        let mut actions = Vec::new();
+        for r in self.0.status() {
+            let state = if r.breaker_open {
+                "circuit_open"
+            } else if r.cooldown_until.is_some_and(|t| t > now) {
+                "cooldown"
+            } else if r.dry_run {
+                "dry_run"
+            } else {
+                "armed"
+            };
+            s.runbooks.push(super::status::RunbookStatus {
+                name: r.name.clone(),
+                service: r.service.clone(),
+                ladder_position: r.next_step.saturating_sub(1) as u32,
+                ladder_steps: r.steps as u32,
+                state: state.into(),
+            });
+            for a in &r.last_actions {
+                let outcome = match (a.dry_run, a.ok, a.healed) {
+                    (true, _, _) => "dry_run".to_string(),
+                    (false, false, _) => format!("failed: {}", a.detail),
+                    (false, true, Some(true)) => "ok, healed".into(),
+                    (false, true, Some(false)) => "ok, not healed".into(),
+                    (false, true, None) => "ok".into(),
+                };
+                actions.push(super::status::ActionRecord {
+                    at: secs(a.ts),
+                    runbook: r.name.clone(),
+                    service: r.service.clone(),
+                    action: format!("{} (step {})", a.action, a.step),
+                    outcome,
+                });
+            }
+        }
+        actions.sort_by_key(|a| std::cmp::Reverse(a.at));
+        actions.truncate(10);
+        s.last_actions = actions;
+    }
+}
+
+/// The exporter's part of the status, read from its counters.
+struct ExporterStatusProvider {
+    stats: Arc<crate::export::AgentStats>,
+    endpoint: Option<String>,
+    files: String,
+}
+
+impl super::StatusProvider for ExporterStatusProvider {
+    fn fill(&self, s: &mut super::StatusSnapshot) {
+        let st = self.stats.snapshot();
+        s.exporter.spool_bytes = st.spool_bytes;
+        s.drops.exporter = st.events_dropped_exporter + st.logs_dropped;
+        s.exporter.endpoint =
+            Some(self.endpoint.clone().unwrap_or_else(|| format!("files in {}", self.files)));
+        s.exporter.state = exporter_state(&st, self.endpoint.is_some()).to_string();
+        if st.export_failures > 0 {
+            s.exporter.last_error = Some(format!("{} batches rejected by the collector", st.export_failures));
+        }
+    }
+}
+
+/// A one-word exporter state from its counters.
+fn exporter_state(st: &crate::export::StatsSnapshot, otlp: bool) -> &'static str {
+    match (otlp, st.spool_batches > 0, st.batches_exported > 0) {
+        (_, true, _) => "spooling",
+        (true, false, true) => "connected",
+        (false, false, true) => "writing files",
+        (_, false, false) => "starting",
+    }
+}
+
+/// The stop, once asked for.
+pub struct Stopping {
+    link: ServiceLink,
+    pipeline: JoinHandle<Finished>,
+    early: Option<Result<Finished, tokio::task::JoinError>>,
+    stop_tx: watch::Sender<bool>,
+    /// A replay's feeding task; kernel sensors have none (they stop when
+    /// the pipeline drops their control).
+    sensor: Option<JoinHandle<Result<(), SensorError>>>,
+    then: Vec<(String, std::time::Duration, StepFuture)>,
+}
+
+type StepFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+impl Stopping {
+    /// A step to run after the drain and the sensor, in the order added,
+    /// limited to `limit` (and to what is left of the stop budget): flush
+    /// or spool telemetry, persist detector and runbook state.
+    pub fn then<F>(mut self, name: &str, limit: std::time::Duration, fut: F) -> Stopping
+    where
+        F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.then.push((name.to_string(), limit, Box::pin(fut)));
+        self
+    }
+
+    /// STOPPING=1, then within [`STOP_BUDGET`]: the pipeline stops taking
+    /// from the sensor and drains what it already has (sinks flush on
+    /// finish), then the sensor task ends. Steps that persist state
+    /// (exporter spool, detector, runbooks) go after these.
+    pub async fn finish(self) -> Result<Finished, StopError> {
+        self.link.daemon.stopping();
+        let _ = self.stop_tx.send(true);
+        let finished = Arc::new(Mutex::new(None));
+        let sensor_error = Arc::new(Mutex::new(None));
+        let (f, se) = (finished.clone(), sensor_error.clone());
+        let pipeline = self.pipeline;
+        let early = self.early;
+        let sensor = self.sensor;
+        let mut plan = ShutdownPlan::new(STOP_BUDGET)
+            .step("drain the pipeline", async move {
+                let r = match early {
+                    Some(r) => r,
+                    None => pipeline.await,
+                };
+                let done = r.map_err(|e| e.to_string())?;
+                if let Ok(mut g) = f.lock() {
+                    *g = Some(done);
+                }
+                Ok(())
+            })
+            .step("stop the sensor", async move {
+                // The pipeline has closed the channel, so the sensor can
+                // deliver nothing more; waiting is only to hear its error.
+                // A sensor that does not notice (a replay asleep until its
+                // next recorded event) is cancelled after a grace period.
+                let Some(mut sensor) = sensor else { return Ok(()) };
+                let joined = match tokio::time::timeout(SENSOR_GRACE, &mut sensor).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(
+                            grace_ms = SENSOR_GRACE.as_millis() as u64,
+                            "Sensor did not notice the stop; cancelled it."
+                        );
+                        sensor.abort();
+                        match sensor.await {
+                            Err(e) if e.is_cancelled() => Ok(Ok(())),
+                            other => other,
+                        }
+                    }
+                };
+                match joined {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => {
+                        let msg = e.to_string();
+                        if let Ok(mut g) = se.lock() {
+                            *g = Some(e);
+                        }
+                        Err(msg)
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        for (name, limit, fut) in self.then {
+            plan = plan.step_within(name, limit, fut);
+        }
+        let report = plan.run().await;
+        if let Some(e) = sensor_error.lock().ok().and_then(|mut g| g.take()) {
+            return Err(StopError::Sensor(e));
+        }
+        let unfinished: Vec<String> = report
+            .steps
+            .iter()
+            .filter(|(_, o, _)| *o != StepOutcome::Done)
+            .map(|(n, o, _)| format!("{n}: {o:?}"))
+            .collect();
+        let done = finished.lock().ok().and_then(|mut g| g.take());
+        match done {
+            Some(f) if unfinished.is_empty() => Ok(f),
+            Some(_) => Err(StopError::Incomplete(unfinished.join(", "))),
+            None => Err(StopError::Pipeline(unfinished.join(", "))),
+        }
+    }
+}
+
+/// Installs the logger for `custos run`: journald under systemd, else
+/// stderr in the configured format; `--log-format` wins over both.
+/// `CUSTOS_LOG` (a filter) pins the level, which reloads then leave alone.
+pub fn init_logging(
+    config: &LoadedConfig,
+    format_flag: Option<&str>,
+) -> Result<Option<LoggingHandle>, super::logging::LoggingError> {
+    use crate::config::LogFormat;
+    let format = match format_flag {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.raw.agent.log_format,
+    };
+    let pinned = std::env::var("CUSTOS_LOG").ok().filter(|v| !v.is_empty());
+    let level = pinned.clone().unwrap_or_else(|| config.raw.agent.log_level.value.clone());
+    let handle = super::logging::init(&level, format, format_flag.is_some())?;
+    Ok(if pinned.is_some() { None } else { Some(handle) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::{StatusProvider, StatusSnapshot};
+    use crate::export::AgentStats;
+
+    #[test]
+    fn reload_loads_config_and_runbooks_together_or_not_at_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let rb_dir = dir.path().join("runbooks");
+        std::fs::create_dir(&rb_dir).unwrap();
+        let cfg = dir.path().join("custos.yaml");
+        let write = |p: &std::path::Path, t: &str| {
+            std::fs::write(p, t).unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write(
+            &cfg,
+            &format!(
+                "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {} }}\n",
+                rb_dir.display(),
+                dir.path().display()
+            ),
+        );
+        let example =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/anomaly.yaml"))
+                .unwrap();
+        write(&rb_dir.join("a.yaml"), &example);
+        let ok = load_reloaded(Some(&cfg)).unwrap();
+        assert_eq!(ok.runbooks.as_ref().map(Vec::len), Some(1));
+        // One broken runbook rejects the whole reload, with its place.
+        write(&rb_dir.join("b.yaml"), "name: broken\nservice: api\ntrigger: { nonsense: 1 }\nsteps: []\n");
+        let err = load_reloaded(Some(&cfg)).err().expect("a broken runbook was accepted");
+        assert!(err.contains(&rb_dir.join("b.yaml").display().to_string()), "{err}");
+        // No runbooks directory: self-healing off, the config alone reloads.
+        write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
+        assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());
+    }
+
+    #[test]
+    fn exporter_state_follows_the_counters() {
+        let stats = Arc::new(AgentStats::default());
+        let p = ExporterStatusProvider {
+            stats: stats.clone(),
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            files: "/x".into(),
+        };
+        let fill = || {
+            let mut s = StatusSnapshot::default();
+            p.fill(&mut s);
+            s
+        };
+        assert_eq!(fill().exporter.state, "starting");
+        AgentStats::add(&stats.batches_exported, 1);
+        assert_eq!(fill().exporter.state, "connected");
+        AgentStats::set(&stats.spool_batches, 2);
+        AgentStats::set(&stats.spool_bytes, 4096);
+        AgentStats::add(&stats.events_dropped_exporter, 3);
+        let s = fill();
+        assert_eq!(
+            (s.exporter.state.as_str(), s.exporter.spool_bytes, s.drops.exporter),
+            ("spooling", 4096, 3)
+        );
+        assert_eq!(s.exporter.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    }
+}

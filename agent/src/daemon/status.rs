@@ -1,0 +1,398 @@
+//! What `custos status` shows: a snapshot the running agent fills on request.
+//!
+//! The daemon fills the agent-level fields (version, pid, uptime, state, last
+//! reload); the pipeline and its modules fill the rest through a
+//! [`StatusProvider`]. All fields have defaults so that a newer `custos
+//! status` reads an older agent's answer and the other way round.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Life-cycle state of the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    #[default]
+    Starting,
+    Running,
+    Reloading,
+    Stopping,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Starting => "starting",
+            AgentState::Running => "running",
+            AgentState::Reloading => "reloading",
+            AgentState::Stopping => "stopping",
+        }
+    }
+}
+
+/// Everything `custos status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusSnapshot {
+    pub version: String,
+    pub pid: u32,
+    /// Seconds since the Unix epoch when the agent started.
+    pub started_at: u64,
+    pub uptime_secs: u64,
+    pub state: AgentState,
+    /// The configuration file in use; `None` for the embedded default.
+    pub config_path: Option<String>,
+    pub services: Vec<ServiceHealth>,
+    /// Events per second over the last rate window.
+    pub events_per_sec: f64,
+    pub events_total: u64,
+    pub drops: Drops,
+    pub exporter: ExporterStatus,
+    pub runbooks: Vec<RunbookStatus>,
+    /// Most recent first.
+    pub last_actions: Vec<ActionRecord>,
+    pub last_reload: Option<ReloadRecord>,
+}
+
+/// One managed service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceHealth {
+    pub name: String,
+    /// The unit or Windows service, when the service is one.
+    pub unit: Option<String>,
+    /// The service manager's state (`active`, `failed`...), when known.
+    pub state: Option<String>,
+    /// Health verdict: `None` when no probe is configured.
+    pub healthy: Option<bool>,
+    /// Why it is unhealthy, or the last probe's result.
+    pub detail: Option<String>,
+}
+
+/// Events lost, by where they were lost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Drops {
+    /// Ring buffer reservations that failed in the kernel.
+    pub kernel: u64,
+    /// Full channels in user space.
+    pub user: u64,
+    /// Telemetry the exporter gave up on (spool full).
+    pub exporter: u64,
+}
+
+/// Where telemetry goes and how that is going.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExporterStatus {
+    /// `connected`, `retrying`, `spooling`, `files`, `off`...
+    pub state: String,
+    pub endpoint: Option<String>,
+    pub spool_bytes: u64,
+    pub last_error: Option<String>,
+}
+
+/// A loaded runbook and where it is on its escalation ladder.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunbookStatus {
+    pub name: String,
+    pub service: String,
+    /// Steps already taken in the current escalation (0: none).
+    pub ladder_position: u32,
+    pub ladder_steps: u32,
+    /// `armed`, `cooldown`, `circuit_open`, `dry_run`...
+    pub state: String,
+}
+
+/// One action a runbook took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionRecord {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub runbook: String,
+    pub service: String,
+    pub action: String,
+    /// `ok`, `failed: ...`, `dry_run`, `skipped: ...`.
+    pub outcome: String,
+}
+
+/// The outcome of the last reload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReloadRecord {
+    pub at: u64,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+/// Fills the pipeline's part of a status snapshot. Called on the control
+/// socket's task for every `custos status`: keep it quick (read atomics and
+/// small locked summaries; no I/O).
+pub trait StatusProvider: Send + Sync + 'static {
+    fn fill(&self, snapshot: &mut StatusSnapshot);
+}
+
+impl<F: Fn(&mut StatusSnapshot) + Send + Sync + 'static> StatusProvider for F {
+    fn fill(&self, snapshot: &mut StatusSnapshot) {
+        self(snapshot)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn fmt_time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+impl StatusSnapshot {
+    /// The one-line summary sent as systemd `STATUS=`.
+    pub fn summary_line(&self) -> String {
+        let mut s = format!(
+            "{}: {} services, {:.0} events/s, drops {} kernel {} user, exporter {}",
+            self.state.as_str(),
+            self.services.len(),
+            self.events_per_sec,
+            self.drops.kernel,
+            self.drops.user,
+            if self.exporter.state.is_empty() { "unknown" } else { &self.exporter.state },
+        );
+        if self.exporter.spool_bytes > 0 {
+            let _ = write!(s, " (spool {})", fmt_bytes(self.exporter.spool_bytes));
+        }
+        s
+    }
+
+    /// The human-readable `custos status`.
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        let up = humantime::format_duration(Duration::from_secs(self.uptime_secs));
+        let _ = writeln!(o, "custos {} (pid {}): {}", self.version, self.pid, self.state.as_str());
+        let _ = writeln!(o, "  started    {} (up {up})", fmt_time(self.started_at));
+        let _ = writeln!(o, "  config     {}", self.config_path.as_deref().unwrap_or("embedded default"));
+        if let Some(r) = &self.last_reload {
+            match (&r.ok, &r.error) {
+                (true, _) => {
+                    let _ = writeln!(o, "  reload     ok at {}", fmt_time(r.at));
+                }
+                (false, e) => {
+                    let _ = writeln!(
+                        o,
+                        "  reload     REJECTED at {}: {} (previous configuration kept)",
+                        fmt_time(r.at),
+                        e.as_deref().unwrap_or("unknown error").replace('\n', "; ")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(o, "  events     {:.1}/s ({} total)", self.events_per_sec, self.events_total);
+        let _ = writeln!(
+            o,
+            "  drops      kernel {}, user {}, exporter {}",
+            self.drops.kernel, self.drops.user, self.drops.exporter
+        );
+        let e = &self.exporter;
+        let _ = write!(o, "  exporter   {}", if e.state.is_empty() { "unknown" } else { &e.state });
+        if let Some(ep) = &e.endpoint {
+            let _ = write!(o, " -> {ep}");
+        }
+        let _ = write!(o, ", spool {}", fmt_bytes(e.spool_bytes));
+        if let Some(err) = &e.last_error {
+            let _ = write!(o, ", last error: {err}");
+        }
+        o.push('\n');
+
+        let _ = writeln!(o, "\nServices ({}):", self.services.len());
+        if self.services.is_empty() {
+            o.push_str("  (none)\n");
+        }
+        for s in &self.services {
+            let health = match s.healthy {
+                Some(true) => "healthy",
+                Some(false) => "UNHEALTHY",
+                None => "no probe",
+            };
+            let _ = write!(o, "  {:<20} {:<10} {health}", s.name, s.state.as_deref().unwrap_or("-"));
+            if let Some(u) = &s.unit {
+                let _ = write!(o, "  [{u}]");
+            }
+            if let Some(d) = &s.detail {
+                let _ = write!(o, "  {d}");
+            }
+            o.push('\n');
+        }
+
+        let _ = writeln!(o, "\nRunbooks ({}):", self.runbooks.len());
+        if self.runbooks.is_empty() {
+            o.push_str("  (none)\n");
+        }
+        for r in &self.runbooks {
+            let _ = writeln!(
+                o,
+                "  {:<24} service {:<16} step {}/{}  {}",
+                r.name,
+                r.service,
+                r.ladder_position,
+                r.ladder_steps,
+                if r.state.is_empty() { "armed" } else { &r.state }
+            );
+        }
+
+        let _ = writeln!(o, "\nLast actions ({}):", self.last_actions.len());
+        if self.last_actions.is_empty() {
+            o.push_str("  (none)\n");
+        }
+        for a in &self.last_actions {
+            let _ = writeln!(
+                o,
+                "  {}  {:<16} {:<24} {:<12} {}",
+                fmt_time(a.at),
+                a.service,
+                a.runbook,
+                a.action,
+                a.outcome
+            );
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StatusSnapshot {
+        StatusSnapshot {
+            version: "0.1.0".into(),
+            pid: 4242,
+            started_at: 1_700_000_000,
+            uptime_secs: 3725,
+            state: AgentState::Running,
+            config_path: Some("/etc/custos/custos.yaml".into()),
+            services: vec![
+                ServiceHealth {
+                    name: "api".into(),
+                    unit: Some("api.service".into()),
+                    state: Some("active".into()),
+                    healthy: Some(true),
+                    detail: None,
+                },
+                ServiceHealth {
+                    name: "db".into(),
+                    unit: Some("db.service".into()),
+                    state: Some("failed".into()),
+                    healthy: Some(false),
+                    detail: Some("http 503".into()),
+                },
+            ],
+            events_per_sec: 12.5,
+            events_total: 9000,
+            drops: Drops { kernel: 3, user: 1, exporter: 0 },
+            exporter: ExporterStatus {
+                state: "spooling".into(),
+                endpoint: Some("http://127.0.0.1:4317".into()),
+                spool_bytes: 3 * 1024 * 1024,
+                last_error: Some("connection refused".into()),
+            },
+            runbooks: vec![RunbookStatus {
+                name: "api-crash-loop".into(),
+                service: "api".into(),
+                ladder_position: 2,
+                ladder_steps: 4,
+                state: "cooldown".into(),
+            }],
+            last_actions: vec![ActionRecord {
+                at: 1_700_003_000,
+                runbook: "api-crash-loop".into(),
+                service: "api".into(),
+                action: "restart".into(),
+                outcome: "ok".into(),
+            }],
+            last_reload: Some(ReloadRecord {
+                at: 1_700_002_000,
+                ok: false,
+                error: Some("/etc/custos/custos.yaml:3:5: unknown field `bogus`".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_every_section() {
+        let t = sample().render_text();
+        assert!(t.starts_with("custos 0.1.0 (pid 4242): running\n"), "{t}");
+        assert!(t.contains("up 1h 2m 5s"), "{t}");
+        assert!(t.contains("config     /etc/custos/custos.yaml"), "{t}");
+        assert!(
+            t.contains("REJECTED at 2023-11-14T22:46:40Z: /etc/custos/custos.yaml:3:5: unknown field"),
+            "{t}"
+        );
+        assert!(t.contains("events     12.5/s (9000 total)"), "{t}");
+        assert!(t.contains("drops      kernel 3, user 1, exporter 0"), "{t}");
+        assert!(
+            t.contains(
+                "exporter   spooling -> http://127.0.0.1:4317, spool 3.0 MiB, last error: connection refused"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("db                   failed     UNHEALTHY  [db.service]  http 503"), "{t}");
+        assert!(t.contains("api-crash-loop           service api              step 2/4  cooldown"), "{t}");
+        assert!(t.contains("2023-11-14T23:03:20Z  api"), "{t}");
+    }
+
+    #[test]
+    fn renders_an_empty_agent() {
+        let t = StatusSnapshot { version: "0.1.0".into(), ..Default::default() }.render_text();
+        assert!(t.contains("Services (0):\n  (none)"), "{t}");
+        assert!(t.contains("Runbooks (0):\n  (none)"), "{t}");
+        assert!(t.contains("exporter   unknown"), "{t}");
+    }
+
+    #[test]
+    fn summary_line_is_one_short_line() {
+        let s = sample().summary_line();
+        assert_eq!(
+            s,
+            "running: 2 services, 12 events/s, drops 3 kernel 1 user, exporter spooling (spool 3.0 MiB)"
+        );
+    }
+
+    #[test]
+    fn json_round_trips_and_tolerates_missing_fields() {
+        let s = sample();
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<StatusSnapshot>(&j).unwrap(), s);
+        let partial: StatusSnapshot = serde_json::from_str(r#"{"version":"9","state":"stopping"}"#).unwrap();
+        assert_eq!(partial.state, AgentState::Stopping);
+        assert!(partial.services.is_empty());
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+}
