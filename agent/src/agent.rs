@@ -40,11 +40,17 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         rb.export_audit(exporter.log_sender());
         service.attach_runbooks(rb.engine.clone());
     }
-    if config.raw.detection.enabled {
-        let bank = crate::detect::DetectorBank::from_config(&config.raw.detection);
-        // Anomalies reach the runbook engine through a bounded channel.
+    // The per-service series feed the detectors and the runbooks' metric
+    // triggers; anomalies and series values reach the engine through a
+    // bounded channel.
+    if config.raw.detection.enabled || runbooks.is_some() {
+        let bank = config
+            .raw
+            .detection
+            .enabled
+            .then(|| crate::detect::DetectorBank::from_config(&config.raw.detection));
         let findings = runbooks.as_ref().map(|rb| {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
             rb.forward_findings(rx);
             tx
         });
@@ -57,6 +63,13 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
         pipeline.add_sink(Box::new(sink));
     }
+    // Health probes run with or without runbooks: their results are events
+    // (exported, summarized) and, through the engine, triggers.
+    let probes = crate::health::start_probes(
+        &config,
+        runbooks.as_ref().map(|rb| rb.engine.clone()),
+        pipeline.side_input(1024),
+    );
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
@@ -77,6 +90,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         Ok(())
     });
     let finished = stopping.finish().await?;
+    probes.stop();
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
         lost_kernel = finished.loss.kernel,

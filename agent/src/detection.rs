@@ -1,7 +1,8 @@
 //! Anomaly detection in the running agent: keeps each service's counters
-//! from the event stream, feeds the detector bank once per interval, and
-//! hands what it finds to the exporter (log records) and to the runbook
-//! engine (signals). The detector itself (`detect`) does no I/O; this is
+//! from the event stream, turns them into the per-service series once per
+//! interval (`detect::bank::derive`), feeds those to the detector bank and
+//! to the runbook engine's metric triggers, and hands what the detectors
+//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`detect`) does no I/O; this is
 //! where its state is snapshotted to and restored from the state dir.
 
 use crate::anomaly::{Anomaly, Forecast};
@@ -30,12 +31,23 @@ pub const SNAPSHOT_FILE: &str = "detector.snapshot";
 pub enum Finding {
     Anomaly(Anomaly),
     Forecast(Forecast),
+    /// The value of one per-service series over the last interval (metric
+    /// triggers of runbooks).
+    Metric {
+        service: String,
+        metric: &'static str,
+        value: f64,
+        ts: SystemTime,
+    },
 }
 
 /// The pipeline sink that runs the detectors.
 pub struct DetectionSink {
-    bank: DetectorBank,
+    /// `None` when detection is off but runbooks still want the series.
+    bank: Option<DetectorBank>,
     counters: HashMap<String, ServiceCounters>,
+    /// Counters at the previous point, to derive the interval's values.
+    previous: HashMap<String, (SystemTime, ServiceCounters)>,
     last_point: Option<SystemTime>,
     last_snapshot: Option<SystemTime>,
     snapshot_path: PathBuf,
@@ -54,31 +66,20 @@ impl DetectionSink {
     /// snapshot is there. A snapshot that cannot be read is set aside
     /// (renamed `.corrupt`) with a warning: learning restarts, the agent runs.
     pub fn new(
-        mut bank: DetectorBank,
+        bank: Option<DetectorBank>,
         state_dir: &std::path::Path,
         logs: Option<LogSender>,
         findings: Option<mpsc::Sender<Finding>>,
     ) -> Self {
         let snapshot_path = state_dir.join(SNAPSHOT_FILE);
-        match std::fs::read(&snapshot_path) {
-            Ok(bytes) => match bank.restore(&bytes) {
-                Ok(()) => {
-                    tracing::info!(path = %snapshot_path.display(), series = bank.len(), "Restored the detector state.")
-                }
-                Err(e) => {
-                    let aside = snapshot_path.with_extension("snapshot.corrupt");
-                    let _ = std::fs::rename(&snapshot_path, &aside);
-                    tracing::warn!(path = %snapshot_path.display(), error = %e, moved_to = %aside.display(), "Could not restore the detector state; learning starts over.");
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %snapshot_path.display(), error = %e, "Could not read the detector state; learning starts over.")
-            }
+        let mut bank = bank;
+        if let Some(bank) = bank.as_mut() {
+            restore(bank, &snapshot_path);
         }
         DetectionSink {
             bank,
             counters: HashMap::new(),
+            previous: HashMap::new(),
             last_point: None,
             last_snapshot: None,
             snapshot_path,
@@ -100,34 +101,40 @@ impl DetectionSink {
         self
     }
 
-    /// The detector bank (scores for `custos.anomaly.score`, status).
-    pub fn bank(&self) -> &DetectorBank {
-        &self.bank
+    /// The detector bank, when detection is on.
+    pub fn bank(&self) -> Option<&DetectorBank> {
+        self.bank.as_ref()
     }
 
     fn observe_all(&mut self, now: SystemTime) {
         let services: Vec<(String, ServiceCounters)> =
             self.counters.iter().map(|(s, c)| (s.clone(), *c)).collect();
         for (service, c) in services {
-            for signal in self.bank.observe_counters(&service, now, &c) {
-                if let Some(a) = signal.anomaly {
-                    self.anomalies += 1;
-                    if let Some(stats) = &self.stats {
-                        AgentStats::add(&stats.anomalies, 1);
+            let Some((t0, c0)) = self.previous.insert(service.clone(), (now, c)) else { continue };
+            let secs = now.duration_since(t0).unwrap_or_default().as_secs_f64();
+            for (metric, value) in crate::detect::bank::derive(&c0, &c, secs) {
+                if let Some(bank) = self.bank.as_mut() {
+                    let signal = bank.observe_signals(&service, metric, now, value);
+                    if let Some(a) = signal.anomaly {
+                        self.anomalies += 1;
+                        if let Some(stats) = &self.stats {
+                            AgentStats::add(&stats.anomalies, 1);
+                        }
+                        self.report_anomaly(&a);
+                        self.send(Finding::Anomaly(a));
                     }
-                    self.report_anomaly(&a);
-                    self.send(Finding::Anomaly(a));
+                    if let Some(f) = signal.forecast {
+                        self.report_forecast(&f);
+                        self.send(Finding::Forecast(f));
+                    }
                 }
-                if let Some(f) = signal.forecast {
-                    self.report_forecast(&f);
-                    self.send(Finding::Forecast(f));
-                }
+                self.send(Finding::Metric { service: service.clone(), metric, value, ts: now });
             }
         }
-        if let Some(board) = &self.scores {
+        if let (Some(board), Some(bank)) = (&self.scores, &self.bank) {
             let mut board = board.lock().unwrap_or_else(|p| p.into_inner());
             board.clear();
-            for (service, metric, score) in self.bank.scores() {
+            for (service, metric, score) in bank.scores() {
                 board.insert((service.to_string(), metric.to_string()), score);
             }
         }
@@ -194,7 +201,8 @@ impl DetectionSink {
     /// Writes the snapshot atomically (temporary file, fsync, rename) on a
     /// blocking thread so the pipeline does not wait for the disk.
     fn snapshot(&self, wait: bool) {
-        let bytes = self.bank.snapshot();
+        let Some(bank) = &self.bank else { return };
+        let bytes = bank.snapshot();
         let path = self.snapshot_path.clone();
         let write = move || {
             if let Err(e) = write_atomically(&path, &bytes) {
@@ -206,6 +214,28 @@ impl DetectionSink {
                 rt.spawn_blocking(write);
             }
             _ => write(),
+        }
+    }
+}
+
+/// Restores `bank` from the snapshot at `path` when there is one. A snapshot
+/// that cannot be read is set aside (renamed `.corrupt`) with a warning:
+/// learning restarts, the agent runs.
+fn restore(bank: &mut DetectorBank, path: &std::path::Path) {
+    match std::fs::read(path) {
+        Ok(bytes) => match bank.restore(&bytes) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), series = bank.len(), "Restored the detector state.")
+            }
+            Err(e) => {
+                let aside = path.with_extension("snapshot.corrupt");
+                let _ = std::fs::rename(path, &aside);
+                tracing::warn!(path = %path.display(), error = %e, moved_to = %aside.display(), "Could not restore the detector state; learning starts over.");
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "Could not read the detector state; learning starts over.")
         }
     }
 }
@@ -299,31 +329,67 @@ mod tests {
     #[test]
     fn snapshot_survives_a_restart_and_a_corrupt_one_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
+        let mut sink =
+            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..50u64 {
             let now = t0 + DETECTION_INTERVAL * i as u32;
             sink.on_event(&crash("api", now));
             sink.on_tick(&Tick { now, loss: LossCounters::default() });
         }
-        let learned = sink.bank().len();
+        let learned = sink.bank().unwrap().len();
         assert!(learned > 0, "series were created");
         sink.on_finish(&Tick { now: t0, loss: LossCounters::default() });
-        let restored = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
-        assert_eq!(restored.bank().len(), learned);
-        assert_eq!(restored.bank().snapshot(), sink.bank().snapshot(), "same state after restore");
+        let restored =
+            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
+        assert_eq!(restored.bank().unwrap().len(), learned);
+        assert_eq!(
+            restored.bank().unwrap().snapshot(),
+            sink.bank().unwrap().snapshot(),
+            "same state after restore"
+        );
 
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
-        let fresh = DetectionSink::new(DetectorBank::new(Sensitivity::Medium), dir.path(), None, None);
-        assert_eq!(fresh.bank().len(), 0);
+        let fresh = DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
+        assert_eq!(fresh.bank().unwrap().len(), 0);
         assert!(dir.path().join("detector.snapshot.corrupt").exists());
+    }
+
+    #[test]
+    fn without_detection_the_series_still_feed_metric_triggers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut sink = DetectionSink::new(None, dir.path(), None, Some(tx));
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        sink.on_tick(&Tick { now: t0, loss: LossCounters::default() });
+        for _ in 0..5 {
+            sink.on_event(&crash("api", t0));
+        }
+        let t1 = t0 + DETECTION_INTERVAL;
+        sink.on_tick(&Tick { now: t1, loss: LossCounters::default() });
+        let t2 = t1 + DETECTION_INTERVAL;
+        for _ in 0..20 {
+            sink.on_event(&crash("api", t1));
+        }
+        sink.on_tick(&Tick { now: t2, loss: LossCounters::default() });
+        let mut crashes = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            if let Finding::Metric { metric: "custos.process.crashes", value, service, .. } = f {
+                assert_eq!(service, "api");
+                crashes.push(value);
+            }
+        }
+        assert_eq!(crashes, vec![2.0], "20 crashes in 10 s, after the first point set the baseline");
+        sink.on_finish(&Tick { now: t2, loss: LossCounters::default() });
+        assert!(!dir.path().join(SNAPSHOT_FILE).exists(), "no detector, no snapshot");
     }
 
     #[test]
     fn a_crash_burst_becomes_a_finding_for_the_runbooks() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let mut sink = DetectionSink::new(DetectorBank::new(Sensitivity::High), dir.path(), None, Some(tx));
+        let (tx, mut rx) = mpsc::channel(100_000);
+        let mut sink =
+            DetectionSink::new(Some(DetectorBank::new(Sensitivity::High)), dir.path(), None, Some(tx));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         // A quiet week-long-enough history with an occasional exit, then a
         // burst of crashes in one interval.
@@ -343,6 +409,11 @@ mod tests {
         while let Ok(f) = rx.try_recv() {
             found.push(f);
         }
+        let crash_rates = found
+            .iter()
+            .filter(|f| matches!(f, Finding::Metric { metric: "custos.process.crashes", .. }))
+            .count();
+        assert!(crash_rates > 0, "the series values reach the runbooks too");
         let crash_anomaly = |f: &Finding| {
             matches!(f, Finding::Anomaly(a) if a.service == "api"
                 && (a.metric.contains("crash") || a.metric.contains("exits")))

@@ -70,6 +70,21 @@ pub struct PipelineStats {
     pub heartbeat: AtomicU64,
 }
 
+/// The next event of the side input; pending forever when there is none
+/// (or it closed), so the `select!` branch simply never fires.
+async fn recv_side(side: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+    match side {
+        Some(rx) => match rx.recv().await {
+            Some(e) => Some(e),
+            None => {
+                *side = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// What a finished pipeline hands back.
 pub struct Finished {
     pub sinks: Vec<Box<dyn EventSink>>,
@@ -84,6 +99,9 @@ pub struct Pipeline {
     stats: Arc<PipelineStats>,
     tick: Duration,
     reported_loss: LossCounters,
+    /// Events made inside the agent (health probe results), merged into
+    /// the stream after the sensor's.
+    side: Option<mpsc::Receiver<Event>>,
 }
 
 impl Pipeline {
@@ -100,12 +118,22 @@ impl Pipeline {
             stats,
             tick: Duration::from_secs(1),
             reported_loss: LossCounters::default(),
+            side: None,
         }
     }
 
     pub fn with_tick(mut self, tick: Duration) -> Self {
         self.tick = tick;
         self
+    }
+
+    /// A second input for events the agent makes itself (health probe
+    /// results): they go through attribution (their service is already set)
+    /// and reach every sink like the sensor's. Bounded; producers `try_send`.
+    pub fn side_input(&mut self, capacity: usize) -> mpsc::Sender<Event> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.side = Some(rx);
+        tx
     }
 
     pub fn add_sink(&mut self, sink: Box<dyn EventSink>) {
@@ -125,6 +153,7 @@ impl Pipeline {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut update = FilterUpdate::default();
+        let mut side = self.side.take();
         loop {
             tokio::select! {
                 biased;
@@ -158,6 +187,9 @@ impl Pipeline {
                             s.flush();
                         }
                     }
+                }
+                Some(e) = recv_side(&mut side) => {
+                    self.handle(e, &mut update);
                 }
                 _ = ticker.tick() => {
                     self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +344,41 @@ mod tests {
             vec![(LossStage::Kernel, 7)],
             "one marker for the gap, none while nothing is lost"
         );
+    }
+
+    #[tokio::test]
+    async fn side_input_events_reach_the_sinks() {
+        let cfg = config::parse("services:\n  - name: api\n    exe: /usr/bin/api\n", "t").unwrap();
+        let mut p = Pipeline::new(
+            Attributor::new(&cfg, Box::new(NoHost)),
+            Box::new(NoKernel),
+            Arc::new(PipelineStats::default()),
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        p.add_sink(Box::new(Collect(got.clone(), Arc::new(AtomicU64::new(0)))));
+        let side = p.side_input(4);
+        let (tx, rx) = mpsc::channel(4);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let run = tokio::spawn(p.run(rx, stop_rx));
+        let mut probe = Event::new(
+            UNIX_EPOCH,
+            EventBody::HealthProbe(custos_event::HealthProbe {
+                probe: "http".into(),
+                ok: false,
+                latency_ns: 1,
+                detail: "503".into(),
+            }),
+        );
+        probe.service = Some("api".into());
+        side.send(probe).await.unwrap();
+        drop(side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop_tx.send(true).unwrap();
+        run.await.unwrap();
+        drop(tx);
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind(), custos_event::EventKind::HealthProbe);
     }
 
     #[tokio::test]

@@ -209,6 +209,53 @@ pub fn spawn(
         .collect()
 }
 
+/// Running probe threads; [`ProbeThreads::stop`] (or drop) ends them.
+pub struct ProbeThreads {
+    stop: Arc<AtomicBool>,
+}
+
+impl ProbeThreads {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ProbeThreads {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the probes of every configured service with `health:`. Each
+/// result goes down the pipeline as a `health_probe` event (`try_send`: a
+/// full queue drops it) and, with runbooks, to `Engine::on_health`.
+pub fn start_probes(
+    config: &crate::config::LoadedConfig,
+    engine: Option<crate::runbook::engine::Engine>,
+    events: tokio::sync::mpsc::Sender<Event>,
+) -> ProbeThreads {
+    let probes: Vec<Probe> = config
+        .services
+        .iter()
+        .filter_map(|s| s.health.as_ref().and_then(|h| Probe::from_config(&s.name, h)))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn(
+        probes,
+        Arc::new(move |ev: Event, healthy: bool| {
+            if let Some(engine) = &engine {
+                let service = ev.service.clone().unwrap_or_default();
+                engine.on_health(&service, healthy, Some(&ev));
+            }
+            if events.try_send(ev).is_err() {
+                tracing::debug!("Health probe result dropped: the pipeline is busy.");
+            }
+        }),
+        stop.clone(),
+    );
+    ProbeThreads { stop }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,6 +236,11 @@ impl Engine {
         );
     }
 
+    /// The service manager the engine acts through.
+    pub fn service_manager(&self) -> Arc<dyn ServiceManager> {
+        self.inner.sm.clone()
+    }
+
     /// An attributed event (its `service` set); others are ignored.
     pub fn on_event(&self, event: &Event) {
         let Some(service) = event.service.as_deref() else { return };

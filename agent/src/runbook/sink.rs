@@ -1,6 +1,8 @@
 //! Wiring the runbook engine into `custos run`: a pipeline sink feeding it
-//! attributed events, a task forwarding the detector's anomalies, health
-//! probe threads, and audit records exported as OTLP logs.
+//! attributed events, a task forwarding the detector's anomalies and the
+//! per-service metric series, a thread polling the service manager (for
+//! `service_down`), and audit records exported as OTLP logs. Health probes
+//! run apart (`health::start_probes`) since they exist without runbooks too.
 
 use super::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
@@ -8,7 +10,9 @@ use crate::config::{LoadedConfig, Selector};
 use crate::detection::Finding;
 use crate::export::{AttrValue, LogRecord, LogSender, Severity};
 use crate::pipeline::{EventSink, Tick};
-use crate::service_manager::{ServiceError, ServiceManager, ServiceStatus};
+use crate::service_manager::ServiceManager;
+#[cfg(not(any(windows, custos_windows_typecheck)))]
+use crate::service_manager::{ServiceError, ServiceStatus};
 use custos_event::Event;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -37,9 +41,19 @@ impl EventSink for RunbookSink {
 pub struct Runbooks {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
-    /// Stops the health probe threads.
-    pub stop_probes: Arc<AtomicBool>,
+    /// Stops the service state poller (set on drop).
+    pub stop_polling: Arc<AtomicBool>,
 }
+
+impl Drop for Runbooks {
+    fn drop(&mut self) {
+        self.stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How often the service manager is asked for the state of each service
+/// (the `service_down` trigger). A D-Bus round trip per service: cheap.
+pub const STATE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Runbooks {
     pub fn sink(&self) -> RunbookSink {
@@ -54,8 +68,14 @@ impl Runbooks {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
-                if let Finding::Anomaly(a) = f {
-                    engine.on_anomaly(&a);
+                match f {
+                    Finding::Anomaly(a) => engine.on_anomaly(&a),
+                    Finding::Metric { service, metric, value, ts } => {
+                        engine.on_metric(&service, metric, value, ts)
+                    }
+                    // Forecasts are exported as log records; no trigger
+                    // takes them yet.
+                    Finding::Forecast(_) => {}
                 }
             }
         })
@@ -98,9 +118,47 @@ pub fn audit_log_record(r: &AuditRecord) -> LogRecord {
     rec
 }
 
+/// Polls the service manager for each service's state and tells the engine
+/// (the `service_down` trigger), on a thread of its own because the calls
+/// block. A service the manager does not know is logged once.
+fn spawn_state_poller(engine: Engine, services: Vec<(String, String)>, stop: Arc<AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    if services.is_empty() {
+        return;
+    }
+    let manager = engine.service_manager();
+    let spawned = std::thread::Builder::new().name("service-state".into()).spawn(move || {
+        let mut reported = std::collections::HashSet::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (name, unit) in &services {
+                match manager.status(unit) {
+                    Ok(status) => {
+                        reported.remove(name);
+                        engine.on_service_state(name, &status);
+                    }
+                    Err(e) => {
+                        if reported.insert(name.clone()) {
+                            tracing::warn!(service = %name, unit = %unit, error = %e, "Cannot read the service's state: `service_down` triggers will not fire for it.");
+                        }
+                    }
+                }
+            }
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < STATE_POLL {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "Service state poller could not start.");
+    }
+}
+
 /// A service manager that is not there: actions fail, and say why, in the audit log.
+#[cfg(not(any(windows, custos_windows_typecheck)))]
 struct Unavailable(String);
 
+#[cfg(not(any(windows, custos_windows_typecheck)))]
 impl ServiceManager for Unavailable {
     fn name(&self) -> &'static str {
         "unavailable"
@@ -126,7 +184,9 @@ impl ServiceManager for Unavailable {
 }
 
 fn service_manager() -> Arc<dyn ServiceManager> {
-    #[cfg(target_os = "linux")]
+    // The type-check build (`custos_windows_typecheck`, on Linux) takes the
+    // Windows branch so that it is checked; it is never run.
+    #[cfg(all(target_os = "linux", not(custos_windows_typecheck)))]
     {
         use crate::platform::linux::systemd::Systemd;
         let sm = match std::env::var(SYSTEMD_BUS_ENV) {
@@ -141,9 +201,13 @@ fn service_manager() -> Arc<dyn ServiceManager> {
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(any(windows, custos_windows_typecheck))]
     {
-        Arc::new(Unavailable("no service manager is wired on this platform yet".into()))
+        Arc::new(crate::platform::windows::scm::ScmServiceManager::default())
+    }
+    #[cfg(not(any(target_os = "linux", windows, custos_windows_typecheck)))]
+    {
+        Arc::new(Unavailable("no service manager for this platform".into()))
     }
 }
 
@@ -180,31 +244,20 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         };
         services.insert(s.name.clone(), ServiceInfo { unit, has_probe: s.health.is_some() });
     }
+    let service_units: Vec<(String, String)> =
+        services.iter().map(|(name, info)| (name.clone(), info.unit.clone())).collect();
     let mut opts = EngineOptions::new(state_dir);
     opts.dry_run = config.raw.runbooks.dry_run;
     opts.services = services;
     let count = report.runbooks.len();
     let engine = Engine::new(report.runbooks, service_manager(), audit.clone(), Arc::new(SystemClock), opts)?;
-    let probes: Vec<crate::health::Probe> = config
-        .services
-        .iter()
-        .filter_map(|s| s.health.as_ref().and_then(|h| crate::health::Probe::from_config(&s.name, h)))
-        .collect();
-    let stop_probes = Arc::new(AtomicBool::new(false));
-    let probe_engine = engine.clone();
-    crate::health::spawn(
-        probes,
-        Arc::new(move |ev: Event, healthy: bool| {
-            let service = ev.service.clone().unwrap_or_default();
-            probe_engine.on_health(&service, healthy, Some(&ev));
-        }),
-        stop_probes.clone(),
-    );
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    spawn_state_poller(engine.clone(), service_units, stop_polling.clone());
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),
         dry_run = config.raw.runbooks.dry_run,
         "Runbooks loaded."
     );
-    Ok(Some(Runbooks { engine, audit, stop_probes }))
+    Ok(Some(Runbooks { engine, audit, stop_polling }))
 }
