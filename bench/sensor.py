@@ -21,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 CUSTOS = os.path.join(TARGET, "release", "custos")
 WORKLOAD = os.path.join(TARGET, "release", "custos-workload")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*args, **kw):
