@@ -145,6 +145,19 @@ struct {
 	__type(value, struct custos_exec);
 } exec_scratch SEC(".maps");
 
+/* Waking the reader for every record costs it more than the record itself at
+ * low rates: records wait (the reader also polls every few tens of ms) until
+ * this many bytes are pending, then wake it. 0 wakes it on every record. */
+volatile const __u64 cfg_wakeup_bytes = 0;
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!cfg_wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										   : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count_drop(void)
 {
 	__u32 zero = 0;
@@ -337,7 +350,7 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	__u64 size = offsetof(struct custos_exec, args) + len;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flags()))
 		count_drop();
 	return 0;
 }
@@ -398,7 +411,7 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 	__u64 start = BPF_CORE_READ(p, group_leader, start_time);
 	__u64 now = bpf_ktime_get_ns();
 	e->lifetime_ns = now > start ? now - start : 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -457,7 +470,7 @@ int BPF_PROG(handle_signal_generate, int sig, struct kernel_siginfo *info, struc
 	/* si_code <= 0 means sent by a process (SI_USER, SI_QUEUE, SI_TKILL...),
 	 * which is current here. */
 	e->sender_pid = code <= 0 ? current_ns_tgid(0) : 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -480,7 +493,7 @@ int BPF_PROG(handle_mark_victim, struct task_struct *task, uid_t uid)
 	 * some kernels refuse: not reported. */
 	e->memcg = 0;
 	e->_pad0 = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -580,7 +593,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 			return 0;
 		struct custos_tcp *e = reserve_tcp(CUSTOS_EV_LISTEN, sk, &o);
 		if (e)
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		return 0;
 	}
 
@@ -598,7 +611,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 				 * (closed by its owner) before it completed. */
 				e->err = err > 0 ? err : ECONNABORTED;
 			}
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		}
 		if (newstate == TCP_ESTABLISHED) {
 			o->est_ns = now;
@@ -631,7 +644,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 			e->bytes_received = received;
 			e->retransmits = BPF_CORE_READ(tp, total_retrans);
 			e->latency_ns = now - o->est_ns;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		}
 	}
 	bpf_map_delete_elem(&socks, &key);
@@ -681,7 +694,7 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &key, &o, BPF_ANY);
 	struct custos_tcp *e = reserve_tcp(CUSTOS_EV_ACCEPT, sk, &o);
 	if (e)
-		bpf_ringbuf_submit(e, 0);
+		bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 

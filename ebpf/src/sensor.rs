@@ -256,6 +256,7 @@ impl EbpfSensor {
         let mut bpf = EbpfLoader::new()
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
+            .override_global("cfg_wakeup_bytes", &wakeup_bytes(ring_bytes), true)
             .override_global("cfg_syscall_sample", &opts.syscall_latency_sample.max(1), true)
             .override_global("cfg_syscall_sample_below", &sample_threshold(opts.syscall_latency_sample), true)
             .map_max_entries("events", ring_bytes)
@@ -484,6 +485,16 @@ fn send(shared: &Shared, tx: &mpsc::Sender<Event>, event: Event) -> bool {
 /// extra latency it adds, in exchange for one wake-up per batch.
 const BATCH_DELAY: Duration = Duration::from_millis(2);
 
+/// How often the reader looks at the ring without being woken: the bound on
+/// the latency of a record at low rates, where the kernel does not wake it.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Pending bytes at which the kernel wakes the reader: a sixteenth of the
+/// ring, so that bursts are read long before the ring fills.
+fn wakeup_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 16)
+}
+
 struct Reader {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Event>,
@@ -495,10 +506,33 @@ struct Reader {
 }
 
 impl Reader {
+    /// Hands over every record in the ring; false when the receiver is gone.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        while let Some(item) = rb.next() {
+            if !self.handle(&item) {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn run(mut self, mut ring: AsyncFd<RingBuf<MapData>>, mut stop: watch::Receiver<bool>) {
+        // The kernel wakes the reader only once records pile up
+        // (cfg_wakeup_bytes); below that, this poll picks them up.
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.changed() => {
+                    // What is in the ring at shutdown is delivered, not lost.
+                    self.drain(ring.get_mut());
+                    break;
+                }
+                _ = poll.tick() => {
+                    if !self.drain(ring.get_mut()) {
+                        return;
+                    }
+                }
                 guard = ring.readable_mut() => {
                     let mut guard = match guard {
                         Ok(g) => g,

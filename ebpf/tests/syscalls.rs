@@ -6,25 +6,19 @@ mod common;
 
 use common::*;
 use custos_ebpf::{Scope, SensorOptions};
-use custos_event::{EventBody, SyscallStat};
+use custos_event::{Event, EventBody, SyscallStat};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 const GETPPID_CALLS: u64 = 1000;
 const BAD_READS: u64 = 250;
 
-/// Totals per syscall name of every `syscall_stats` event of a child that
-/// makes GETPPID_CALLS getppid calls and BAD_READS failing reads, with one
-/// call in `sample` timed.
-async fn child_syscall_totals(sample: u32) -> HashMap<String, SyscallStat> {
-    let cg = TestCgroup::new(&format!("syscalls-{sample}"));
-    let (sensor, mut rx) = start(SensorOptions { syscall_latency_sample: sample, ..options(Scope::Managed) });
-    sensor.manage_cgroup(cg.id).unwrap();
-    // Let the first reading (the baseline) pass.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
+/// Runs /bin/true in `cg` after GETPPID_CALLS getppid calls and BAD_READS
+/// failing reads, and waits for it.
+fn run_child(cg: &TestCgroup) {
     let procs = cg.procs();
     let mut cmd = Command::new("/bin/true");
     // SAFETY: only raw syscalls in the forked child before exec.
@@ -41,17 +35,23 @@ async fn child_syscall_totals(sample: u32) -> HashMap<String, SyscallStat> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    child.wait().unwrap();
+    cmd.spawn().unwrap().wait().unwrap();
+}
 
-    // Sum every interval's statistics for the cgroup until they stop changing.
+/// Sums every interval's statistics for `cgroup_id` until they stop
+/// changing, checking each event on the way.
+async fn collect(
+    rx: &mut mpsc::Receiver<Event>,
+    cgroup_id: u64,
+    sample: u32,
+) -> HashMap<String, SyscallStat> {
     let mut totals: HashMap<String, SyscallStat> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_millis(800) {
         let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await else { continue };
         let EventBody::SyscallStats(s) = e.body else { continue };
-        if e.cgroup_id != cg.id {
+        if e.cgroup_id != cgroup_id {
             continue;
         }
         // Nominally 200 ms; the real length is reported.
@@ -76,8 +76,43 @@ async fn child_syscall_totals(sample: u32) -> HashMap<String, SyscallStat> {
         }
         quiet_since = Instant::now();
     }
+    totals
+}
+
+/// Totals per syscall name of one child ([`run_child`]) in a managed cgroup,
+/// with one call in `sample` timed.
+async fn child_syscall_totals(sample: u32) -> HashMap<String, SyscallStat> {
+    let cg = TestCgroup::new(&format!("syscalls-{sample}"));
+    let (sensor, mut rx) = start(SensorOptions { syscall_latency_sample: sample, ..options(Scope::Managed) });
+    sensor.manage_cgroup(cg.id).unwrap();
+    // Let the first reading (the baseline) pass.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run_child(&cg);
+    let totals = collect(&mut rx, cg.id, sample).await;
     sensor.shutdown().await;
     totals
+}
+
+/// Unmanaging a cgroup stops its counting for the processes that run in it
+/// afterwards. (The per-CPU scope cache is not pinned down by this: a new
+/// process runs in its parent's cgroup first, which replaces the cached
+/// answer anyway.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmanaged_cgroup_is_no_longer_counted() {
+    if !bpf_available() {
+        return;
+    }
+    let cg = TestCgroup::new("syscalls-unmanage");
+    let (sensor, mut rx) = start(SensorOptions { syscall_latency_sample: 1, ..options(Scope::Managed) });
+    sensor.manage_cgroup(cg.id).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run_child(&cg);
+    sensor.unmanage_cgroup(cg.id).unwrap();
+    run_child(&cg);
+    let totals = collect(&mut rx, cg.id, 1).await;
+    let getppid = totals.get("getppid").unwrap_or_else(|| panic!("no getppid in {totals:#?}"));
+    assert_eq!(getppid.count, GETPPID_CALLS, "{totals:#?}");
+    sensor.shutdown().await;
 }
 
 fn timed(st: &SyscallStat) -> u64 {
