@@ -100,14 +100,29 @@ struct {
 	__type(value, struct sock_owner);
 } socks SEC(".maps");
 
+/* Syscall statistics: every call of an in-scope thread is counted when it
+ * enters; only a random sample of them is timed (1 in cfg_syscall_sample,
+ * decided by a per-CPU pseudo-random draw, so that a service's repeating
+ * pattern of calls cannot alias with the sampling period). Reading the clock
+ * twice per call was the larger part of the cost on the observed. */
+volatile const __u32 cfg_syscall_sample = 1;
+/* bpf_get_prandom_u32() below this value samples: 2^32 / cfg_syscall_sample. */
+volatile const __u32 cfg_syscall_sample_below = 0xffffffff;
+
+/* Per in-scope thread: what its syscall in flight needs at exit. Created at
+ * the first in-scope syscall, so a thread without one is out of scope and
+ * its exits cost one lookup. */
+#define SYS_NONE 0xffffffffu
+
 struct sys_start {
-	__u64 ts;
-	__u64 nr;
+	__u64 ts; /* entry time when this call is timed, else 0 */
+	__u64 cgroup_id;
+	__u32 nr;
+	__u32 _pad0;
 };
 
-/* The syscall in flight of each in-scope thread, in task-local storage: no
- * hashing and no locks on the hot path, freed with the task, and a plain
- * NULL for threads that were never in scope. */
+/* In task-local storage: no hashing and no locks on the hot path, freed
+ * with the task. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -129,6 +144,19 @@ struct {
 	__type(key, __u32);
 	__type(value, struct custos_exec);
 } exec_scratch SEC(".maps");
+
+/* Waking the reader for every record costs it more than the record itself at
+ * low rates: records wait (the reader also polls every few tens of ms) until
+ * this many bytes are pending, then wake it. 0 wakes it on every record. */
+volatile const __u64 cfg_wakeup_bytes = 0;
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (!cfg_wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										   : BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline void count_drop(void)
 {
@@ -209,13 +237,45 @@ static __always_inline int in_scope(struct custos_config *cfg, __u64 cgroup_id, 
 	return 0;
 }
 
+/* The last managed_cgroups answer on this CPU. A CPU tends to run one task
+ * for many syscalls in a row, so on the per-syscall path this replaces most
+ * hash lookups by an (inlined) array access and a compare. */
+struct scope_cache {
+	__u64 cgroup_id;
+	__u32 gen;
+	__u32 managed;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scope_cache);
+} scope_cache SEC(".maps");
+
+static __always_inline int cgroup_managed_cached(struct custos_config *cfg, __u64 cgroup_id)
+{
+	__u32 zero = 0;
+	struct scope_cache *c = bpf_map_lookup_elem(&scope_cache, &zero);
+	if (!c)
+		return bpf_map_lookup_elem(&managed_cgroups, &cgroup_id) != 0;
+	__u32 gen = cfg->scope_gen;
+	if (c->cgroup_id == cgroup_id && c->gen == gen)
+		return c->managed;
+	int managed = bpf_map_lookup_elem(&managed_cgroups, &cgroup_id) != 0;
+	c->cgroup_id = cgroup_id;
+	c->gen = gen;
+	c->managed = managed;
+	return managed;
+}
+
 /* Cheap scope check for current: the cgroup first, the pid namespace helper
  * only when the cgroup did not decide. */
 static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgroup_id)
 {
 	if (!cfg || cfg->mode == CUSTOS_MODE_EVERYTHING)
 		return 1;
-	if (bpf_map_lookup_elem(&managed_cgroups, &cgroup_id))
+	if (cgroup_managed_cached(cfg, cgroup_id))
 		return 1;
 	if (!cfg->any_tracked)
 		return 0;
@@ -296,7 +356,7 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	__u64 size = offsetof(struct custos_exec, args) + len;
 	if (size > sizeof(*e))
 		size = sizeof(*e);
-	if (bpf_ringbuf_output(&events, e, size, 0))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flags()))
 		count_drop();
 	return 0;
 }
@@ -357,7 +417,7 @@ int BPF_PROG(handle_exit, struct task_struct *p, bool group_dead)
 	__u64 start = BPF_CORE_READ(p, group_leader, start_time);
 	__u64 now = bpf_ktime_get_ns();
 	e->lifetime_ns = now > start ? now - start : 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -416,7 +476,7 @@ int BPF_PROG(handle_signal_generate, int sig, struct kernel_siginfo *info, struc
 	/* si_code <= 0 means sent by a process (SI_USER, SI_QUEUE, SI_TKILL...),
 	 * which is current here. */
 	e->sender_pid = code <= 0 ? current_ns_tgid(0) : 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -439,7 +499,7 @@ int BPF_PROG(handle_mark_victim, struct task_struct *task, uid_t uid)
 	 * some kernels refuse: not reported. */
 	e->memcg = 0;
 	e->_pad0 = 0;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -539,7 +599,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 			return 0;
 		struct custos_tcp *e = reserve_tcp(CUSTOS_EV_LISTEN, sk, &o);
 		if (e)
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		return 0;
 	}
 
@@ -557,7 +617,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 				 * (closed by its owner) before it completed. */
 				e->err = err > 0 ? err : ECONNABORTED;
 			}
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		}
 		if (newstate == TCP_ESTABLISHED) {
 			o->est_ns = now;
@@ -590,7 +650,7 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 			e->bytes_received = received;
 			e->retransmits = BPF_CORE_READ(tp, total_retrans);
 			e->latency_ns = now - o->est_ns;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, wakeup_flags());
 		}
 	}
 	bpf_map_delete_elem(&socks, &key);
@@ -640,7 +700,7 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	bpf_map_update_elem(&socks, &key, &o, BPF_ANY);
 	struct custos_tcp *e = reserve_tcp(CUSTOS_EV_ACCEPT, sk, &o);
 	if (e)
-		bpf_ringbuf_submit(e, 0);
+		bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }
 
@@ -658,19 +718,41 @@ int handle_accept_exit(struct syscall_exit_ctx *ctx)
 
 /* --------------------------------------------------------------- syscalls */
 
+static __always_inline struct custos_sys_val *sys_stats_entry(__u64 cgroup_id, __u32 nr)
+{
+	struct custos_sys_key key = { .cgroup_id = cgroup_id, .nr = nr };
+	struct custos_sys_val *v = bpf_map_lookup_elem(&syscall_stats, &key);
+	if (v)
+		return v;
+	struct custos_sys_val zero = {};
+	bpf_map_update_elem(&syscall_stats, &key, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&syscall_stats, &key);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
+	if (id < 0 || id > 1023)
+		return 0;
 	struct custos_config *cfg = get_config();
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	if (!current_in_scope(cfg, cgroup_id))
 		return 0;
 	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
 						   BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (s) {
+	if (!s)
+		return 0;
+	struct custos_sys_val *v = sys_stats_entry(cgroup_id, id);
+	if (!v)
+		return 0;
+	/* Per-CPU values: plain increments are safe (no preemption in BPF). */
+	v->count++;
+	s->cgroup_id = cgroup_id;
+	s->nr = id;
+	if (cfg_syscall_sample > 1 && bpf_get_prandom_u32() >= cfg_syscall_sample_below)
+		s->ts = 0;
+	else
 		s->ts = bpf_ktime_get_ns();
-		s->nr = (__u64)id;
-	}
 	return 0;
 }
 
@@ -691,29 +773,28 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
 	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
-	if (!s || !s->ts)
+	if (!s)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 lat = now - s->ts;
-	struct custos_sys_key key = { .cgroup_id = bpf_get_current_cgroup_id(), .nr = (__u32)s->nr };
+	/* Consumed here, so that a later call entered out of scope (its entry
+	 * returns before reaching the storage) is not taken for this one. */
+	__u32 nr = s->nr;
+	s->nr = SYS_NONE;
+	int failed = ret < 0 && ret >= -MAX_ERRNO;
+	__u64 ts = s->ts;
+	/* Successful untimed calls, the common case, were fully counted at
+	 * entry. */
+	if (nr == SYS_NONE || (!ts && !failed))
+		return 0;
 	s->ts = 0;
-	if ((long)key.nr < 0 || s->nr > 1023)
+	struct custos_sys_val *v = sys_stats_entry(s->cgroup_id, nr);
+	if (!v)
 		return 0;
-
-	struct custos_sys_val *v = bpf_map_lookup_elem(&syscall_stats, &key);
-	if (!v) {
-		struct custos_sys_val zero = {};
-		bpf_map_update_elem(&syscall_stats, &key, &zero, BPF_NOEXIST);
-		v = bpf_map_lookup_elem(&syscall_stats, &key);
-		if (!v)
-			return 0;
-	}
-	/* Per-CPU values: plain increments are safe (no preemption in BPF). */
-	v->count++;
-	if (ret < 0 && ret >= -MAX_ERRNO)
+	if (failed)
 		v->errors++;
-	__u32 b = log2_bucket(lat);
-	if (b < CUSTOS_LATENCY_BUCKETS)
-		v->buckets[b]++;
+	if (ts) {
+		__u32 b = log2_bucket(bpf_ktime_get_ns() - ts);
+		if (b < CUSTOS_LATENCY_BUCKETS)
+			v->buckets[b]++;
+	}
 	return 0;
 }

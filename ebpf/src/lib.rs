@@ -22,7 +22,7 @@
 //! | OOM kill | `tp_btf/mark_victim` |
 //! | connect, close, listen | `tp_btf/inet_sock_set_state`, owner remembered by socket in process context |
 //! | accept | `tracepoint/syscalls/sys_exit_accept{,4}` (needs tracefs; mounted if missing) |
-//! | syscall statistics | `tp_btf/sys_enter` + `sys_exit`, per-CPU map per (cgroup, syscall) |
+//! | syscall statistics | `tp_btf/sys_enter` (count) + `sys_exit` (errors; latency of 1 in N calls), per-CPU map per (cgroup, syscall) |
 //!
 //! Scope is decided first in every program, so unmanaged processes never
 //! touch the ring buffer.
@@ -57,4 +57,7 @@ pub use cgroup::{cgroup2_mount, cgroup2_mount_in, cgroup_id_of_path};
 #[cfg(target_os = "linux")]
 mod sensor;
 #[cfg(target_os = "linux")]
-pub use sensor::{availability, EbpfSensor, Scope, SensorError, SensorOptions};
+pub use sensor::{
+    availability, sample_threshold, EbpfSensor, Scope, SensorError, SensorOptions,
+    DEFAULT_SYSCALL_LATENCY_SAMPLE,
+};

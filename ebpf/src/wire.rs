@@ -38,6 +38,8 @@ pub struct Config {
     pub emit_all_execs: u32,
     pub any_tracked: u32,
     pub process_events: u32,
+    pub scope_gen: u32,
+    pub _pad0: u32,
 }
 
 #[repr(C)]
@@ -135,7 +137,7 @@ impl Default for SysVal {
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Config>() == 16);
+const _: () = assert!(std::mem::size_of::<Config>() == 24);
 const _: () = assert!(std::mem::size_of::<Hdr>() == 48);
 const _: () = assert!(std::mem::size_of::<ExecFixed>() == 48 + 24 + 256);
 const _: () = assert!(std::mem::size_of::<Exit>() == 64);

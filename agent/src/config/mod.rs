@@ -272,6 +272,12 @@ fn default_probe_failures() -> u32 {
     3
 }
 
+/// Default of `sensors.syscall_latency_sample` (the eBPF sensor's own
+/// default, repeated here because the config is cross-platform).
+pub const DEFAULT_SYSCALL_LATENCY_SAMPLE: u32 = 16;
+/// Beyond this, too few calls are timed for a p99 in an interval.
+pub const MAX_SYSCALL_LATENCY_SAMPLE: u32 = 65_536;
+
 /// Which sensors run and how they are sized.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -282,6 +288,10 @@ pub struct SensorsConfig {
     pub syscalls: bool,
     /// How often syscall statistics are read out of the kernel.
     pub syscall_interval: HumanDuration,
+    /// Time one syscall in N for the latency percentiles (every call is
+    /// still counted, errors too); 1 times every call at about twice the
+    /// cost per syscall on the observed services.
+    pub syscall_latency_sample: Spanned<u32>,
     /// Size of the kernel ring buffer (a power of two, at least 4KiB).
     pub ring_buffer: ByteSize,
     /// Capacity of the channel between the sensor and the pipeline.
@@ -297,6 +307,7 @@ impl Default for SensorsConfig {
             tcp: true,
             syscalls: true,
             syscall_interval: HumanDuration::secs(10),
+            syscall_latency_sample: unspanned(DEFAULT_SYSCALL_LATENCY_SAMPLE),
             ring_buffer: ByteSize::mib(8),
             channel_capacity: 65_536,
             argv_max_args: 32,
@@ -741,6 +752,16 @@ fn validate(raw: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
         p.at(
             serde_saphyr::Location::UNKNOWN,
             format!("`sensors.ring_buffer` must be a power of two of at least 4KiB, found {rb} bytes"),
+        );
+    }
+    let sample = &raw.sensors.syscall_latency_sample;
+    if !(1..=MAX_SYSCALL_LATENCY_SAMPLE).contains(&sample.value) {
+        p.at(
+            sample.referenced,
+            format!(
+                "`sensors.syscall_latency_sample` expects 1 (time every syscall) to {MAX_SYSCALL_LATENCY_SAMPLE}, found {}",
+                sample.value
+            ),
         );
     }
     validate_windows(&raw.agent.windows, &mut p);

@@ -279,3 +279,24 @@ exporter:
     assert!(all.contains("`exporter.interval` must be at least 100ms"), "{all}");
     assert!(all.contains("`exporter.spool.max_bytes` must be at least 64KiB"), "{all}");
 }
+
+#[test]
+fn syscall_latency_sample_is_bounded_and_located() {
+    assert_eq!(
+        parse("", "x").unwrap().raw.sensors.syscall_latency_sample.value,
+        DEFAULT_SYSCALL_LATENCY_SAMPLE
+    );
+    let c = parse("sensors:\n  syscall_latency_sample: 1\n", "x").unwrap();
+    assert_eq!(c.raw.sensors.syscall_latency_sample.value, 1);
+    for bad in ["0", "65537"] {
+        let e = errors(&format!("sensors:\n  syscalls: true\n  syscall_latency_sample: {bad}\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        let msg = e[0].to_string();
+        assert!(msg.starts_with("custos.yaml:3:"), "{msg}");
+        assert!(msg.contains("`sensors.syscall_latency_sample` expects 1"), "{msg}");
+        assert!(msg.contains(&format!("found {bad}")), "{msg}");
+    }
+    // Not a number: the YAML error names the key.
+    let e = errors("sensors:\n  syscall_latency_sample: often\n");
+    assert!(e[0].to_string().contains("custos.yaml:2:"), "{:?}", e);
+}

@@ -54,6 +54,10 @@ struct custos_config {
 	/* Zero when process events are not wanted: exec, fork and exit then
 	 * only maintain the tracked pids. */
 	__u32 process_events;
+	/* Bumped by user space after each change to managed_cgroups: per-CPU
+	 * caches of the last scope decision are valid for one generation. */
+	__u32 scope_gen;
+	__u32 _pad0;
 };
 
 struct custos_hdr {
@@ -130,7 +134,7 @@ struct custos_sys_val {
 	__u64 buckets[CUSTOS_LATENCY_BUCKETS];
 };
 
-_Static_assert(sizeof(struct custos_config) == 16, "custos_config size");
+_Static_assert(sizeof(struct custos_config) == 24, "custos_config size");
 _Static_assert(sizeof(struct custos_hdr) == 48, "custos_hdr size");
 _Static_assert(sizeof(struct custos_exec) == 48 + 24 + 256 + 4096, "custos_exec size");
 _Static_assert(sizeof(struct custos_exit) == 64, "custos_exit size");
