@@ -5,7 +5,8 @@
 use crate::anomaly::Severity;
 use serde::{Deserialize, Serialize};
 
-/// Raw values in a context vector (the newest first).
+/// Raw values a context vector covers (the newest first); the newest is
+/// the reference the others are taken relative to, so `RAW - 1` dimensions.
 const RAW: usize = 4;
 /// Block means of `MID_BLOCK` values, then of `LONG_BLOCK` values.
 const MID: usize = 4;
@@ -14,8 +15,9 @@ const LONG: usize = 4;
 const LONG_BLOCK: usize = 32;
 /// Seasonal dimensions: the usual value at this time of day and of week.
 const SEASONAL: usize = 2;
-/// Dimensions of a context vector.
-pub const DIM: usize = RAW + MID + LONG + SEASONAL;
+/// Dimensions of a context vector: everything but the newest value,
+/// relative to the newest value.
+pub const DIM: usize = RAW - 1 + MID + LONG + SEASONAL;
 /// Bins of the daily (half-hour) and weekly (hourly) profiles.
 const DAY_BINS: usize = 48;
 const WEEK_BINS: usize = 168;
@@ -304,20 +306,32 @@ impl SeriesDetector {
         self.hist[(self.head + SPAN - 1 - k) % SPAN]
     }
 
+    /// The context of the newest value: its recent past at three
+    /// resolutions and the usual values at this time of day and week, all
+    /// relative to the newest value. The context is a *shape*, not a level:
+    /// a pattern seen before at another level is familiar, so a series that
+    /// settles at a new level stops being novel as soon as its shape is
+    /// (the level itself is judged by the shift and seasonal statistics).
+    /// With absolute contexts every point of a new regime was novel until
+    /// the memory had filled with it: repeated alarms after each regime
+    /// change (NAB 66.67 / 55.32 / 72.12 -> 67.70 / 60.31 / 73.35).
     fn context(&self, out: &mut [f32; DIM], seasonal: [f32; SEASONAL]) {
-        out[RAW + MID + LONG..].copy_from_slice(&seasonal);
-        for (k, o) in out.iter_mut().take(RAW).enumerate() {
-            *o = self.back(k);
+        let now = self.back(0);
+        for (o, s) in out[DIM - SEASONAL..].iter_mut().zip(seasonal) {
+            *o = s - now;
+        }
+        for k in 1..RAW {
+            out[k - 1] = self.back(k) - now;
         }
         let mut k = RAW;
         for b in 0..MID {
             let s: f32 = (0..MID_BLOCK).map(|j| self.back(k + j)).sum();
-            out[RAW + b] = s / MID_BLOCK as f32;
+            out[RAW - 1 + b] = s / MID_BLOCK as f32 - now;
             k += MID_BLOCK;
         }
         for b in 0..LONG {
             let s: f32 = (0..LONG_BLOCK).map(|j| self.back(k + j)).sum();
-            out[RAW + MID + b] = s / LONG_BLOCK as f32;
+            out[RAW - 1 + MID + b] = s / LONG_BLOCK as f32 - now;
             k += LONG_BLOCK;
         }
     }
@@ -356,7 +370,6 @@ impl SeriesDetector {
         let mut ctx = [0f32; DIM];
         self.context(&mut ctx, seasonal);
         let (nn_d2, nn_at) = self.nearest(&ctx);
-        let nn_value = nn_at.map(|i| self.memory[i] as f64);
         let dist = nn_d2.sqrt();
         // The expected range comes from whichever simple forecast of this
         // point has been closer lately: the usual value at this time of day,
@@ -379,7 +392,7 @@ impl SeriesDetector {
         // The z-scores of the four statistics (novelty, seasonal departure,
         // level shift, spread change; 0 where not yet available).
         let mut zs = [0.0f64; 4];
-        if nn_value.is_some() {
+        if nn_at.is_some() {
             let ld = (dist + floor).ln();
             self.smooth_ld = if self.novelty.n == 0 {
                 ld
@@ -442,7 +455,7 @@ impl SeriesDetector {
         }
 
         let z = combined_z(zs);
-        if self.n <= self.params.warmup as u64 || nn_value.is_none() {
+        if self.n <= self.params.warmup as u64 || nn_at.is_none() {
             self.last_score = 0.0;
             return Observation::quiet(lo, hi);
         }
@@ -504,8 +517,8 @@ impl SeriesDetector {
         [pd, pw]
     }
 
-    /// Squared distance to the nearest remembered context and that
-    /// context's newest value (what was seen after a similar past).
+    /// Squared distance to the nearest remembered context and its slot
+    /// (`None` while the memory is empty).
     fn nearest(&self, ctx: &[f32; DIM]) -> (f64, Option<usize>) {
         let len = self.mem_len;
         let mut d = [0f32; MEMORY];
