@@ -209,7 +209,10 @@ pub enum SnapshotError {
 }
 
 /// Version of the snapshot encoding; bumped when state layout changes.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: context vectors are relative to their newest value (13 dimensions)
+/// and each series keeps its known ceiling and floor; a format-1 memory
+/// holds absolute 14-dimensional contexts and is refused.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
