@@ -188,16 +188,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "never" => None,
                 _ => std::io::stdout().is_terminal().then_some(args.summary_every),
             };
-            let daemon =
-                custos::daemon::run_support::DaemonRunOptions { control_socket: args.socket, logging };
+            let daemon = custos::daemon::run_support::DaemonRunOptions {
+                control_socket: args.socket,
+                logging,
+                external_stop: None,
+            };
             let opts = custos::agent::RunOptions { source: args.source.source(), summary, daemon };
-            let rt = runtime()?;
-            let result = rt.block_on(custos::agent::run(config, opts));
-            // The stop budget is spent inside run(); threads still blocked
-            // in a read (a replay from a pipe) must not hold the exit.
-            rt.shutdown_timeout(Duration::from_secs(1));
-            result?;
-            Ok(ExitCode::SUCCESS)
+            #[cfg(windows)]
+            {
+                // Under the SCM: the dispatcher, status reports and its stop
+                // controls; from a terminal: the console.
+                custos::platform::windows::host::run_agent(config, opts, runtime)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            #[cfg(not(windows))]
+            {
+                let rt = runtime()?;
+                let result = rt.block_on(custos::agent::run(config, opts));
+                // The stop budget is spent inside run(); threads still blocked
+                // in a read (a replay from a pipe) must not hold the exit.
+                rt.shutdown_timeout(Duration::from_secs(1));
+                result?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
         Command::Watch(args) => {
             let config = load_config(args.source.config.as_deref())?;

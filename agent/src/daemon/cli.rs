@@ -151,11 +151,16 @@ pub fn uninstall(
 }
 
 #[cfg(not(unix))]
-pub fn install(_: Option<PathBuf>, _: bool, _: Option<&Path>, _: Option<&Path>) -> Result<ExitCode, String> {
-    Err("`custos install` for the Windows Service Control Manager is not part of this build".into())
+pub fn install(
+    config: Option<PathBuf>,
+    dry_run: bool,
+    _: Option<&Path>,
+    _: Option<&Path>,
+) -> Result<ExitCode, String> {
+    crate::platform::windows::install::cli_install(config, dry_run)
 }
 
 #[cfg(not(unix))]
-pub fn uninstall(_: bool, _: bool, _: Option<&Path>, _: Option<&Path>) -> Result<ExitCode, String> {
-    Err("`custos uninstall` for the Windows Service Control Manager is not part of this build".into())
+pub fn uninstall(purge: bool, dry_run: bool, _: Option<&Path>, _: Option<&Path>) -> Result<ExitCode, String> {
+    crate::platform::windows::install::cli_uninstall(purge, dry_run)
 }

@@ -84,6 +84,9 @@ pub struct DaemonOptions {
     pub control_required: bool,
     /// How often `STATUS=` is refreshed.
     pub status_every: Duration,
+    /// A stop requested by something other than a signal: the Windows
+    /// Service Control Manager's Stop, Shutdown and Preshutdown controls.
+    pub external_stop: Option<watch::Receiver<bool>>,
 }
 
 impl Default for DaemonOptions {
@@ -93,6 +96,7 @@ impl Default for DaemonOptions {
             control: true,
             control_required: false,
             status_every: Duration::from_secs(5),
+            external_stop: None,
         }
     }
 }
@@ -205,6 +209,18 @@ impl Daemon {
         });
         let (stop_tx, stop_rx) = watch::channel(None);
         let mut tasks = Vec::new();
+        if let Some(mut external) = opts.external_stop.clone() {
+            let tx = stop_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while !*external.borrow_and_update() {
+                    if external.changed().await.is_err() {
+                        return;
+                    }
+                }
+                tracing::info!("Stop requested by the service manager.");
+                let _ = tx.send(Some(StopReason::Terminate));
+            }));
+        }
 
         #[cfg(unix)]
         {
@@ -376,6 +392,22 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_manager_stop_is_a_stop_request() {
+        let (tx, rx) = watch::channel(false);
+        let daemon = Daemon::start(DaemonOptions {
+            control: false,
+            external_stop: Some(rx),
+            ..DaemonOptions::default()
+        })
+        .unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(200), daemon.stop_requested()).await;
+        assert!(pending.is_err(), "no stop before the manager asks");
+        tx.send(true).unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(5), daemon.stop_requested()).await;
+        assert_eq!(reason.ok(), Some(StopReason::Terminate));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn status_and_reload_through_the_control_socket() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("control.sock");
@@ -384,6 +416,7 @@ mod tests {
             control: true,
             control_required: true,
             status_every: Duration::from_secs(60),
+            external_stop: None,
         })
         .unwrap();
         daemon.add_status_provider(Arc::new(|s: &mut StatusSnapshot| {

@@ -29,6 +29,9 @@ pub struct DaemonRunOptions {
     /// The installed logger, so that a reload can change the level; `None`
     /// when the level is pinned (`CUSTOS_LOG`) or logging is not ours.
     pub logging: Option<LoggingHandle>,
+    /// Becomes true when the platform's service manager asks the agent to
+    /// stop without a signal (the Windows SCM).
+    pub external_stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// Errors at the end of `custos run`.
@@ -82,8 +85,11 @@ pub struct ServiceLink {
 impl ServiceLink {
     /// Signals, control socket, reload. Call before the slow start-up.
     pub fn start(config: &LoadedConfig, opts: DaemonRunOptions) -> Result<ServiceLink, DaemonError> {
-        let daemon =
-            Daemon::start(DaemonOptions { control_socket: opts.control_socket, ..DaemonOptions::default() })?;
+        let daemon = Daemon::start(DaemonOptions {
+            control_socket: opts.control_socket,
+            external_stop: opts.external_stop,
+            ..DaemonOptions::default()
+        })?;
         let live = LiveStatus::new(config);
         daemon.add_status_provider(Arc::new(live.clone()));
         let path = config.path.clone();

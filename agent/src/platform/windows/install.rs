@@ -272,3 +272,47 @@ pub fn uninstall_custos(config: &crate::config::LoadedConfig) -> Result<(), Inst
     );
     uninstall(&plan, &super::scm::ScmServiceManager::default())
 }
+
+/// `custos install [--config F] [--dry-run]` on Windows: prints the plan, and
+/// unless `dry_run` applies it (service, recovery actions, Event Log source).
+pub fn cli_install(
+    config: Option<std::path::PathBuf>,
+    dry_run: bool,
+) -> Result<std::process::ExitCode, String> {
+    let path = config.unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH));
+    let loaded = crate::config::load(Some(&path)).map_err(|e| format!("invalid configuration:\n{e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the custos executable: {e}"))?;
+    let abs = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    let plan = super::plan::install_plan(&loaded.raw.agent.windows, &exe, &abs);
+    println!("service {} ({}): {}", plan.service_name, plan.display_name, plan.command_line);
+    println!("recovery: {:?}", plan.failure_actions);
+    if dry_run {
+        println!("dry run: nothing changed");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    install_custos(&loaded, &path).map_err(|e| e.to_string())?;
+    println!("installed and configured; start it with `sc start {}`", plan.service_name);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `custos uninstall [--purge]` on Windows: stops and removes the service and
+/// its Event Log source; `purge` also removes `%ProgramData%\custos`.
+pub fn cli_uninstall(purge: bool, dry_run: bool) -> Result<std::process::ExitCode, String> {
+    let path = std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_PATH);
+    let loaded = crate::config::load(Some(&path).filter(|p| p.exists()).map(|p| p.as_path()))
+        .map_err(|e| format!("invalid configuration:\n{e}"))?;
+    let data = crate::config::default_config_dir();
+    println!("remove service {}", loaded.raw.agent.windows.service_name.value);
+    if purge {
+        println!("remove {} (configuration, runbooks, state)", data.display());
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    uninstall_custos(&loaded).map_err(|e| e.to_string())?;
+    if purge {
+        std::fs::remove_dir_all(&data).map_err(|e| format!("cannot remove {}: {e}", data.display()))?;
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

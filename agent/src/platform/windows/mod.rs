@@ -19,6 +19,8 @@ pub mod status;
 #[cfg(any(windows, custos_windows_typecheck))]
 mod ffi;
 #[cfg(any(windows, custos_windows_typecheck))]
+pub mod host;
+#[cfg(any(windows, custos_windows_typecheck))]
 pub mod install;
 #[cfg(any(windows, custos_windows_typecheck))]
 pub mod scm;
