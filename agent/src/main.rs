@@ -227,7 +227,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "embedded default".into());
                 println!("{src}: ok ({} services, {} discovery rules)", c.services.len(), c.discover.len());
-                Ok(ExitCode::SUCCESS)
+                // The runbooks the agent would load are part of what it runs:
+                // one bad file is skipped at run time, so say so here.
+                let dir = &c.raw.runbooks.dir;
+                if !dir.is_dir() {
+                    println!("{}: no runbooks directory (self-healing off)", dir.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let report = custos::runbook::load_paths(std::slice::from_ref(dir));
+                for e in &report.errors {
+                    eprintln!("{e}");
+                }
+                println!(
+                    "{}: {} runbooks ok, {} with problems",
+                    dir.display(),
+                    report.runbooks.len(),
+                    report.errors.len()
+                );
+                Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
             Err(errors) => {
                 eprintln!("{errors}");

@@ -135,3 +135,36 @@ fn a_broken_config_stops_run_with_the_location() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains(":2:") && err.contains("expected a size"), "{err}");
 }
+
+#[test]
+fn validate_reports_bad_runbooks_with_their_location() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let good = runbooks.join("good.yaml");
+    std::fs::write(
+        &good,
+        "name: good\nservice: api\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\n",
+    )
+    .unwrap();
+    let bad = runbooks.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: bad\nservice: api\ntrigger: { event: proc_exit }\nsteps: [ { restart: {} } ]\n",
+    )
+    .unwrap();
+    for f in [&good, &bad] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let cfg = config(&format!(
+        "services:\n  - name: api\n    systemd_unit: api\nrunbooks: {{ dir: {} }}\n",
+        runbooks.display()
+    ));
+    let out = custos(&["validate", "--config", cfg.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3:", bad.display())) && err.contains("proc_exit"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 runbooks ok, 1 with problems"), "{stdout}");
+}
