@@ -16,5 +16,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== type-check and clippy (windows code, cfg custos_windows_typecheck)"
 RUSTFLAGS="--cfg custos_windows_typecheck" CARGO_TARGET_DIR=target/wincheck \
   cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build (the end-to-end tests run the custos binary itself)"
+cargo build --workspace --locked --bins
 echo "== tests"
 cargo nextest run --workspace --locked --no-fail-fast

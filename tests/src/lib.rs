@@ -6,8 +6,9 @@ pub mod webhook;
 
 use std::path::PathBuf;
 
-/// The `custos` binary built alongside these tests (`cargo test --workspace`
-/// and nextest build every binary of the workspace first).
+/// The `custos` binary of the same build profile as these tests. Cargo builds
+/// another package's binaries only on request, so `cargo build --workspace`
+/// must run first (scripts/test.sh does); `CUSTOS_BIN` overrides the path.
 pub fn custos_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CUSTOS_BIN") {
         return PathBuf::from(p);

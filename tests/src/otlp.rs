@@ -113,6 +113,20 @@ impl Recorder {
         self.lock().requests.clone()
     }
 
+    /// The distinct `process.pid`s of `service`'s log records named
+    /// `event_name`, sorted: which events made it through the exporter.
+    pub fn pids_of(&self, service: &str, event_name: &str) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .log_records()
+            .iter()
+            .filter(|(svc, l)| svc == service && l.event_name == event_name)
+            .filter_map(|(_, l)| str_attr(&l.attributes, "process.pid")?.parse().ok())
+            .collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+
     /// Every accepted log record with its `service.name`.
     pub fn log_records(&self) -> Vec<(String, LogRecord)> {
         let mut out = Vec::new();

@@ -203,7 +203,7 @@ fn without_notify_socket_nothing_is_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exports_every_event_seen_before_the_stop() {
-    use custos_tests::otlp::{str_attr, OtlpReceiver};
+    use custos_tests::otlp::OtlpReceiver;
     let rx = OtlpReceiver::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("custos.yaml");
@@ -276,14 +276,6 @@ async fn sigterm_exports_every_event_seen_before_the_stop() {
     .await
     .unwrap();
     assert!(status.success(), "custos exited with {status}");
-    let mut pids: Vec<u32> = rx
-        .recorder
-        .log_records()
-        .iter()
-        .filter(|(svc, l)| svc == "api" && l.event_name == "custos.tcp.connect")
-        .filter_map(|(_, l)| str_attr(&l.attributes, "process.pid")?.parse().ok())
-        .collect();
-    pids.sort();
-    pids.dedup();
+    let pids = rx.recorder.pids_of("api", "custos.tcp.connect");
     assert_eq!(pids, (3000..3015).collect::<Vec<_>>(), "events seen before the stop were not all exported");
 }

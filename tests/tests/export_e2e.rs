@@ -90,15 +90,7 @@ async fn kill_9_with_a_non_empty_spool_then_restart_delivers_everything() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut pids: Vec<u32> = rx
-        .recorder
-        .log_records()
-        .iter()
-        .filter(|(svc, l)| svc == "api" && l.event_name == "custos.tcp.connect")
-        .filter_map(|(_, l)| str_attr(&l.attributes, "process.pid")?.parse().ok())
-        .collect();
-    pids.sort();
-    pids.dedup();
+    let pids = rx.recorder.pids_of("api", "custos.tcp.connect");
     assert_eq!(pids, (1000..1020).collect::<Vec<_>>(), "every log record from before the kill arrived");
     assert_eq!(spool_files(&spool), 0, "the spool was drained");
     // Metrics spooled before the kill arrived too, with the counts of the first run.
