@@ -22,6 +22,46 @@ pub struct RunOptions {
     pub daemon: crate::daemon::run_support::DaemonRunOptions,
 }
 
+/// Polls the service manager for `custos status` and the `service_down`
+/// trigger: with runbooks, every service (by its unit, or the unit its name
+/// suggests); without, only the services selected by unit.
+fn start_state_poller(
+    config: &LoadedConfig,
+    runbooks: Option<&crate::runbook::sink::Runbooks>,
+    live: crate::daemon::LiveStatus,
+) -> Option<crate::service_manager::StatePoller> {
+    use crate::config::Selector;
+    let (manager, services, engine) = match runbooks {
+        Some(rb) => (rb.engine.service_manager(), rb.service_units.clone(), Some(rb.engine.clone())),
+        None => {
+            let units: Vec<(String, String)> = config
+                .services
+                .iter()
+                .filter_map(|s| match &s.selector {
+                    Selector::SystemdUnit(u) | Selector::WindowsService(u) => {
+                        Some((s.name.clone(), u.clone()))
+                    }
+                    Selector::Exe(_) | Selector::Cgroup(_) => None,
+                })
+                .collect();
+            if units.is_empty() {
+                return None;
+            }
+            (crate::runbook::sink::service_manager(), units, None)
+        }
+    };
+    crate::service_manager::StatePoller::start(
+        manager,
+        services,
+        Box::new(move |name, status| {
+            live.record_state(name, status);
+            if let Some(e) = &engine {
+                e.on_service_state(name, status);
+            }
+        }),
+    )
+}
+
 /// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
 pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     // Service integration first, so that an early SIGTERM is not lost.
@@ -64,12 +104,26 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         pipeline.add_sink(Box::new(sink));
     }
     // Health probes run with or without runbooks: their results are events
-    // (exported, summarized) and, through the engine, triggers.
-    let probes = crate::health::start_probes(
-        &config,
-        runbooks.as_ref().map(|rb| rb.engine.clone()),
-        pipeline.side_input(1024),
-    );
+    // (exported, summarized), `custos status` lines and, through the engine,
+    // triggers.
+    let probes = {
+        let engine = runbooks.as_ref().map(|rb| rb.engine.clone());
+        let live = service.live().clone();
+        crate::health::start_probes(
+            &config,
+            Box::new(move |ev, healthy| {
+                let (Some(svc), custos_event::EventBody::HealthProbe(probe)) = (&ev.service, &ev.body) else {
+                    return;
+                };
+                live.record_health(svc, healthy, probe);
+                if let Some(e) = &engine {
+                    e.on_health(svc, healthy, Some(ev));
+                }
+            }),
+            pipeline.side_input(1024),
+        )
+    };
+    let _state_poller = start_state_poller(&config, runbooks.as_ref(), service.live().clone());
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));

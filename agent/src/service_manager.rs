@@ -93,3 +93,71 @@ impl fmt::Display for ServiceStatus {
         Ok(())
     }
 }
+
+/// How often the service manager is asked for the state of each service
+/// (the `service_down` trigger, `custos status`). A D-Bus round trip per
+/// service: cheap.
+pub const STATE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Called with each polled state: `(service name, status)`.
+pub type StateObserver = Box<dyn Fn(&str, &ServiceStatus) + Send>;
+
+/// Polls the service manager for each service's state on a thread of its
+/// own (the calls block) and hands every answer to the observer. A service
+/// the manager cannot report on is logged once, until it can again. Stops
+/// on drop.
+pub struct StatePoller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StatePoller {
+    /// `services` are `(name, unit)` pairs. `None` when there is nothing to
+    /// poll or the thread could not start (logged).
+    pub fn start(
+        manager: std::sync::Arc<dyn ServiceManager>,
+        services: Vec<(String, String)>,
+        observer: StateObserver,
+    ) -> Option<StatePoller> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if services.is_empty() {
+            return None;
+        }
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let spawned = std::thread::Builder::new().name("service-state".into()).spawn(move || {
+            let mut reported = std::collections::HashSet::new();
+            while !stopped.load(Ordering::Relaxed) {
+                for (name, unit) in &services {
+                    match manager.status(unit) {
+                        Ok(status) => {
+                            reported.remove(name);
+                            observer(name, &status);
+                        }
+                        Err(e) => {
+                            if reported.insert(name.clone()) {
+                                tracing::warn!(service = %name, unit = %unit, error = %e, "Cannot read the service's state: `service_down` triggers will not fire for it.");
+                            }
+                        }
+                    }
+                }
+                let started = std::time::Instant::now();
+                while !stopped.load(Ordering::Relaxed) && started.elapsed() < STATE_POLL {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Some(StatePoller { stop }),
+            Err(e) => {
+                tracing::error!(error = %e, "Service state poller could not start.");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for StatePoller {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -197,8 +197,16 @@ fn custos_as_a_systemd_service() {
     let out = custos(&sd, &bin, &["reload"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("reload rejected"), "{}", text(&out.stderr));
-    std::fs::write(inside(&sd, &config), format!("agent: {{ state_dir: {PREFIX}/var/lib/custos }}\n"))
-        .unwrap();
+    // The feeder unit as a managed service with a probe that cannot pass
+    // (nothing listens on port 9): managed services change at the next
+    // start, which kill -9 below brings.
+    std::fs::write(
+        inside(&sd, &config),
+        format!(
+            "agent: {{ state_dir: {PREFIX}/var/lib/custos }}\nservices:\n  - name: feeder\n    systemd_unit: custos-feeder\n    health: {{ tcp: \"127.0.0.1:9\", every: 1s, timeout: 500ms, failures: 2 }}\n"
+        ),
+    )
+    .unwrap();
     let out = custos(&sd, &bin, &["reload"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
@@ -212,6 +220,21 @@ fn custos_as_a_systemd_service() {
             && prop(&sd, "MainPID") != first_pid
     });
     let second_pid = prop(&sd, "MainPID");
+    // Status shows the service manager's state and the probe's verdict.
+    wait_for("the feeder's state and health in status", Duration::from_secs(30), || {
+        let s = status_json(&sd, &bin);
+        let f = &s["services"][0];
+        f["name"] == "feeder"
+            && f["state"] == "active (running)"
+            && f["healthy"] == false
+            && f["detail"].as_str().is_some_and(|d| d.contains("tcp"))
+    });
+    let shown = text(&custos(&sd, &bin, &["status"]).stdout);
+    println!("custos status with a probed unit:\n{shown}");
+    assert!(
+        shown.contains("feeder") && shown.contains("active (running)") && shown.contains("UNHEALTHY"),
+        "{shown}"
+    );
 
     // --- clean stop: exit 0 within TimeoutStopSec (a timeout would be Result=timeout).
     assert_eq!(prop(&sd, "TimeoutStopUSec"), "30s");

@@ -21,6 +21,11 @@ struct Inner {
     /// Configured services and their unit, in configuration order.
     configured: Vec<(String, Option<String>)>,
     config_path: Option<String>,
+    /// The last health verdict of services with a probe, and the probe's
+    /// result.
+    health: BTreeMap<String, (bool, String)>,
+    /// The service manager's last answer (`active`, `failed (auto-restart)`).
+    states: BTreeMap<String, String>,
 }
 
 /// Shared between the sink (writer, on the pipeline task) and the control
@@ -53,6 +58,31 @@ impl LiveStatus {
         }
     }
 
+    /// A probe's verdict on a service (health probes call this).
+    pub fn record_health(&self, service: &str, healthy: bool, probe: &custos_event::HealthProbe) {
+        let detail = if probe.detail.is_empty() {
+            format!("{} {}", probe.probe, if probe.ok { "ok" } else { "failed" })
+        } else {
+            format!("{}: {}", probe.probe, probe.detail)
+        };
+        if let Ok(mut g) = self.0.lock() {
+            g.health.insert(service.to_string(), (healthy, detail));
+        }
+    }
+
+    /// The service manager's state of a service (the state poller calls
+    /// this).
+    pub fn record_state(&self, service: &str, status: &crate::service_manager::ServiceStatus) {
+        let state = if status.sub_state.is_empty() || status.sub_state == status.state.as_str() {
+            status.state.as_str().to_string()
+        } else {
+            format!("{} ({})", status.state.as_str(), status.sub_state)
+        };
+        if let Ok(mut g) = self.0.lock() {
+            g.states.insert(service.to_string(), state);
+        }
+    }
+
     /// The sink to add to the pipeline.
     pub fn sink(&self) -> Box<dyn EventSink> {
         Box::new(LiveSink { shared: self.clone(), pending: 0, pending_services: BTreeMap::new() })
@@ -67,27 +97,32 @@ impl StatusProvider for LiveStatus {
         s.drops.kernel = g.drops.kernel;
         s.drops.user = g.drops.user;
         s.config_path = g.config_path.clone();
-        let mut services: Vec<ServiceHealth> = g
-            .configured
-            .iter()
-            .map(|(name, unit)| ServiceHealth {
-                name: name.clone(),
-                unit: unit.clone(),
-                detail: Some(format!("{} events", g.per_service.get(name).copied().unwrap_or(0))),
-                ..Default::default()
-            })
-            .collect();
+        let mut services: Vec<ServiceHealth> =
+            g.configured.iter().map(|(name, unit)| g.service(name, unit.clone())).collect();
         // Services found without configuration (discovery, manage-everything).
-        for (name, n) in &g.per_service {
+        for name in g.per_service.keys() {
             if !g.configured.iter().any(|(c, _)| c == name) {
-                services.push(ServiceHealth {
-                    name: name.clone(),
-                    detail: Some(format!("{n} events")),
-                    ..Default::default()
-                });
+                services.push(g.service(name, None));
             }
         }
         s.services = services;
+    }
+}
+
+impl Inner {
+    fn service(&self, name: &str, unit: Option<String>) -> ServiceHealth {
+        let events = format!("{} events", self.per_service.get(name).copied().unwrap_or(0));
+        let health = self.health.get(name);
+        ServiceHealth {
+            name: name.to_string(),
+            unit,
+            state: self.states.get(name).cloned(),
+            healthy: health.map(|(h, _)| *h),
+            detail: Some(match health {
+                Some((_, probe)) => format!("{events}, {probe}"),
+                None => events,
+            }),
+        }
     }
 }
 
@@ -184,5 +219,54 @@ mod tests {
         sink.on_tick(&Tick { now: SystemTime::now(), loss });
         live.fill(&mut s);
         assert!(s.events_per_sec > 0.0);
+    }
+
+    #[test]
+    fn shows_each_services_manager_state_and_probe_verdict() {
+        use crate::service_manager::{ActiveState, ServiceStatus};
+        let cfg = crate::config::parse(
+            "services:\n  - name: api\n    systemd_unit: api\n  - name: db\n    systemd_unit: db\n",
+            "t",
+        )
+        .unwrap();
+        let live = LiveStatus::new(&cfg);
+        let status = |state, sub: &str| ServiceStatus {
+            state,
+            sub_state: sub.into(),
+            main_pid: None,
+            cgroup: None,
+            manager_restarting: false,
+            manager_restarts: None,
+        };
+        live.record_state("api", &status(ActiveState::Active, "running"));
+        live.record_state("db", &status(ActiveState::Failed, "failed"));
+        let probe = |ok, detail: &str| custos_event::HealthProbe {
+            probe: "http".into(),
+            ok,
+            latency_ns: 0,
+            detail: detail.into(),
+        };
+        live.record_health("api", true, &probe(true, ""));
+        let mut s = StatusSnapshot::default();
+        live.fill(&mut s);
+        let got: Vec<_> = s
+            .services
+            .iter()
+            .map(|x| (x.name.as_str(), x.state.as_deref(), x.healthy, x.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("api", Some("active (running)"), Some(true), Some("0 events, http ok")),
+                ("db", Some("failed"), None, Some("0 events")),
+            ]
+        );
+        // A later verdict replaces the earlier one, and the text shows it.
+        live.record_health("api", false, &probe(false, "status 503"));
+        live.fill(&mut s);
+        assert_eq!(s.services[0].healthy, Some(false));
+        let text = s.render_text();
+        assert!(text.contains("active (running)") && text.contains("UNHEALTHY"), "{text}");
+        assert!(text.contains("http: status 503"), "{text}");
     }
 }

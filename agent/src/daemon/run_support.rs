@@ -103,6 +103,12 @@ impl ServiceLink {
         Ok(ServiceLink { daemon, live, reloader, logging: opts.logging, engine: Arc::new(Mutex::new(None)) })
     }
 
+    /// The live figures of `custos status`, for the modules that report
+    /// service state and health.
+    pub fn live(&self) -> &LiveStatus {
+        &self.live
+    }
+
     /// The daemon, for modules that add status providers.
     pub fn daemon(&self) -> &Daemon {
         &self.daemon

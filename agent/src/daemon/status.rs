@@ -234,7 +234,7 @@ impl StatusSnapshot {
                 Some(false) => "UNHEALTHY",
                 None => "no probe",
             };
-            let _ = write!(o, "  {:<20} {:<10} {health}", s.name, s.state.as_deref().unwrap_or("-"));
+            let _ = write!(o, "  {:<20} {:<18} {:<9}", s.name, s.state.as_deref().unwrap_or("-"), health);
             if let Some(u) = &s.unit {
                 let _ = write!(o, "  [{u}]");
             }
@@ -356,7 +356,10 @@ mod tests {
             ),
             "{t}"
         );
-        assert!(t.contains("db                   failed     UNHEALTHY  [db.service]  http 503"), "{t}");
+        assert!(
+            t.contains("db                   failed             UNHEALTHY  [db.service]  http 503"),
+            "{t}"
+        );
         assert!(t.contains("api-crash-loop           service api              step 2/4  cooldown"), "{t}");
         assert!(t.contains("2023-11-14T23:03:20Z  api"), "{t}");
     }

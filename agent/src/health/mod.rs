@@ -226,12 +226,18 @@ impl Drop for ProbeThreads {
     }
 }
 
+/// Told of each probe result: the `health_probe` event (with its service)
+/// and whether the service counts as healthy now (after its threshold of
+/// consecutive failures).
+pub type HealthObserver = Box<dyn Fn(&Event, bool) + Send + Sync>;
+
 /// Starts the probes of every configured service with `health:`. Each
 /// result goes down the pipeline as a `health_probe` event (`try_send`: a
-/// full queue drops it) and, with runbooks, to `Engine::on_health`.
+/// full queue drops it) and to the observer (the runbook engine's
+/// `on_health`, `custos status`).
 pub fn start_probes(
     config: &crate::config::LoadedConfig,
-    engine: Option<crate::runbook::engine::Engine>,
+    observer: HealthObserver,
     events: tokio::sync::mpsc::Sender<Event>,
 ) -> ProbeThreads {
     let probes: Vec<Probe> = config
@@ -243,10 +249,7 @@ pub fn start_probes(
     spawn(
         probes,
         Arc::new(move |ev: Event, healthy: bool| {
-            if let Some(engine) = &engine {
-                let service = ev.service.clone().unwrap_or_default();
-                engine.on_health(&service, healthy, Some(&ev));
-            }
+            observer(&ev, healthy);
             if events.try_send(ev).is_err() {
                 tracing::debug!("Health probe result dropped: the pipeline is busy.");
             }

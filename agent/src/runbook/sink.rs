@@ -1,8 +1,9 @@
 //! Wiring the runbook engine into `custos run`: a pipeline sink feeding it
 //! attributed events, a task forwarding the detector's anomalies and the
-//! per-service metric series, a thread polling the service manager (for
-//! `service_down`), and audit records exported as OTLP logs. Health probes
-//! run apart (`health::start_probes`) since they exist without runbooks too.
+//! per-service metric series, and audit records exported as OTLP logs.
+//! Health probes (`health::start_probes`) and the service state poller
+//! (`service_manager::StatePoller`) run apart since they exist without
+//! runbooks too; the agent feeds their results to the engine.
 
 use super::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
@@ -15,7 +16,6 @@ use crate::service_manager::ServiceManager;
 use crate::service_manager::{ServiceError, ServiceStatus};
 use custos_event::Event;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Environment variable naming a D-Bus address for systemd (another
@@ -41,19 +41,11 @@ impl EventSink for RunbookSink {
 pub struct Runbooks {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
-    /// Stops the service state poller (set on drop).
-    pub stop_polling: Arc<AtomicBool>,
+    /// Every configured service with its unit (guessed from the name for
+    /// services selected by executable or cgroup): what the state poller
+    /// asks the service manager about for the `service_down` trigger.
+    pub service_units: Vec<(String, String)>,
 }
-
-impl Drop for Runbooks {
-    fn drop(&mut self) {
-        self.stop_polling.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// How often the service manager is asked for the state of each service
-/// (the `service_down` trigger). A D-Bus round trip per service: cheap.
-pub const STATE_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Runbooks {
     pub fn sink(&self) -> RunbookSink {
@@ -118,42 +110,6 @@ pub fn audit_log_record(r: &AuditRecord) -> LogRecord {
     rec
 }
 
-/// Polls the service manager for each service's state and tells the engine
-/// (the `service_down` trigger), on a thread of its own because the calls
-/// block. A service the manager does not know is logged once.
-fn spawn_state_poller(engine: Engine, services: Vec<(String, String)>, stop: Arc<AtomicBool>) {
-    use std::sync::atomic::Ordering;
-    if services.is_empty() {
-        return;
-    }
-    let manager = engine.service_manager();
-    let spawned = std::thread::Builder::new().name("service-state".into()).spawn(move || {
-        let mut reported = std::collections::HashSet::new();
-        while !stop.load(Ordering::Relaxed) {
-            for (name, unit) in &services {
-                match manager.status(unit) {
-                    Ok(status) => {
-                        reported.remove(name);
-                        engine.on_service_state(name, &status);
-                    }
-                    Err(e) => {
-                        if reported.insert(name.clone()) {
-                            tracing::warn!(service = %name, unit = %unit, error = %e, "Cannot read the service's state: `service_down` triggers will not fire for it.");
-                        }
-                    }
-                }
-            }
-            let started = std::time::Instant::now();
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < STATE_POLL {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "Service state poller could not start.");
-    }
-}
-
 /// A service manager that is not there: actions fail, and say why, in the audit log.
 #[cfg(not(any(windows, custos_windows_typecheck)))]
 struct Unavailable(String);
@@ -183,7 +139,8 @@ impl ServiceManager for Unavailable {
     }
 }
 
-fn service_manager() -> Arc<dyn ServiceManager> {
+/// The platform's service manager, or one whose calls fail saying why.
+pub fn service_manager() -> Arc<dyn ServiceManager> {
     // The type-check build (`custos_windows_typecheck`, on Linux) takes the
     // Windows branch so that it is checked; it is never run.
     #[cfg(all(target_os = "linux", not(custos_windows_typecheck)))]
@@ -251,13 +208,11 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     opts.services = services;
     let count = report.runbooks.len();
     let engine = Engine::new(report.runbooks, service_manager(), audit.clone(), Arc::new(SystemClock), opts)?;
-    let stop_polling = Arc::new(AtomicBool::new(false));
-    spawn_state_poller(engine.clone(), service_units, stop_polling.clone());
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),
         dry_run = config.raw.runbooks.dry_run,
         "Runbooks loaded."
     );
-    Ok(Some(Runbooks { engine, audit, stop_polling }))
+    Ok(Some(Runbooks { engine, audit, service_units }))
 }
