@@ -22,17 +22,59 @@ pub struct RunOptions {
     pub daemon: crate::daemon::run_support::DaemonRunOptions,
 }
 
-/// Polls the service manager for `custos status` and the `service_down`
-/// trigger: with runbooks, every service (by its unit, or the unit its name
-/// suggests); without, only the services selected by unit.
+/// What watches the managed services apart from the sensor: health probes
+/// (results as events, `custos status` lines and health triggers) and the
+/// service manager poller (`custos status`, the `service_down` trigger).
+/// Dropping it stops both.
+struct ServiceWatchers {
+    _probes: crate::health::ProbeThreads,
+    _state_poller: Option<crate::service_manager::StatePoller>,
+    events: tokio::sync::mpsc::Sender<custos_event::Event>,
+}
+
+impl ServiceWatchers {
+    fn start(
+        config: &LoadedConfig,
+        engine: Option<crate::runbook::Engine>,
+        live: crate::daemon::LiveStatus,
+        events: tokio::sync::mpsc::Sender<custos_event::Event>,
+    ) -> ServiceWatchers {
+        let probes = {
+            let engine = engine.clone();
+            let live = live.clone();
+            crate::health::start_probes(
+                config,
+                Box::new(move |ev, healthy| {
+                    let (Some(svc), custos_event::EventBody::HealthProbe(probe)) = (&ev.service, &ev.body)
+                    else {
+                        return;
+                    };
+                    live.record_health(svc, healthy, probe);
+                    if let Some(e) = &engine {
+                        e.on_health(svc, healthy, Some(ev));
+                    }
+                }),
+                events.clone(),
+            )
+        };
+        ServiceWatchers { _probes: probes, _state_poller: start_state_poller(config, engine, live), events }
+    }
+}
+
+/// Polls the service manager: with runbooks, every service (by its unit, or
+/// the unit its name suggests); without, only the services selected by unit.
 fn start_state_poller(
     config: &LoadedConfig,
-    runbooks: Option<&crate::runbook::sink::Runbooks>,
+    engine: Option<crate::runbook::Engine>,
     live: crate::daemon::LiveStatus,
 ) -> Option<crate::service_manager::StatePoller> {
     use crate::config::Selector;
-    let (manager, services, engine) = match runbooks {
-        Some(rb) => (rb.engine.service_manager(), rb.service_units.clone(), Some(rb.engine.clone())),
+    let (manager, services) = match &engine {
+        Some(e) => {
+            let units =
+                crate::runbook::sink::service_infos(config).into_iter().map(|(n, i)| (n, i.unit)).collect();
+            (e.service_manager(), units)
+        }
         None => {
             let units: Vec<(String, String)> = config
                 .services
@@ -47,7 +89,7 @@ fn start_state_poller(
             if units.is_empty() {
                 return None;
             }
-            (crate::runbook::sink::service_manager(), units, None)
+            (crate::runbook::sink::service_manager(), units)
         }
     };
     crate::service_manager::StatePoller::start(
@@ -60,6 +102,72 @@ fn start_state_poller(
             }
         }),
     )
+}
+
+/// The services of a configuration as far as the running agent cares: who
+/// is managed and how, and how each is probed (values only: the same
+/// configuration written on other lines is the same).
+fn services_key(config: &LoadedConfig) -> String {
+    let mut key = format!("{:?}", config.discover);
+    for s in &config.services {
+        key.push_str(&format!("|{}={:?}", s.name, s.selector));
+        if let Some(h) = &s.health {
+            key.push_str(&format!(
+                " health {:?} {:?} {:?} {:?} {:?} {} {:?} {:?}",
+                h.http.as_ref().map(|v| &v.value),
+                h.tcp.as_ref().map(|v| &v.value),
+                h.command.as_ref().map(|v| &v.value),
+                h.every.0,
+                h.timeout.0,
+                h.failures,
+                h.expect_status,
+                h.body_contains,
+            ));
+        }
+    }
+    key
+}
+
+/// Applies reloads that change the managed services while the agent runs:
+/// attribution and the kernel filter switch between two events, the engine
+/// acts on the new units, and probes and the state poller restart for the
+/// new set. Reloads that leave the services alone leave them running.
+fn apply_service_reloads(
+    config: &LoadedConfig,
+    service: &crate::daemon::run_support::ServiceLink,
+    pipeline: &mut Pipeline,
+    engine: Option<crate::runbook::Engine>,
+    watchers: Arc<std::sync::Mutex<Option<ServiceWatchers>>>,
+) {
+    let mut updates = service.config_updates();
+    let reconfigure = pipeline.reconfigure_input();
+    let live = service.live().clone();
+    let mut current = services_key(config);
+    tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let new = updates.borrow_and_update().config.clone();
+            let key = services_key(&new);
+            if key == current {
+                continue;
+            }
+            current = key;
+            if reconfigure.send(Arc::new(new.clone())).await.is_err() {
+                return; // the pipeline has stopped
+            }
+            if let Some(e) = &engine {
+                e.set_services(crate::runbook::sink::service_infos(&new));
+            }
+            let Ok(mut w) = watchers.lock() else { return };
+            // The old ones stop before the new ones start; a stopped agent
+            // (taken) starts none.
+            if let Some(old) = w.take() {
+                let events = old.events.clone();
+                drop(old);
+                *w = Some(ServiceWatchers::start(&new, engine.clone(), live.clone(), events));
+            }
+            tracing::info!(services = new.services.len(), "Applied the reloaded services.");
+        }
+    });
 }
 
 /// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
@@ -103,27 +211,16 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
         pipeline.add_sink(Box::new(sink));
     }
-    // Health probes run with or without runbooks: their results are events
-    // (exported, summarized), `custos status` lines and, through the engine,
-    // triggers.
-    let probes = {
-        let engine = runbooks.as_ref().map(|rb| rb.engine.clone());
-        let live = service.live().clone();
-        crate::health::start_probes(
-            &config,
-            Box::new(move |ev, healthy| {
-                let (Some(svc), custos_event::EventBody::HealthProbe(probe)) = (&ev.service, &ev.body) else {
-                    return;
-                };
-                live.record_health(svc, healthy, probe);
-                if let Some(e) = &engine {
-                    e.on_health(svc, healthy, Some(ev));
-                }
-            }),
-            pipeline.side_input(1024),
-        )
-    };
-    let _state_poller = start_state_poller(&config, runbooks.as_ref(), service.live().clone());
+    // Health probes and the service state poller run with or without
+    // runbooks; a reload that changes the services replaces them.
+    let engine = runbooks.as_ref().map(|rb| rb.engine.clone());
+    let watchers = Arc::new(std::sync::Mutex::new(Some(ServiceWatchers::start(
+        &config,
+        engine.clone(),
+        service.live().clone(),
+        pipeline.side_input(1024),
+    ))));
+    apply_service_reloads(&config, &service, &mut pipeline, engine, watchers.clone());
     if let Some(every) = opts.summary {
         let services = pipeline.configured_services();
         pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
@@ -144,7 +241,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         Ok(())
     });
     let finished = stopping.finish().await?;
-    probes.stop();
+    drop(watchers.lock().ok().and_then(|mut w| w.take()));
     tracing::info!(
         events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
         lost_kernel = finished.loss.kernel,

@@ -9,7 +9,7 @@
 
 use crate::config::{Discover, LoadedConfig, Selector};
 use custos_event::{Event, EventBody};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What attribution needs to know about the host.
 pub trait HostView: Send {
@@ -96,11 +96,44 @@ pub struct FilterUpdate {
     pub add_cgroups: Vec<u64>,
     pub remove_cgroups: Vec<u64>,
     pub track_pids: Vec<u32>,
+    /// Processes of services a reload removed.
+    pub untrack_pids: Vec<u32>,
+    /// A reload switched between managing every process (`Some(true)`) and
+    /// only the configured services (`Some(false)`).
+    pub scope_everything: Option<bool>,
 }
 
 impl FilterUpdate {
     pub fn is_empty(&self) -> bool {
-        self.add_cgroups.is_empty() && self.remove_cgroups.is_empty() && self.track_pids.is_empty()
+        self.add_cgroups.is_empty()
+            && self.remove_cgroups.is_empty()
+            && self.track_pids.is_empty()
+            && self.untrack_pids.is_empty()
+            && self.scope_everything.is_none()
+    }
+}
+
+/// `(selector, service name)` pairs of a configuration, by kind.
+struct Selectors {
+    units: Vec<(String, String)>,
+    cgroups: Vec<(String, String)>,
+    exes: Vec<(String, String)>,
+}
+
+impl Selectors {
+    fn of(config: &LoadedConfig) -> Self {
+        let mut sel = Selectors { units: Vec::new(), cgroups: Vec::new(), exes: Vec::new() };
+        for s in &config.services {
+            match &s.selector {
+                Selector::SystemdUnit(u) => sel.units.push((u.clone(), s.name.clone())),
+                // The Windows sensor attributes by process tree before events
+                // reach here; on Linux such a selector matches nothing.
+                Selector::WindowsService(_) => {}
+                Selector::Exe(p) => sel.exes.push((p.clone(), s.name.clone())),
+                Selector::Cgroup(p) => sel.cgroups.push((p.clone(), s.name.clone())),
+            }
+        }
+        sel
     }
 }
 
@@ -128,19 +161,7 @@ pub struct Attributor {
 
 impl Attributor {
     pub fn new(config: &LoadedConfig, host: Box<dyn HostView>) -> Self {
-        let mut units = Vec::new();
-        let mut cgroups = Vec::new();
-        let mut exes = Vec::new();
-        for s in &config.services {
-            match &s.selector {
-                Selector::SystemdUnit(u) => units.push((u.clone(), s.name.clone())),
-                // The Windows sensor attributes by process tree before events
-                // reach here; on Linux such a selector matches nothing.
-                Selector::WindowsService(_) => {}
-                Selector::Exe(p) => exes.push((p.clone(), s.name.clone())),
-                Selector::Cgroup(p) => cgroups.push((p.clone(), s.name.clone())),
-            }
-        }
+        let Selectors { units, cgroups, exes } = Selectors::of(config);
         Attributor {
             units,
             cgroups,
@@ -153,6 +174,51 @@ impl Attributor {
             host,
             own_pid: std::process::id(),
         }
+    }
+
+    /// Takes the services of a reloaded configuration and returns what the
+    /// kernel filter must change so that it reports exactly them: cgroups
+    /// no longer managed leave it, new ones enter it, processes of removed
+    /// `exe:` services are untracked while those of services kept (same
+    /// name, same pattern) stay attributed, and the scope switches when the
+    /// first service is added or the last removed.
+    pub fn reconfigure(&mut self, config: &LoadedConfig) -> FilterUpdate {
+        let managed = |by_cgroup: &HashMap<u64, Option<String>>| -> HashSet<u64> {
+            by_cgroup.iter().filter(|(_, n)| n.is_some()).map(|(id, _)| *id).collect()
+        };
+        let before = managed(&self.by_cgroup);
+        let was_everything = self.everything;
+        let Selectors { units, cgroups, exes } = Selectors::of(config);
+        let kept: HashSet<String> =
+            exes.iter().filter(|e| self.exes.contains(e)).map(|(_, n)| n.clone()).collect();
+        self.units = units;
+        self.cgroups = cgroups;
+        self.exes = exes;
+        self.discover_systemd = config.discover.contains(&Discover::Systemd);
+        self.everything = config.manages_everything();
+        self.by_cgroup.clear();
+        self.unit_cgroups.clear();
+        let mut update = FilterUpdate::default();
+        self.by_pid.retain(|pid, name| {
+            let keep = kept.contains(name);
+            if !keep {
+                update.untrack_pids.push(*pid);
+            }
+            keep
+        });
+        let refreshed = self.refresh();
+        let after = managed(&self.by_cgroup);
+        // Managing everything, the kernel filter held no cgroup: every
+        // managed one must enter it now.
+        let in_filter = if was_everything { HashSet::new() } else { before.clone() };
+        update.add_cgroups = refreshed.add_cgroups.into_iter().filter(|id| !in_filter.contains(id)).collect();
+        update.remove_cgroups = before.difference(&after).copied().collect();
+        update.remove_cgroups.sort_unstable();
+        update.untrack_pids.sort_unstable();
+        if was_everything != self.everything {
+            update.scope_everything = Some(self.everything);
+        }
+        update
     }
 
     /// True when every process is managed (no `services:` configured).
@@ -528,5 +594,58 @@ mod tests {
         e.service = Some("api".into());
         assert!(a.attribute(&mut e, &mut FilterUpdate::default()));
         assert_eq!(e.service.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn reconfigure_switches_services_and_says_what_the_kernel_must_change() {
+        let mut host = FakeHost::default();
+        host.paths.insert(10, "/system.slice/api.service".into());
+        host.paths.insert(20, "/system.slice/db.service".into());
+        host.paths.insert(30, "/system.slice/web.service".into());
+        let mut a = Attributor::new(
+            &cfg("services:\n  - name: api\n    systemd_unit: api\n  - name: db\n    systemd_unit: db\n  - name: worker\n    exe: /usr/bin/worker\n  - name: batch\n    exe: /usr/bin/batch\n"),
+            Box::new(host),
+        );
+        let mut initial = a.refresh().add_cgroups;
+        initial.sort();
+        assert_eq!(initial, vec![10, 20]);
+        let mut up = FilterUpdate::default();
+        assert!(a.attribute(&mut start(500, 1, "/usr/bin/worker"), &mut up));
+        assert!(a.attribute(&mut start(600, 1, "/usr/bin/batch"), &mut up));
+
+        // db leaves, web comes, api stays and is renamed, batch leaves.
+        let up = a.reconfigure(&cfg(
+            "services:\n  - name: frontend\n    systemd_unit: api\n  - name: web\n    systemd_unit: web\n  - name: worker\n    exe: /usr/bin/worker\n",
+        ));
+        assert_eq!(up.add_cgroups, vec![30]);
+        assert_eq!(up.remove_cgroups, vec![20]);
+        assert_eq!(up.untrack_pids, vec![600], "the removed exe service's process leaves the filter");
+        assert_eq!(up.scope_everything, None);
+        let mut none = FilterUpdate::default();
+        let mut e = exit(1, 10);
+        assert!(a.attribute(&mut e, &mut none));
+        assert_eq!(e.service.as_deref(), Some("frontend"));
+        assert!(!a.attribute(&mut exit(1, 20), &mut none), "db is no longer managed");
+        let mut e = exit(1, 30);
+        assert!(a.attribute(&mut e, &mut none));
+        assert_eq!(e.service.as_deref(), Some("web"));
+        let mut e = exit(500, 0);
+        assert!(a.attribute(&mut e, &mut none), "the kept exe service keeps its process");
+        assert_eq!(e.service.as_deref(), Some("worker"));
+        assert!(!a.attribute(&mut exit(600, 0), &mut none));
+
+        // No services at all: everything is managed; and back.
+        let up = a.reconfigure(&cfg("agent: { log_level: info }\n"));
+        assert_eq!(up.scope_everything, Some(true));
+        assert!(a.manages_everything());
+        let up = a.reconfigure(&cfg("services:\n  - name: api\n    systemd_unit: api\n"));
+        assert_eq!(up.scope_everything, Some(false));
+        assert_eq!(up.add_cgroups, vec![10], "managing everything, the filter held nothing");
+        assert!(!up.remove_cgroups.contains(&10));
+        let up = a.reconfigure(&cfg(
+            "services:\n  - name: api\n    systemd_unit: api\n  - name: db\n    systemd_unit: db\n",
+        ));
+        assert_eq!(up.add_cgroups, vec![20]);
+        assert!(up.remove_cgroups.is_empty(), "a cgroup managed before and after stays in the filter");
     }
 }

@@ -6,6 +6,7 @@
 //! and count what they drop), so one slow consumer cannot stall the sensor.
 
 use crate::attribution::{Attributor, FilterUpdate};
+use crate::config::LoadedConfig;
 use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -70,9 +71,10 @@ pub struct PipelineStats {
     pub heartbeat: AtomicU64,
 }
 
-/// The next event of the side input; pending forever when there is none
-/// (or it closed), so the `select!` branch simply never fires.
-async fn recv_side(side: &mut Option<mpsc::Receiver<Event>>) -> Option<Event> {
+/// The next message of an optional input (side events, reloads); pending
+/// forever when there is none (or it closed), so the `select!` branch
+/// simply never fires.
+async fn recv_optional<T>(side: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match side {
         Some(rx) => match rx.recv().await {
             Some(e) => Some(e),
@@ -102,6 +104,9 @@ pub struct Pipeline {
     /// Events made inside the agent (health probe results), merged into
     /// the stream after the sensor's.
     side: Option<mpsc::Receiver<Event>>,
+    /// Reloaded configurations whose services attribution and the kernel
+    /// filter take on.
+    reconfigure: Option<mpsc::Receiver<Arc<LoadedConfig>>>,
 }
 
 impl Pipeline {
@@ -119,6 +124,7 @@ impl Pipeline {
             tick: Duration::from_secs(1),
             reported_loss: LossCounters::default(),
             side: None,
+            reconfigure: None,
         }
     }
 
@@ -133,6 +139,15 @@ impl Pipeline {
     pub fn side_input(&mut self, capacity: usize) -> mpsc::Sender<Event> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         self.side = Some(rx);
+        tx
+    }
+
+    /// Where reloaded configurations go: the pipeline switches to their
+    /// services between two events, so no event is attributed half under
+    /// the old and half under the new configuration.
+    pub fn reconfigure_input(&mut self) -> mpsc::Sender<Arc<LoadedConfig>> {
+        let (tx, rx) = mpsc::channel(4);
+        self.reconfigure = Some(rx);
         tx
     }
 
@@ -154,6 +169,7 @@ impl Pipeline {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut update = FilterUpdate::default();
         let mut side = self.side.take();
+        let mut reconfigure = self.reconfigure.take();
         loop {
             tokio::select! {
                 biased;
@@ -188,8 +204,19 @@ impl Pipeline {
                         }
                     }
                 }
-                Some(e) = recv_side(&mut side) => {
+                Some(e) = recv_optional(&mut side) => {
                     self.handle(e, &mut update);
+                }
+                Some(config) = recv_optional(&mut reconfigure) => {
+                    let changed = self.attributor.reconfigure(&config);
+                    self.sensor.emit_all_execs(self.attributor.needs_all_execs());
+                    self.sensor.apply(&changed);
+                    tracing::info!(
+                        services = config.services.len(),
+                        added_cgroups = changed.add_cgroups.len(),
+                        removed_cgroups = changed.remove_cgroups.len(),
+                        "Managed services reloaded."
+                    );
                 }
                 _ = ticker.tick() => {
                     self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);

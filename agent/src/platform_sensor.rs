@@ -21,6 +21,17 @@ mod linux {
             // A failed map update leaves the filter as it was: events of that
             // cgroup or pid are missed (or kept) until the next refresh
             // retries, which is logged, never fatal.
+            let set_scope = |s: &EbpfSensor, everything: bool| {
+                let scope = if everything { Scope::Everything } else { Scope::Managed };
+                if let Err(e) = s.set_scope(scope) {
+                    tracing::warn!(everything, error = %e, "Could not switch the kernel filter's scope.");
+                }
+            };
+            // Widening comes first and narrowing last, so that a switch
+            // never leaves a moment where a managed service is filtered.
+            if update.scope_everything == Some(true) {
+                set_scope(&self.0, true);
+            }
             for id in &update.remove_cgroups {
                 if let Err(e) = self.0.unmanage_cgroup(*id) {
                     tracing::warn!(cgroup_id = id, error = %e, "Could not remove a cgroup from the kernel filter.");
@@ -35,6 +46,14 @@ mod linux {
                 if let Err(e) = self.0.track_pid(*pid) {
                     tracing::warn!(pid, error = %e, "Could not track a process in the kernel filter.");
                 }
+            }
+            for pid in &update.untrack_pids {
+                if let Err(e) = self.0.untrack_pid(*pid) {
+                    tracing::warn!(pid, error = %e, "Could not untrack a process in the kernel filter.");
+                }
+            }
+            if update.scope_everything == Some(false) {
+                set_scope(&self.0, false);
             }
         }
 

@@ -37,6 +37,15 @@ pub enum Scope {
     Managed,
 }
 
+impl Scope {
+    fn mode(self) -> u32 {
+        match self {
+            Scope::Everything => wire::MODE_EVERYTHING,
+            Scope::Managed => wire::MODE_MANAGED,
+        }
+    }
+}
+
 /// What the sensor observes and how.
 #[derive(Debug, Clone)]
 pub struct SensorOptions {
@@ -272,10 +281,7 @@ impl EbpfSensor {
         let btf = Btf::from_sys_fs()
             .map_err(|e| SensorError::Unavailable(format!("cannot read kernel BTF: {e}")))?;
         let mut config: Array<MapData, Config> = take(&mut bpf, "config")?;
-        let mode = match opts.scope {
-            Scope::Everything => wire::MODE_EVERYTHING,
-            Scope::Managed => wire::MODE_MANAGED,
-        };
+        let mode = opts.scope.mode();
         config
             .set(0, Config { mode, process_events: opts.process as u32, ..Config::default() }, 0)
             .map_err(map_err("config"))?;
@@ -361,6 +367,15 @@ impl EbpfSensor {
     pub fn manage_cgroup(&self, id: u64) -> Result<(), SensorError> {
         lock(&self.shared.managed_cgroups).insert(id, 1, 0).map_err(map_err("managed_cgroups"))?;
         self.scope_changed()
+    }
+
+    /// Switches between reporting every process and only managed ones (a
+    /// reload that adds the first service or removes the last).
+    pub fn set_scope(&self, scope: Scope) -> Result<(), SensorError> {
+        self.update_config(|c| {
+            c.mode = scope.mode();
+            c.scope_gen = c.scope_gen.wrapping_add(1);
+        })
     }
 
     /// Invalidates the kernel's per-CPU caches of scope decisions.

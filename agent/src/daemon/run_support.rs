@@ -147,7 +147,7 @@ impl ServiceLink {
         let logging = self.logging.clone();
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            let mut current = rx.borrow_and_update().config.clone();
+            rx.borrow_and_update();
             while rx.changed().await.is_ok() {
                 let reloaded = rx.borrow_and_update().clone();
                 let new = reloaded.config.clone();
@@ -166,11 +166,6 @@ impl ServiceLink {
                         tracing::warn!(error = %e, "Kept the previous log level.");
                     }
                 }
-                let names = |c: &LoadedConfig| c.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
-                if names(&new) != names(&current) || new.discover != current.discover {
-                    tracing::warn!("The managed services changed; they take effect at the next restart.");
-                }
-                current = new;
             }
         });
     }

@@ -157,6 +157,9 @@ struct Inner {
     state: Mutex<BTreeMap<String, RunbookState>>,
     busy: Mutex<HashSet<String>>,
     health: Mutex<HashMap<String, Health>>,
+    /// Managed services by name (replaced by a reload); starts as
+    /// `opts.services`.
+    services: RwLock<HashMap<String, ServiceInfo>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -204,6 +207,7 @@ impl Engine {
                 busy: Mutex::new(HashSet::new()),
                 health: Mutex::new(HashMap::new()),
                 workers: Mutex::new(Vec::new()),
+                services: RwLock::new(opts.services.clone()),
                 opts,
             }),
         };
@@ -234,6 +238,12 @@ impl Engine {
             json!({ "runbooks": names }),
             self.inner.opts.dry_run,
         );
+    }
+
+    /// Takes the managed services of a reloaded configuration (which unit
+    /// a runbook's `restart` acts on, which services have a probe).
+    pub fn set_services(&self, services: HashMap<String, ServiceInfo>) {
+        *self.inner.services.write().unwrap_or_else(|e| e.into_inner()) = services;
     }
 
     /// The service manager the engine acts through.
@@ -375,8 +385,9 @@ impl Engine {
 
     fn unit(&self, service: &str) -> ServiceInfo {
         self.inner
-            .opts
             .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(service)
             .cloned()
             .unwrap_or_else(|| ServiceInfo { unit: crate::config::normalize_unit(service), has_probe: false })

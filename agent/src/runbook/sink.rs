@@ -41,10 +41,6 @@ impl EventSink for RunbookSink {
 pub struct Runbooks {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
-    /// Every configured service with its unit (guessed from the name for
-    /// services selected by executable or cgroup): what the state poller
-    /// asks the service manager about for the `service_down` trigger.
-    pub service_units: Vec<(String, String)>,
 }
 
 impl Runbooks {
@@ -176,6 +172,22 @@ pub enum StartError {
     Engine(#[from] super::engine::EngineError),
 }
 
+/// The engine's view of the configured services: the unit each one's
+/// actions go to (guessed from the name for services selected by
+/// executable or cgroup) and whether it has a probe.
+pub fn service_infos(config: &LoadedConfig) -> HashMap<String, ServiceInfo> {
+    let mut services = HashMap::new();
+    for s in &config.services {
+        let unit = match &s.selector {
+            Selector::SystemdUnit(u) => u.clone(),
+            Selector::WindowsService(n) => n.clone(),
+            Selector::Exe(_) | Selector::Cgroup(_) => crate::config::normalize_unit(&s.name),
+        };
+        services.insert(s.name.clone(), ServiceInfo { unit, has_probe: s.health.is_some() });
+    }
+    services
+}
+
 /// Starts the engine from the configuration: runbooks from `runbooks.dir`
 /// (bad files are logged and skipped), audit and state in `agent.state_dir`,
 /// health probe threads for services with `health:`. `None` when the
@@ -192,17 +204,7 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     }
     let state_dir = &config.raw.agent.state_dir;
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit"), crate::audit::DEFAULT_MAX_FILE_BYTES)?);
-    let mut services = HashMap::new();
-    for s in &config.services {
-        let unit = match &s.selector {
-            Selector::SystemdUnit(u) => u.clone(),
-            Selector::WindowsService(n) => n.clone(),
-            Selector::Exe(_) | Selector::Cgroup(_) => crate::config::normalize_unit(&s.name),
-        };
-        services.insert(s.name.clone(), ServiceInfo { unit, has_probe: s.health.is_some() });
-    }
-    let service_units: Vec<(String, String)> =
-        services.iter().map(|(name, info)| (name.clone(), info.unit.clone())).collect();
+    let services = service_infos(config);
     let mut opts = EngineOptions::new(state_dir);
     opts.dry_run = config.raw.runbooks.dry_run;
     opts.services = services;
@@ -214,5 +216,5 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         dry_run = config.raw.runbooks.dry_run,
         "Runbooks loaded."
     );
-    Ok(Some(Runbooks { engine, audit, service_units }))
+    Ok(Some(Runbooks { engine, audit }))
 }
