@@ -334,6 +334,11 @@ def main():
     try:
         wrk()  # warm-up
         overhead.append(("nginx req/s under wrk", "ns/req", alternate(rounds, wrk, lambda: Custos(cg_rel, tmp))))
+        # The same with per-cgroup syscall statistics off (`sensors.syscalls:
+        # false`): what the two per-syscall programs cost a server whose
+        # requests are a handful of syscalls each.
+        overhead.append(("nginx, syscall stats off", "ns/req",
+                         alternate(rounds, wrk, lambda: Custos(cg_rel, tmp, syscalls=False))))
         # Kernel-side cost, from the kernel's own per-program accounting
         # (switched on only for this extra run: it costs a little itself).
         bpf_costs = []
