@@ -29,6 +29,9 @@ pub trait EventSink: Send {
     /// Called when the channel has been drained for now: a good moment to
     /// flush buffered output.
     fn flush(&mut self) {}
+    /// Called when a reload changed the managed services, with the names
+    /// of the configured ones.
+    fn on_services(&mut self, _configured: &[String]) {}
     /// Called once when the pipeline stops, after the last event.
     fn on_finish(&mut self, tick: &Tick) {
         self.on_tick(tick);
@@ -211,6 +214,10 @@ impl Pipeline {
                     let changed = self.attributor.reconfigure(&config);
                     self.sensor.emit_all_execs(self.attributor.needs_all_execs());
                     self.sensor.apply(&changed);
+                    let configured = self.attributor.configured_services();
+                    for s in &mut self.sinks {
+                        s.on_services(&configured);
+                    }
                     tracing::info!(
                         services = config.services.len(),
                         added_cgroups = changed.add_cgroups.len(),

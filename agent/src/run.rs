@@ -160,6 +160,9 @@ impl EventSink for SummaryPrinter {
     fn on_event(&mut self, e: &Event) {
         self.summary.record(e);
     }
+    fn on_services(&mut self, configured: &[String]) {
+        self.summary.set_configured(configured);
+    }
     fn on_finish(&mut self, tick: &Tick) {
         self.print(tick.now, tick.loss);
     }

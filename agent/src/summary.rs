@@ -2,7 +2,7 @@
 //! `custos watch`, and the periodic per-service table of `custos run`.
 
 use custos_event::{Event, EventBody, ExitClass, LossCounters};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -125,6 +125,17 @@ pub struct ServiceCounts {
 }
 
 impl ServiceCounts {
+    fn is_quiet(&self) -> bool {
+        self.activity() == 0
+            && self.failed_exits
+                + self.signals
+                + self.oom_kills
+                + self.connect_failures
+                + self.bytes
+                + self.health_failures
+                == 0
+    }
+
     fn activity(&self) -> u64 {
         self.starts
             + self.exits
@@ -138,6 +149,10 @@ impl ServiceCounts {
 #[derive(Debug, Default)]
 pub struct Summary {
     services: BTreeMap<String, ServiceCounts>,
+    /// Always listed, even when quiet; other services only in the
+    /// intervals they did something (a host managed whole has a row per
+    /// command ever run otherwise).
+    configured: BTreeSet<String>,
     events: u64,
     since: Option<SystemTime>,
 }
@@ -152,7 +167,17 @@ impl Summary {
 
     /// Makes a configured service appear even before it has events.
     pub fn ensure(&mut self, service: &str) {
+        self.configured.insert(service.to_string());
         self.services.entry(service.to_string()).or_default();
+    }
+
+    /// The configured services after a reload: the ones removed are listed
+    /// only while they still have something to show.
+    pub fn set_configured(&mut self, services: &[String]) {
+        self.configured.clear();
+        for s in services {
+            self.ensure(s);
+        }
     }
 
     pub fn record(&mut self, e: &Event) {
@@ -212,7 +237,8 @@ impl Summary {
             "{:<24} {:>6} {:>6} {:>5} {:>8} {:>6} {:>7} {:>9}  TOP SYSCALLS (errors)",
             "SERVICE", "STARTS", "EXITS", "FAIL", "CONNECTS", "CFAIL", "ACCEPTS", "BYTES"
         );
-        let mut rows: Vec<(&String, &ServiceCounts)> = self.services.iter().collect();
+        let mut rows: Vec<(&String, &ServiceCounts)> =
+            self.services.iter().filter(|(n, c)| !c.is_quiet() || self.configured.contains(*n)).collect();
         rows.sort_by(|a, b| b.1.activity().cmp(&a.1.activity()).then(a.0.cmp(b.0)));
         for (name, c) in rows.iter().take(MAX_ROWS) {
             let mut sys: Vec<(&String, &(u64, u64))> = c.syscalls.iter().collect();
@@ -257,8 +283,10 @@ impl Summary {
             let _ = writeln!(out, "… and {} quieter services", rows.len() - MAX_ROWS);
         }
         if rows.is_empty() {
-            let _ = writeln!(out, "(no events from managed services yet)");
+            let _ = writeln!(out, "(no activity from managed services in this interval)");
         }
+        let configured = &self.configured;
+        self.services.retain(|n, _| configured.contains(n));
         for c in self.services.values_mut() {
             *c = ServiceCounts::default();
         }
@@ -340,8 +368,22 @@ mod tests {
         assert!(t.lines().any(|l| l.starts_with("idle ")), "configured services are listed: {t}");
         let again =
             s.render_and_reset(UNIX_EPOCH + Duration::from_secs(1_700_000_010), LossCounters::default());
-        let api = again.lines().find(|l| l.starts_with("api ")).unwrap();
-        assert_eq!(api.split_whitespace().nth(1), Some("0"), "counts are per interval");
+        assert!(
+            !again.lines().any(|l| l.starts_with("api ")),
+            "a quiet unconfigured service is not listed: {again}"
+        );
+        assert!(again.lines().any(|l| l.starts_with("idle ")), "a quiet configured one is: {again}");
+        s.record(&ev("api", connect(true)));
+        let third =
+            s.render_and_reset(UNIX_EPOCH + Duration::from_secs(1_700_000_015), LossCounters::default());
+        let api = third.lines().find(|l| l.starts_with("api ")).expect(&third);
+        assert_eq!(api.split_whitespace().nth(4), Some("1"), "counts are per interval: {api}");
+        // A reload that drops `idle` and adds `db`.
+        s.set_configured(&["db".to_string()]);
+        let fourth =
+            s.render_and_reset(UNIX_EPOCH + Duration::from_secs(1_700_000_020), LossCounters::default());
+        assert!(fourth.lines().any(|l| l.starts_with("db ")), "{fourth}");
+        assert!(!fourth.lines().any(|l| l.starts_with("idle ")), "{fourth}");
     }
 
     #[test]
