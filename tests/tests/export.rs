@@ -708,6 +708,10 @@ async fn grpc_and_http_over_mutual_tls_with_a_given_ca() {
     assert!(stats.snapshot().spool_writes > 0);
     h.shutdown(Duration::from_secs(2)).await;
     assert_eq!(connect_pids(&rx), vec![1007], "nothing came through without a client certificate");
+    // The TLS rejection reaches the client as a gRPC status made from a
+    // transport error (Unknown): not the collector's verdict on the data,
+    // so nothing may be dropped as permanently rejected.
+    assert_eq!(stats.snapshot().export_failures, 0, "{:?}", stats.snapshot());
 
     // OTLP/HTTP over the same mutual TLS.
     let dir = tempfile::tempdir().unwrap();

@@ -249,6 +249,13 @@ pub fn grpc_outcome(s: &tonic::Status) -> Outcome {
     use tonic_types::StatusExt;
     let retry_after = s.get_details_retry_info().and_then(|ri| ri.retry_delay);
     let reason = format!("gRPC {:?}: {}", s.code(), s.message());
+    // A status tonic made from a transport error (a TLS alert, a reset
+    // connection, an HTTP/2 protocol error) carries that error as its
+    // source; a status the collector sent has none. Whatever its code, a
+    // batch that never reached a verdict is retried, never dropped.
+    if std::error::Error::source(s).is_some() {
+        return Outcome::Retryable { after: None, reason };
+    }
     match s.code() {
         Code::Unavailable
         | Code::Cancelled
@@ -437,6 +444,15 @@ mod tests {
         use tonic::{Code, Status};
         assert!(matches!(grpc_outcome(&Status::unavailable("x")), Outcome::Retryable { .. }));
         assert!(matches!(grpc_outcome(&Status::invalid_argument("x")), Outcome::Permanent { .. }));
+        // The same code made from a transport error (here Unknown, with the
+        // io error as its source) is not the collector's verdict.
+        let transport = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "tls alert",
+        )));
+        assert_eq!(transport.code(), Code::Unknown);
+        assert!(matches!(grpc_outcome(&transport), Outcome::Retryable { .. }));
+        assert!(matches!(grpc_outcome(&Status::unknown("x")), Outcome::Permanent { .. }));
         // RESOURCE_EXHAUSTED without RetryInfo is permanent.
         assert!(matches!(
             grpc_outcome(&Status::new(Code::ResourceExhausted, "x")),
