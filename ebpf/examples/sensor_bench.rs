@@ -9,13 +9,17 @@
 //!       [--shells K] [--ring-bytes B] [--channel N] [--syscalls N] [--rounds R]
 //!       [--no-syscall-stats]
 
-use custos_ebpf::{cgroup2_mount, cgroup_id_of_path, EbpfSensor, Scope, SensorOptions};
+// The cgroup helper of the privileged tests (created fresh, joined by
+// spawned children, removed on drop).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::TestCgroup;
+use custos_ebpf::{EbpfSensor, Scope, SensorOptions};
 use custos_event::{Event, EventBody, EventKind};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -95,11 +99,11 @@ fn syscall_loop_child(n: u64) {
 }
 
 /// Ns per getppid() in one child, in `cg` when given.
-fn syscall_cost(args: &Args, cg: Option<&Cgroup>) -> f64 {
+fn syscall_cost(args: &Args, cg: Option<&TestCgroup>) -> f64 {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env("CUSTOS_BENCH_SYSCALL_CHILD", args.syscalls.to_string());
     if let Some(cg) = cg {
-        join_on_spawn(&mut cmd, cg);
+        cg.enter_on_spawn(&mut cmd);
     }
     let out = cmd.output().expect("run the syscall loop");
     String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().expect("ns per call")
@@ -127,38 +131,6 @@ fn cpu_row(cpu_secs: f64, events: u64) {
         cpu_secs,
         cpu_secs * 1e6 / events.max(1) as f64
     );
-}
-
-struct Cgroup(PathBuf);
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..200 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-}
-
-fn join_on_spawn(cmd: &mut Command, cg: &Cgroup) {
-    let procs = std::ffi::CString::new(cg.0.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: open/write/close only, in the forked child.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if n != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Counts events by kind for one cgroup until nothing arrives for `quiet`.
@@ -201,10 +173,8 @@ async fn main() {
         eprintln!("error: {reason}");
         std::process::exit(1);
     }
-    let root = cgroup2_mount().expect("a cgroup2 mount");
-    let cg = Cgroup(root.join(format!("custos-bench-{}", std::process::id())));
-    std::fs::create_dir(&cg.0).expect("create the bench cgroup");
-    let cgroup_id = cgroup_id_of_path(&cg.0).unwrap();
+    let cg = TestCgroup::new("bench");
+    let cgroup_id = cg.id;
 
     let (tx, mut rx) = mpsc::channel(args.channel);
     let opts = SensorOptions {
@@ -229,7 +199,7 @@ async fn main() {
     for _ in 0..args.shells.max(1) {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", &format!("i=0; while [ $i -lt {per_shell} ]; do /bin/true; i=$((i+1)); done")]);
-        join_on_spawn(&mut cmd, &cg);
+        cg.enter_on_spawn(&mut cmd);
         shells.push(cmd.spawn().expect("spawn a shell"));
     }
     let mut counts = BTreeMap::new();
@@ -267,7 +237,7 @@ async fn main() {
     let started = Instant::now();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.env("CUSTOS_BENCH_CONNECT_CHILD", args.connects.to_string());
-    join_on_spawn(&mut cmd, &cg);
+    cg.enter_on_spawn(&mut cmd);
     let mut child = cmd.spawn().expect("spawn the connect storm");
     let waiter = tokio::task::spawn_blocking(move || {
         let ok = child.wait().unwrap().success();
