@@ -99,20 +99,28 @@ pub fn install(plan: &InstallPlan) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// One `ChangeServiceConfig2W` call: `info` is the structure the SCM expects
+/// for `level`; `what` names the step in the error.
+fn change_config2<T>(
+    service: &ScHandle,
+    level: u32,
+    info: &T,
+    what: &'static str,
+    service_name: &str,
+) -> Result<(), InstallError> {
+    // SAFETY: `info` is the structure `level` expects and, with whatever it
+    // points to, lives across the call.
+    if unsafe { ChangeServiceConfig2W(service.0, level, (info as *const T).cast()) } == 0 {
+        return Err(step(what, service_name, last_error()));
+    }
+    Ok(())
+}
+
 fn configure(service: &ScHandle, plan: &InstallPlan) -> Result<(), InstallError> {
+    let name = &plan.service_name;
     let mut description = wide(&plan.description);
     let desc = SERVICE_DESCRIPTIONW { lpDescription: description.as_mut_ptr() };
-    // SAFETY: `desc` points at a live NUL-terminated string.
-    if unsafe {
-        ChangeServiceConfig2W(
-            service.0,
-            SERVICE_CONFIG_DESCRIPTION,
-            (&desc as *const SERVICE_DESCRIPTIONW).cast(),
-        )
-    } == 0
-    {
-        return Err(step("set the description", &plan.service_name, last_error()));
-    }
+    change_config2(service, SERVICE_CONFIG_DESCRIPTION, &desc, "set the description", name)?;
 
     let fa = &plan.failure_actions;
     let mut actions: Vec<SC_ACTION> =
@@ -124,47 +132,22 @@ fn configure(service: &ScHandle, plan: &InstallPlan) -> Result<(), InstallError>
         cActions: actions.len() as u32,
         lpsaActions: if actions.is_empty() { std::ptr::null_mut() } else { actions.as_mut_ptr() },
     };
-    // SAFETY: `failure` and the action array it points to live across the call;
-    // restart actions need SERVICE_START access, which SERVICE_ALL_ACCESS has.
-    if unsafe {
-        ChangeServiceConfig2W(
-            service.0,
-            SERVICE_CONFIG_FAILURE_ACTIONS,
-            (&failure as *const SERVICE_FAILURE_ACTIONSW).cast(),
-        )
-    } == 0
-    {
-        return Err(step("set the recovery actions", &plan.service_name, last_error()));
-    }
+    // Restart actions need SERVICE_START access, which SERVICE_ALL_ACCESS has.
+    change_config2(service, SERVICE_CONFIG_FAILURE_ACTIONS, &failure, "set the recovery actions", name)?;
 
     let flag = SERVICE_FAILURE_ACTIONS_FLAG {
         fFailureActionsOnNonCrashFailures: i32::from(fa.on_non_crash_failures),
     };
-    // SAFETY: plain structure alive across the call.
-    if unsafe {
-        ChangeServiceConfig2W(
-            service.0,
-            SERVICE_CONFIG_FAILURE_ACTIONS_FLAG,
-            (&flag as *const SERVICE_FAILURE_ACTIONS_FLAG).cast(),
-        )
-    } == 0
-    {
-        return Err(step("set the failure-actions flag", &plan.service_name, last_error()));
-    }
+    change_config2(
+        service,
+        SERVICE_CONFIG_FAILURE_ACTIONS_FLAG,
+        &flag,
+        "set the failure-actions flag",
+        name,
+    )?;
 
     let pre = SERVICE_PRESHUTDOWN_INFO { dwPreshutdownTimeout: plan.preshutdown_timeout_ms };
-    // SAFETY: plain structure alive across the call.
-    if unsafe {
-        ChangeServiceConfig2W(
-            service.0,
-            SERVICE_CONFIG_PRESHUTDOWN_INFO,
-            (&pre as *const SERVICE_PRESHUTDOWN_INFO).cast(),
-        )
-    } == 0
-    {
-        return Err(step("set the preshutdown timeout", &plan.service_name, last_error()));
-    }
-    Ok(())
+    change_config2(service, SERVICE_CONFIG_PRESHUTDOWN_INFO, &pre, "set the preshutdown timeout", name)
 }
 
 fn register_event_source(plan: &InstallPlan) -> Result<(), InstallError> {
