@@ -61,11 +61,13 @@ struct {
 	__type(value, struct custos_config);
 } config SEC(".maps");
 
+/* Managed cgroups; the value is the cgroup's slot in syscall_rows + 1, or
+ * 0 when it has none. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
-	__type(value, __u8);
+	__type(value, __u32);
 } managed_cgroups SEC(".maps");
 
 /* Tgids, in the agent's pid namespace, of processes managed because they
@@ -100,29 +102,27 @@ struct {
 	__type(value, struct sock_owner);
 } socks SEC(".maps");
 
-/* Syscall statistics: every call of an in-scope thread is counted when it
- * enters; only a random sample of them is timed (1 in cfg_syscall_sample,
- * decided by a per-CPU pseudo-random draw, so that a service's repeating
- * pattern of calls cannot alias with the sampling period). Reading the clock
- * twice per call was the larger part of the cost on the observed. */
-volatile const __u32 cfg_syscall_sample = 1;
-/* bpf_get_prandom_u32() below this value samples: 2^32 / cfg_syscall_sample. */
-volatile const __u32 cfg_syscall_sample_below = 0xffffffff;
+/* Syscall statistics. Every call of an in-scope thread is counted when it
+ * returns, from the one program on sys_exit: a second program on every
+ * syscall cost the observed service as much as the counting itself. Only
+ * calls that start while the sys_enter program is attached are timed: user
+ * space attaches it for short windows at random times (1/N of the time for
+ * `syscall_latency_sample: N`, or always for 1). exit and exit_group never
+ * return and rt_sigreturn returns into the interrupted code, so they are not
+ * counted. */
 
-/* Per in-scope thread: what its syscall in flight needs at exit. Created at
- * the first in-scope syscall, so a thread without one is out of scope and
- * its exits cost one lookup. */
-#define SYS_NONE 0xffffffffu
+/* Above every architecture's syscall numbers (x32's start at 512). */
+#define SYSCALL_NR_LIMIT 1024
 
+/* Per thread that entered a call in a timing window: the call's entry time
+ * for its exit. In task-local storage: no hashing and no locks on the hot
+ * path, freed with the task. */
 struct sys_start {
-	__u64 ts; /* entry time when this call is timed, else 0 */
-	__u64 cgroup_id;
+	__u64 ts;
 	__u32 nr;
 	__u32 _pad0;
 };
 
-/* In task-local storage: no hashing and no locks on the hot path, freed
- * with the task. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -130,12 +130,23 @@ struct {
 	__type(value, struct sys_start);
 } sys_inflight SEC(".maps");
 
+/* Counts of cgroups without a row, and the latency histograms of all. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct custos_sys_key);
 	__type(value, struct custos_sys_val);
 } syscall_stats SEC(".maps");
+
+/* Counts of managed cgroups with a slot: [slot * CUSTOS_SYSCALL_NRS + nr].
+ * An inlined array access instead of a hash lookup on every call. Sized by
+ * user space (slots are per-CPU memory). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 64 * CUSTOS_SYSCALL_NRS);
+	__type(key, __u32);
+	__type(value, struct custos_sys_row);
+} syscall_rows SEC(".maps");
 
 /* Scratch space for exec events, which are sent with their real length. */
 struct {
@@ -244,6 +255,8 @@ struct scope_cache {
 	__u64 cgroup_id;
 	__u32 gen;
 	__u32 managed;
+	__u32 slot1; /* syscall_rows slot + 1; 0: none */
+	__u32 _pad0;
 };
 
 struct {
@@ -253,29 +266,36 @@ struct {
 	__type(value, struct scope_cache);
 } scope_cache SEC(".maps");
 
-static __always_inline int cgroup_managed_cached(struct custos_config *cfg, __u64 cgroup_id)
+static __always_inline int cgroup_managed_cached(struct custos_config *cfg, __u64 cgroup_id,
+						 __u32 *slot1)
 {
 	__u32 zero = 0;
 	struct scope_cache *c = bpf_map_lookup_elem(&scope_cache, &zero);
-	if (!c)
-		return bpf_map_lookup_elem(&managed_cgroups, &cgroup_id) != 0;
 	__u32 gen = cfg->scope_gen;
-	if (c->cgroup_id == cgroup_id && c->gen == gen)
+	if (c && c->cgroup_id == cgroup_id && c->gen == gen) {
+		*slot1 = c->slot1;
 		return c->managed;
-	int managed = bpf_map_lookup_elem(&managed_cgroups, &cgroup_id) != 0;
-	c->cgroup_id = cgroup_id;
-	c->gen = gen;
-	c->managed = managed;
-	return managed;
+	}
+	__u32 *v = bpf_map_lookup_elem(&managed_cgroups, &cgroup_id);
+	*slot1 = v ? *v : 0;
+	if (c) {
+		c->cgroup_id = cgroup_id;
+		c->gen = gen;
+		c->managed = v != 0;
+		c->slot1 = *slot1;
+	}
+	return v != 0;
 }
 
 /* Cheap scope check for current: the cgroup first, the pid namespace helper
- * only when the cgroup did not decide. */
-static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgroup_id)
+ * only when the cgroup did not decide. `slot1` receives the cgroup's
+ * syscall_rows slot + 1 (0: none, count in the hash). */
+static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgroup_id, __u32 *slot1)
 {
+	*slot1 = 0;
 	if (!cfg || cfg->mode == CUSTOS_MODE_EVERYTHING)
 		return 1;
-	if (cgroup_managed_cached(cfg, cgroup_id))
+	if (cgroup_managed_cached(cfg, cgroup_id, slot1))
 		return 1;
 	if (!cfg->any_tracked)
 		return 0;
@@ -729,30 +749,21 @@ static __always_inline struct custos_sys_val *sys_stats_entry(__u64 cgroup_id, _
 	return bpf_map_lookup_elem(&syscall_stats, &key);
 }
 
+/* Attached only during timing windows (see above). */
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
-	if (id < 0 || id > 1023)
+	if (id < 0 || id >= SYSCALL_NR_LIMIT)
 		return 0;
-	struct custos_config *cfg = get_config();
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	if (!current_in_scope(cfg, cgroup_id))
+	__u32 slot1;
+	if (!current_in_scope(get_config(), bpf_get_current_cgroup_id(), &slot1))
 		return 0;
 	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
 						   BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!s)
 		return 0;
-	struct custos_sys_val *v = sys_stats_entry(cgroup_id, id);
-	if (!v)
-		return 0;
-	/* Per-CPU values: plain increments are safe (no preemption in BPF). */
-	v->count++;
-	s->cgroup_id = cgroup_id;
 	s->nr = id;
-	if (cfg_syscall_sample > 1 && bpf_get_prandom_u32() >= cfg_syscall_sample_below)
-		s->ts = 0;
-	else
-		s->ts = bpf_ktime_get_ns();
+	s->ts = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -772,29 +783,49 @@ static __always_inline __u32 log2_bucket(__u64 v)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
-	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
-	if (!s)
+	/* -1 when the return is not a syscall's (rt_sigreturn restores it). */
+	long id = regs->orig_ax;
+	if (id < 0 || id >= SYSCALL_NR_LIMIT)
 		return 0;
-	/* Consumed here, so that a later call entered out of scope (its entry
-	 * returns before reaching the storage) is not taken for this one. */
-	__u32 nr = s->nr;
-	s->nr = SYS_NONE;
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 slot1;
+	if (!current_in_scope(get_config(), cgroup_id, &slot1))
+		return 0;
 	int failed = ret < 0 && ret >= -MAX_ERRNO;
-	__u64 ts = s->ts;
-	/* Successful untimed calls, the common case, were fully counted at
-	 * entry. */
-	if (nr == SYS_NONE || (!ts && !failed))
+	/* Per-CPU values: plain increments are safe (no preemption in BPF). */
+	struct custos_sys_val *v = 0;
+	if (slot1 && id < CUSTOS_SYSCALL_NRS) {
+		__u32 idx = (slot1 - 1) * CUSTOS_SYSCALL_NRS + (__u32)id;
+		struct custos_sys_row *r = bpf_map_lookup_elem(&syscall_rows, &idx);
+		if (!r)
+			return 0;
+		r->count++;
+		if (failed)
+			r->errors++;
+	} else {
+		v = sys_stats_entry(cgroup_id, id);
+		if (!v)
+			return 0;
+		v->count++;
+		if (failed)
+			v->errors++;
+	}
+	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
+	if (!s || !s->ts)
 		return 0;
+	__u64 ts = s->ts;
 	s->ts = 0;
-	struct custos_sys_val *v = sys_stats_entry(s->cgroup_id, nr);
+	/* A call entered in scope whose exit was not (the thread changed
+	 * cgroups meanwhile) leaves its entry behind; the number tells most of
+	 * them apart from this call. */
+	if (s->nr != id)
+		return 0;
+	if (!v)
+		v = sys_stats_entry(cgroup_id, id);
 	if (!v)
 		return 0;
-	if (failed)
-		v->errors++;
-	if (ts) {
-		__u32 b = log2_bucket(bpf_ktime_get_ns() - ts);
-		if (b < CUSTOS_LATENCY_BUCKETS)
-			v->buckets[b]++;
-	}
+	__u32 b = log2_bucket(bpf_ktime_get_ns() - ts);
+	if (b < CUSTOS_LATENCY_BUCKETS)
+		v->buckets[b]++;
 	return 0;
 }

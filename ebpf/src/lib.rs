@@ -45,6 +45,7 @@
 //! ```
 
 pub mod decode;
+pub mod sizing;
 pub mod stats;
 pub mod syscall_names;
 pub mod wire;
@@ -58,6 +59,5 @@ pub use cgroup::{cgroup2_mount, cgroup2_mount_in, cgroup_id_of_path};
 mod sensor;
 #[cfg(target_os = "linux")]
 pub use sensor::{
-    availability, sample_threshold, EbpfSensor, Scope, SensorError, SensorOptions,
-    DEFAULT_SYSCALL_LATENCY_SAMPLE,
+    availability, EbpfSensor, Scope, SensorError, SensorOptions, DEFAULT_SYSCALL_LATENCY_SAMPLE,
 };

@@ -3,9 +3,10 @@
 //! channel without ever blocking on it.
 
 use crate::decode::{self, Clock, DecodeOptions};
+use crate::sizing::{self, LatencyTiming};
 use crate::stats::{self, StatsDiffer};
-use crate::wire::{self, Config, SysKey, SysVal};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use crate::wire::{self, Config, SysKey, SysRow, SysVal};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
@@ -25,6 +26,7 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for SysKey {}
 unsafe impl aya::Pod for SysVal {}
+unsafe impl aya::Pod for SysRow {}
 
 /// Which processes the kernel reports on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,10 +59,11 @@ pub struct SensorOptions {
     pub syscalls: bool,
     /// How often the syscall statistics are read and emitted.
     pub syscall_interval: Duration,
-    /// Time one syscall in this many (at random, per CPU) for the latency
-    /// histogram; every call is still counted, with its errors. 1 times every
-    /// call, at about twice the cost per syscall (two clock reads); 0 is
-    /// taken as 1. The histogram then holds the timed calls only.
+    /// Time the calls that start in 1/N of the time, in short windows at
+    /// random times, for the latency histograms (see
+    /// [`LatencyTiming::for_sample`]); every call is still counted, with its
+    /// errors. 1 times every call, at about twice the cost per syscall on the
+    /// observed services; 0 is taken as 1.
     pub syscall_latency_sample: u32,
     /// Size of the kernel ring buffer; rounded up to a power of two of at
     /// least one page.
@@ -70,19 +73,12 @@ pub struct SensorOptions {
     pub scope: Scope,
 }
 
-/// Default of [`SensorOptions::syscall_latency_sample`]: at 1 in 16, a
-/// service making 1,000 calls of a kind per second still has 600 timed calls
-/// per minute for its p99, and the per-syscall cost is near that of counting
-/// alone (see README, Performance).
+/// Default of [`SensorOptions::syscall_latency_sample`]: a 62.5 ms window
+/// every second, so a service making 1,000 calls of a kind per second still
+/// has about 600 timed calls per 10-second interval for its p99, and the
+/// per-syscall cost is that of counting alone the rest of the time (see
+/// README, Performance).
 pub const DEFAULT_SYSCALL_LATENCY_SAMPLE: u32 = 16;
-
-/// The random draw below which a call is timed, for 1 in `sample`.
-pub fn sample_threshold(sample: u32) -> u32 {
-    match sample {
-        0 | 1 => u32::MAX,
-        n => ((1u64 << 32) / n as u64) as u32,
-    }
-}
 
 impl Default for SensorOptions {
     fn default() -> Self {
@@ -205,9 +201,29 @@ fn boot_clock() -> Clock {
     Clock { wall_minus_boot_ns: wall - boot }
 }
 
+/// Which managed cgroup counts its syscalls in which row of the kernel's
+/// `syscall_rows` array; cgroups beyond the rows count in the hash.
+struct Slots {
+    by_cgroup: HashMap<u64, u32>,
+    /// Rows of cgroups no longer managed, read once more (their last
+    /// interval's calls) before they are free.
+    retiring: HashMap<u64, u32>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    fn new(rows: u32) -> Slots {
+        Slots { by_cgroup: HashMap::new(), retiring: HashMap::new(), free: (0..rows).rev().collect() }
+    }
+}
+
 struct Shared {
     config: Mutex<Array<MapData, Config>>,
-    managed_cgroups: Mutex<BpfHashMap<MapData, u64, u8>>,
+    /// Value: the cgroup's row in `syscall_rows` + 1, 0 for none.
+    managed_cgroups: Mutex<BpfHashMap<MapData, u64, u32>>,
+    slots: Mutex<Slots>,
+    /// None when syscall statistics are off.
+    syscall_rows: Option<Mutex<PerCpuArray<MapData, SysRow>>>,
     tracked_pids: Mutex<BpfHashMap<MapData, u32, u8>>,
     ringbuf_drops: PerCpuArray<MapData, u64>,
     channel_drops: AtomicU64,
@@ -239,8 +255,9 @@ pub struct EbpfSensor {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    // Owns the programs and their links: dropping it detaches them.
-    _bpf: Ebpf,
+    // Owns the programs and their links: dropping it (and ending the tasks,
+    // which the dropped `stop` does) detaches them.
+    _bpf: Arc<Mutex<Ebpf>>,
 }
 
 impl EbpfSensor {
@@ -261,14 +278,20 @@ impl EbpfSensor {
             (m.dev(), m.ino())
         };
         let ring_bytes = opts.ring_buffer_bytes.max(4096).checked_next_power_of_two().unwrap_or(1 << 31);
+        // Per-CPU maps are allocated once per possible CPU: sized to a
+        // budget, so that a large host does not pay hundreds of MiB.
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, source)| SensorError::Io { what: format!("cannot read {what}"), source })?
+            as u32;
+        let rows = sizing::syscall_rows(cpus);
 
         let mut bpf = EbpfLoader::new()
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
             .override_global("cfg_wakeup_bytes", &wakeup_bytes(ring_bytes), true)
-            .override_global("cfg_syscall_sample", &opts.syscall_latency_sample.max(1), true)
-            .override_global("cfg_syscall_sample_below", &sample_threshold(opts.syscall_latency_sample), true)
             .map_max_entries("events", ring_bytes)
+            .map_max_entries("syscall_rows", rows * wire::SYSCALL_NRS)
+            .map_max_entries("syscall_stats", sizing::syscall_hash_entries(cpus))
             // The task storage of in-flight syscalls is only used in the
             // kernel; aya has no user-space type for it.
             .allow_unsupported_maps()
@@ -288,6 +311,13 @@ impl EbpfSensor {
         let shared = Arc::new(Shared {
             config: Mutex::new(config),
             managed_cgroups: Mutex::new(take(&mut bpf, "managed_cgroups")?),
+            // Without syscall statistics no cgroup takes a row.
+            slots: Mutex::new(Slots::new(if opts.syscalls { rows } else { 0 })),
+            syscall_rows: if opts.syscalls {
+                Some(Mutex::new(take(&mut bpf, "syscall_rows")?))
+            } else {
+                None
+            },
             tracked_pids: Mutex::new(take(&mut bpf, "tracked_pids")?),
             ringbuf_drops: take(&mut bpf, "ringbuf_drops")?,
             channel_drops: AtomicU64::new(0),
@@ -314,9 +344,16 @@ impl EbpfSensor {
             attach_tp(&mut bpf, "handle_accept4_exit", "syscalls", "sys_exit_accept4")?;
             attach_tp(&mut bpf, "handle_accept_exit", "syscalls", "sys_exit_accept")?;
         }
+        let timing = LatencyTiming::for_sample(opts.syscall_latency_sample);
         if opts.syscalls {
-            attach_btf(&mut bpf, &btf, "handle_sys_enter", "sys_enter")?;
             attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
+            // Loaded now (its BTF is at hand), attached now only when every
+            // call is timed; else by the timing task, window by window.
+            let enter = btf_program(&mut bpf, "handle_sys_enter")?;
+            enter.load("sys_enter", &btf).map_err(prog_err("handle_sys_enter"))?;
+            if timing == LatencyTiming::Always {
+                enter.attach().map_err(prog_err("handle_sys_enter"))?;
+            }
         }
 
         // Parsing the kernel's BTF for relocations takes tens of MiB that
@@ -338,6 +375,7 @@ impl EbpfSensor {
                     source: e.into(),
                 }
             })?;
+        let bpf = Arc::new(Mutex::new(bpf));
         let (stop, stop_rx) = watch::channel(false);
         let clock = boot_clock();
         let mut tasks = Vec::new();
@@ -351,6 +389,9 @@ impl EbpfSensor {
         tasks.push(tokio::spawn(reader.run(ring, stop_rx.clone())));
         tasks.push(tokio::spawn(mark_losses(shared.clone(), tx.clone(), stop_rx.clone())));
         if opts.syscalls {
+            if let LatencyTiming::Windows { window, period } = timing {
+                tasks.push(tokio::spawn(time_syscalls(bpf.clone(), window, period, stop_rx.clone())));
+            }
             tasks.push(tokio::spawn(read_syscall_stats(
                 syscall_stats,
                 shared.clone(),
@@ -365,8 +406,39 @@ impl EbpfSensor {
     /// Reports processes in cgroup `id` (a cgroup v2 id, see
     /// [`crate::cgroup_id_of_path`]) under [`Scope::Managed`].
     pub fn manage_cgroup(&self, id: u64) -> Result<(), SensorError> {
-        lock(&self.shared.managed_cgroups).insert(id, 1, 0).map_err(map_err("managed_cgroups"))?;
+        let slot1 = self.slot_for(id);
+        lock(&self.shared.managed_cgroups).insert(id, slot1, 0).map_err(map_err("managed_cgroups"))?;
         self.scope_changed()
+    }
+
+    /// The cgroup's row of syscall counts + 1, zeroed when newly taken (a
+    /// row is reused after its cgroup left); 0 when no row is free.
+    fn slot_for(&self, id: u64) -> u32 {
+        let Some(rows) = &self.shared.syscall_rows else { return 0 };
+        let mut slots = lock(&self.shared.slots);
+        if let Some(slot) = slots.by_cgroup.get(&id) {
+            return slot + 1;
+        }
+        // Managed again before its last reading: its totals go on.
+        if let Some(slot) = slots.retiring.remove(&id) {
+            slots.by_cgroup.insert(id, slot);
+            return slot + 1;
+        }
+        let Some(slot) = slots.free.pop() else { return 0 };
+        let zeroed = aya::util::nr_cpus().is_ok_and(|cpus| {
+            let mut rows = lock(rows);
+            (0..wire::SYSCALL_NRS).all(|nr| {
+                PerCpuValues::try_from(vec![SysRow::default(); cpus])
+                    .is_ok_and(|zeros| rows.set(slot * wire::SYSCALL_NRS + nr, zeros, 0).is_ok())
+            })
+        });
+        if !zeroed {
+            warn!(cgroup_id = id, "Cannot clear a row of syscall counts; the cgroup counts in the hash.");
+            slots.free.push(slot);
+            return 0;
+        }
+        slots.by_cgroup.insert(id, slot);
+        slot + 1
     }
 
     /// Switches between reporting every process and only managed ones (a
@@ -386,7 +458,14 @@ impl EbpfSensor {
     /// Stops reporting cgroup `id`; absent ids are not an error.
     pub fn unmanage_cgroup(&self, id: u64) -> Result<(), SensorError> {
         match lock(&self.shared.managed_cgroups).remove(&id) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => self.scope_changed(),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {
+                let mut slots = lock(&self.shared.slots);
+                if let Some(slot) = slots.by_cgroup.remove(&id) {
+                    slots.retiring.insert(id, slot);
+                }
+                drop(slots);
+                self.scope_changed()
+            }
             Err(e) => Err(map_err("managed_cgroups")(e)),
         }
     }
@@ -461,12 +540,15 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-fn attach_btf(bpf: &mut Ebpf, btf: &Btf, program: &'static str, tracepoint: &str) -> Result<(), SensorError> {
-    let p: &mut BtfTracePoint = bpf
-        .program_mut(program)
+fn btf_program<'a>(bpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut BtfTracePoint, SensorError> {
+    bpf.program_mut(program)
         .ok_or_else(|| prog_err(program)(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
-        .map_err(prog_err(program))?;
+        .map_err(prog_err(program))
+}
+
+fn attach_btf(bpf: &mut Ebpf, btf: &Btf, program: &'static str, tracepoint: &str) -> Result<(), SensorError> {
+    let p = btf_program(bpf, program)?;
     p.load(tracepoint, btf).map_err(prog_err(program))?;
     p.attach().map_err(prog_err(program))?;
     Ok(())
@@ -676,6 +758,7 @@ async fn read_syscall_stats(
                         Err(e) => debug!(error = %e, "Skipped a syscall statistics entry."),
                     }
                 }
+                add_row_counts(&shared, &mut snapshot);
                 // The real length of the interval: ticks can be late.
                 let now = Instant::now();
                 let elapsed = now - std::mem::replace(&mut last_read, now);
@@ -692,6 +775,116 @@ async fn read_syscall_stats(
                 }
             }
         }
+    }
+}
+
+/// Adds the counts of slotted cgroups (kept in the per-CPU rows, not in the
+/// hash, which holds only their latency histograms) to a reading of the hash.
+fn add_row_counts(shared: &Shared, snapshot: &mut HashMap<SysKey, SysVal>) {
+    let Some(rows) = &shared.syscall_rows else { return };
+    let (slotted, retired): (Vec<(u64, u32)>, Vec<u64>) = {
+        let slots = lock(&shared.slots);
+        let slotted = slots.by_cgroup.iter().chain(&slots.retiring).map(|(c, s)| (*c, *s)).collect();
+        (slotted, slots.retiring.keys().copied().collect())
+    };
+    {
+        let rows = lock(rows);
+        for &(cgroup_id, slot) in &slotted {
+            for nr in 0..wire::SYSCALL_NRS {
+                let Ok(per_cpu) = rows.get(&(slot * wire::SYSCALL_NRS + nr), 0) else { continue };
+                let (count, errors) = per_cpu.iter().fold((0, 0), |(c, e), r| (c + r.count, e + r.errors));
+                if count > 0 {
+                    let v = snapshot.entry(SysKey { cgroup_id, nr, _pad0: 0 }).or_default();
+                    v.count += count;
+                    v.errors += errors;
+                }
+            }
+        }
+    }
+    // Read for the last time: free for another cgroup (unless managed again
+    // in between, which took the row back).
+    let mut slots = lock(&shared.slots);
+    for id in retired {
+        if let Some(slot) = slots.retiring.remove(&id) {
+            slots.free.push(slot);
+        }
+    }
+}
+
+/// Attaches the sys_enter program (which marks calls to be timed) for one
+/// window in every period, at a random place in each, until stopped. A
+/// failure to attach is logged once; counting goes on without latencies.
+///
+/// The window's link is a descriptor: a child the agent forks during a
+/// window holds it (keeping the window open) until the child execs, which
+/// the agent's children do at once.
+async fn time_syscalls(
+    bpf: Arc<Mutex<Ebpf>>,
+    window: Duration,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    const PROGRAM: &str = "handle_sys_enter";
+    let mut rng = XorShift::seeded();
+    let mut warned = false;
+    loop {
+        let before = LatencyTiming::offset(window, period, rng.next());
+        let after = period.saturating_sub(before + window);
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(before) => {}
+        }
+        let link = {
+            let mut bpf = lock(&bpf);
+            btf_program(&mut bpf, PROGRAM).and_then(|p| p.attach().map_err(prog_err(PROGRAM)))
+        };
+        let link = match link {
+            Ok(link) => Some(link),
+            Err(e) => {
+                if !std::mem::replace(&mut warned, true) {
+                    warn!(error = %e, "Cannot time syscalls; they are still counted.");
+                }
+                None
+            }
+        };
+        let stopped = tokio::select! {
+            _ = stop.changed() => true,
+            _ = tokio::time::sleep(window) => false,
+        };
+        if let Some(link) = link {
+            let mut bpf = lock(&bpf);
+            if let Err(e) =
+                btf_program(&mut bpf, PROGRAM).and_then(|p| p.detach(link).map_err(prog_err(PROGRAM)))
+            {
+                warn!(error = %e, "Cannot end a syscall timing window.");
+            }
+        }
+        if stopped {
+            return;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(after) => {}
+        }
+    }
+}
+
+/// Small non-cryptographic generator for window placement (xorshift64*),
+/// seeded from the standard library's per-process random keys.
+struct XorShift(u64);
+
+impl XorShift {
+    fn seeded() -> XorShift {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        XorShift(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
 

@@ -123,6 +123,19 @@ pub struct SysKey {
     pub _pad0: u32,
 }
 
+/// Syscall numbers below this are counted in a slotted cgroup's row of the
+/// kernel's `syscall_rows` array (`CUSTOS_SYSCALL_NRS`).
+pub const SYSCALL_NRS: u32 = 512;
+
+/// Calls and failed calls of one syscall in one slotted cgroup
+/// (`struct custos_sys_row`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SysRow {
+    pub count: u64,
+    pub errors: u64,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SysVal {
@@ -145,6 +158,7 @@ const _: () = assert!(std::mem::size_of::<Signal>() == 64);
 const _: () = assert!(std::mem::size_of::<Oom>() == 56);
 const _: () = assert!(std::mem::size_of::<Tcp>() == 48 + 8 + 32 + 16 + 24);
 const _: () = assert!(std::mem::size_of::<SysKey>() == 16);
+const _: () = assert!(std::mem::size_of::<SysRow>() == 16);
 const _: () = assert!(std::mem::size_of::<SysVal>() == 8 * (2 + LATENCY_BUCKETS));
 const _: () = assert!(LATENCY_BUCKETS == custos_event::LATENCY_BUCKETS);
 
@@ -162,6 +176,7 @@ unsafe impl Pod for Signal {}
 unsafe impl Pod for Oom {}
 unsafe impl Pod for Tcp {}
 unsafe impl Pod for SysKey {}
+unsafe impl Pod for SysRow {}
 unsafe impl Pod for SysVal {}
 
 /// Reads a `T` from the start of `bytes`, or `None` when it is too short.

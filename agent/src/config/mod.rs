@@ -288,9 +288,10 @@ pub struct SensorsConfig {
     pub syscalls: bool,
     /// How often syscall statistics are read out of the kernel.
     pub syscall_interval: HumanDuration,
-    /// Time one syscall in N for the latency percentiles (every call is
-    /// still counted, errors too); 1 times every call at about twice the
-    /// cost per syscall on the observed services.
+    /// Time the calls that start in 1/N of the time (short windows at
+    /// random times) for the latency percentiles; every call is still
+    /// counted, errors too. 1 times every call, at about twice the cost per
+    /// syscall on the observed services.
     pub syscall_latency_sample: Spanned<u32>,
     /// Size of the kernel ring buffer (a power of two, at least 4KiB).
     pub ring_buffer: ByteSize,

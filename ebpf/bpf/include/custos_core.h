@@ -151,6 +151,12 @@ struct inet_sock {
 	u16 inet_sport;
 };
 
+/* The syscall number of the call returning, as the kernel's own syscall
+ * tracepoints read it (syscall_get_nr). Built for x86-64 (see build.rs). */
+struct pt_regs {
+	unsigned long orig_ax;
+};
+
 struct tcp_sock {
 	u64 bytes_sent;
 	u64 bytes_retrans;

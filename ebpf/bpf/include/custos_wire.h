@@ -16,6 +16,10 @@
  * bound lengths with a mask. */
 #define CUSTOS_ARGS_LEN 4096
 #define CUSTOS_LATENCY_BUCKETS 32
+/* Syscall numbers below this are counted in a managed cgroup's row of the
+ * per-CPU `syscall_rows` array (row = slot assigned by user space, column =
+ * syscall number); others, and cgroups without a slot, in the hash. */
+#define CUSTOS_SYSCALL_NRS 512
 
 enum custos_event_kind {
 	CUSTOS_EV_EXEC = 1,
@@ -128,6 +132,12 @@ struct custos_sys_key {
 	__u32 _pad0;
 };
 
+/* Calls and failed calls of one syscall in one slotted cgroup. */
+struct custos_sys_row {
+	__u64 count;
+	__u64 errors;
+};
+
 struct custos_sys_val {
 	__u64 count;
 	__u64 errors;
@@ -142,6 +152,7 @@ _Static_assert(sizeof(struct custos_signal) == 64, "custos_signal size");
 _Static_assert(sizeof(struct custos_oom) == 56, "custos_oom size");
 _Static_assert(sizeof(struct custos_tcp) == 48 + 8 + 32 + 16 + 24, "custos_tcp size");
 _Static_assert(sizeof(struct custos_sys_key) == 16, "custos_sys_key size");
+_Static_assert(sizeof(struct custos_sys_row) == 16, "custos_sys_row size");
 _Static_assert(sizeof(struct custos_sys_val) == 8 * (2 + CUSTOS_LATENCY_BUCKETS), "custos_sys_val size");
 
 #endif
