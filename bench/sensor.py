@@ -187,6 +187,12 @@ class Auditd:
         os.chmod(self.conf, 0o640)
 
     def start(self):
+        # auditd enables kernel auditing and leaves it on when it stops:
+        # every process started after that pays the audit hooks on every
+        # syscall, which would weigh on the later overhead measurements'
+        # baseline. Put back what was there.
+        status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+        self.was_enabled = next((l.split()[1] for l in status.splitlines() if l.startswith("enabled ")), "0")
         subprocess.run(["auditctl", "-D"], capture_output=True)
         # -n: stay in the foreground (no fork), -c: our config directory.
         self.proc = subprocess.Popen(["auditd", "-n", "-c", os.path.dirname(self.conf)],
@@ -200,6 +206,7 @@ class Auditd:
         subprocess.run(["auditctl", "-D"], capture_output=True)
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
+        subprocess.run(["auditctl", "-e", self.was_enabled], capture_output=True)
 
     def events(self):
         n = 0

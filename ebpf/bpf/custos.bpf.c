@@ -2,10 +2,10 @@
 /*
  * The kernel side of the custos Linux sensor.
  *
- * BTF tracepoints (tp_btf) and two syscall tracepoints; no kprobes (absent on
- * some kernels) and no fentry/fexit (refused under lockdown on some). Every program starts with the scope
- * check so that processes custos does not manage cost a map lookup or two and
- * never touch the ring buffer.
+ * BTF tracepoints (tp_btf) only: no kprobes (absent on some kernels), no
+ * fentry/fexit (refused under lockdown on some), no tracefs. Every program
+ * starts with the scope check so that processes custos does not manage cost
+ * a map lookup or two and never touch the ring buffer.
  */
 #include "custos_core.h"
 #include "custos_wire.h"
@@ -113,6 +113,14 @@ struct {
 
 /* Above every architecture's syscall numbers (x32's start at 512). */
 #define SYSCALL_NR_LIMIT 1024
+/* x86-64 numbers (see build.rs). */
+#define NR_ACCEPT 43
+#define NR_ACCEPT4 288
+
+/* Set at load time: what the sys_exit program does (it is attached when
+ * either is wanted). Read-only, so the verifier prunes the other path. */
+volatile const __u32 cfg_sys_count = 1;
+volatile const __u32 cfg_sys_accept = 1;
 
 /* Per thread that entered a call in a timing window: the call's entry time
  * for its exit. In task-local storage: no hashing and no locks on the hot
@@ -677,22 +685,15 @@ int BPF_PROG(handle_sock_state, const struct sock *sk, const int oldstate, const
 	return 0;
 }
 
-/* The context of the syscalls:sys_exit_* tracepoints (see their format in
- * tracefs): a stable ABI, unlike the functions behind accept. */
-struct syscall_exit_ctx {
-	__u64 common;
-	int syscall_nr;
-	int _pad0;
-	long ret;
-};
-
 /* accept() and accept4() returned a new connection: this runs in the
- * accepting process, so the connection is attributed to it. Hooked on the
- * syscall tracepoints because fexit on inet_csk_accept needs BPF trampolines,
- * which some kernels refuse (lockdown); io_uring accepts are not seen. */
-static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
+ * accepting process, so the connection is attributed to it. Seen from the
+ * sys_exit program below because fexit on inet_csk_accept needs BPF
+ * trampolines, which some kernels refuse (lockdown), and because the
+ * syscalls:sys_exit_accept* tracepoints would add the kernel's own perf
+ * handler to every syscall of every process; io_uring accepts are not
+ * seen. */
+static __always_inline int on_accept_exit(long fd)
 {
-	long fd = ctx->ret;
 	if (fd < 0)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
@@ -722,18 +723,6 @@ static __always_inline int on_accept_exit(struct syscall_exit_ctx *ctx)
 	if (e)
 		bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int handle_accept4_exit(struct syscall_exit_ctx *ctx)
-{
-	return on_accept_exit(ctx);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int handle_accept_exit(struct syscall_exit_ctx *ctx)
-{
-	return on_accept_exit(ctx);
 }
 
 /* --------------------------------------------------------------- syscalls */
@@ -785,7 +774,9 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 {
 	/* -1 when the return is not a syscall's (rt_sigreturn restores it). */
 	long id = regs->orig_ax;
-	if (id < 0 || id >= SYSCALL_NR_LIMIT)
+	if (cfg_sys_accept && (id == NR_ACCEPT || id == NR_ACCEPT4))
+		on_accept_exit(ret);
+	if (!cfg_sys_count || id < 0 || id >= SYSCALL_NR_LIMIT)
 		return 0;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u32 slot1;

@@ -9,9 +9,9 @@
 //!
 //! One CO-RE object (bpf/custos.bpf.c) with a hand-written header of the few
 //! kernel fields it reads (bpf/include/custos_core.h) and one wire header
-//! (bpf/include/custos_wire.h) mirrored by [`wire`]. Hooks, none of them
-//! kprobes or fentry/fexit (refused on kernels without kprobes or under
-//! lockdown):
+//! (bpf/include/custos_wire.h) mirrored by [`wire`]. Hooks, all BTF
+//! tracepoints: no kprobes or fentry/fexit (refused on kernels without
+//! kprobes or under lockdown), no tracefs:
 //!
 //! | event | hook |
 //! |---|---|
@@ -21,8 +21,8 @@
 //! | fatal signal | `tp_btf/signal_generate`, default action terminates, handler `SIG_DFL` |
 //! | OOM kill | `tp_btf/mark_victim` |
 //! | connect, close, listen | `tp_btf/inet_sock_set_state`, owner remembered by socket in process context |
-//! | accept | `tracepoint/syscalls/sys_exit_accept{,4}` (needs tracefs; mounted if missing) |
-//! | syscall statistics | `tp_btf/sys_enter` (count) + `sys_exit` (errors; latency of 1 in N calls), per-CPU map per (cgroup, syscall) |
+//! | accept | `tp_btf/sys_exit` when the call is accept or accept4 (the same program as the syscall counts) |
+//! | syscall statistics | `tp_btf/sys_exit` (count and errors, in a per-CPU row per managed cgroup, else a per-CPU hash per (cgroup, syscall)); `tp_btf/sys_enter` only during timing windows ([`sizing::LatencyTiming`]) for the latency histograms |
 //!
 //! Scope is decided first in every program, so unmanaged processes never
 //! touch the ring buffer.

@@ -7,7 +7,7 @@ use crate::sizing::{self, LatencyTiming};
 use crate::stats::{self, StatsDiffer};
 use crate::wire::{self, Config, SysKey, SysRow, SysVal};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
 use std::collections::{HashMap, HashSet};
@@ -165,28 +165,6 @@ pub fn availability() -> Result<(), String> {
     Ok(())
 }
 
-/// Mounts tracefs at /sys/kernel/tracing when it is not mounted anywhere
-/// (the syscall tracepoints that see accept() are found through it).
-fn ensure_tracefs() -> Result<(), SensorError> {
-    let mounted = |p: &str| std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false);
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
-        return Ok(());
-    }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: all pointers are valid NUL-terminated strings; data is null.
-    let rc = unsafe {
-        libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
-    };
-    if rc != 0 {
-        return Err(SensorError::Io {
-            what: "cannot mount tracefs at /sys/kernel/tracing".to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    debug!("Mounted tracefs at /sys/kernel/tracing.");
-    Ok(())
-}
-
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid timespec to write to.
@@ -289,6 +267,8 @@ impl EbpfSensor {
             .override_global("cfg_pidns_dev", &pidns_dev, true)
             .override_global("cfg_pidns_ino", &pidns_ino, true)
             .override_global("cfg_wakeup_bytes", &wakeup_bytes(ring_bytes), true)
+            .override_global("cfg_sys_count", &u32::from(opts.syscalls), true)
+            .override_global("cfg_sys_accept", &u32::from(opts.tcp), true)
             .map_max_entries("events", ring_bytes)
             .map_max_entries("syscall_rows", rows * wire::SYSCALL_NRS)
             .map_max_entries("syscall_stats", sizing::syscall_hash_entries(cpus))
@@ -340,13 +320,14 @@ impl EbpfSensor {
         }
         if opts.tcp {
             attach_btf(&mut bpf, &btf, "handle_sock_state", "inet_sock_set_state")?;
-            ensure_tracefs()?;
-            attach_tp(&mut bpf, "handle_accept4_exit", "syscalls", "sys_exit_accept4")?;
-            attach_tp(&mut bpf, "handle_accept_exit", "syscalls", "sys_exit_accept")?;
+        }
+        // One program on every syscall's return: it counts (syscall
+        // statistics) and sees accept() return (TCP).
+        if opts.syscalls || opts.tcp {
+            attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
         }
         let timing = LatencyTiming::for_sample(opts.syscall_latency_sample);
         if opts.syscalls {
-            attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
             // Loaded now (its BTF is at hand), attached now only when every
             // call is timed; else by the timing task, window by window.
             let enter = btf_program(&mut bpf, "handle_sys_enter")?;
@@ -551,17 +532,6 @@ fn attach_btf(bpf: &mut Ebpf, btf: &Btf, program: &'static str, tracepoint: &str
     let p = btf_program(bpf, program)?;
     p.load(tracepoint, btf).map_err(prog_err(program))?;
     p.attach().map_err(prog_err(program))?;
-    Ok(())
-}
-
-fn attach_tp(bpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<(), SensorError> {
-    let p: &mut TracePoint = bpf
-        .program_mut(program)
-        .ok_or_else(|| prog_err(program)(aya::programs::ProgramError::UnexpectedProgramType))?
-        .try_into()
-        .map_err(prog_err(program))?;
-    p.load().map_err(prog_err(program))?;
-    p.attach(category, name).map_err(prog_err(program))?;
     Ok(())
 }
 

@@ -126,8 +126,7 @@ UMask=0077
 # Capabilities: root, but only these.
 #   CAP_BPF            load BPF programs and create maps (kernel 5.8+)
 #   CAP_PERFMON        attach tracepoints/fentry, read kernel memory in tracing programs
-#   CAP_SYS_ADMIN      kernels older than 5.8 (no CAP_BPF), and mounting tracefs when
-#                      it is not mounted
+#   CAP_SYS_ADMIN      kernels older than 5.8 (no CAP_BPF)
 #   CAP_SYS_PTRACE     read /proc/<pid>/exe and /proc/<pid>/ns of services' processes
 #                      (the kernel requires it for processes with more capabilities
 #                      than the reader, which includes every root service)
@@ -158,7 +157,7 @@ ProtectHome=read-only
 PrivateTmp=yes
 # BPF goes through the bpf() syscall, not device nodes.
 PrivateDevices=yes
-# Read-only /proc/sys and /sys (reading tracefs and BTF still works), no
+# Read-only /proc/sys and /sys (reading BTF still works), no
 # module loading, no kernel log or clock changes.
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
