@@ -3,7 +3,7 @@
 the observed, and the agent's footprint, all measured in one run so that the
 ratios compare like with like.
 
-Run as root from the repository: python3 bench/sensor.py [--quick]
+Run as root from the repository: python3 bench/sensor.py [--quick] [--parts overhead,...]
 It installs auditd, bpftrace, nginx-light, wrk and bpftool with apt when missing.
 """
 
@@ -259,7 +259,10 @@ def observe(observer, cgroup, work_args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke check)")
+    ap.add_argument("--parts", default="completeness,overhead,peers,footprint",
+                    help="comma-separated subset of: completeness, overhead, peers, footprint")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if os.geteuid() != 0:
         sys.exit("run as root")
     missing = [p for p, b in (("auditd", "auditd"), ("bpftrace", "bpftrace"), ("nginx-light", "nginx"), ("wrk", "wrk"), ("bpftool", "bpftool")) if not shutil.which(b)]
@@ -275,126 +278,139 @@ def main():
     dur = 5 if args.quick else 15
     report = []
 
-    # 1. Completeness under storms.
-    c = Custos(cg_rel, tmp)
-    res, cpu, rss_storm, ev = observe(c, cg, ["exec", "--count", "5000"])
-    report.append(("exec storm", f"{res['ok']} execs in {res['seconds']:.1f}s; custos saw {ev.get('exec_true', 0)} "
-                   f"process_start ({100.0 * ev.get('exec_true', 0) / max(res['ok'], 1):.2f}%), {c.loss_line()}"))
-    c = Custos(cg_rel, tmp)
-    res, cpu, rss2, ev = observe(c, cg, ["connect", "--count", "20000"])
-    report.append(("connect storm", f"{res['ok']} connects in {res['seconds']:.1f}s; custos saw {ev.get('tcp_connect', 0)} tcp_connect, "
-                   f"{ev.get('tcp_accept', 0)} tcp_accept, {ev.get('tcp_close', 0)} tcp_close, {c.loss_line()}"))
-    rss_peak = max(rss_storm, rss2)
-
-    # 2. Cost per event: observer CPU seconds per 1000 events at fixed rates.
-    rows = []
-    for rate in (100, 1600):
-        for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
-            o = mk()
-            res, cpu, rss, ev = observe(o, cg, ["exec", "--rate", str(rate), "--duration", str(dur)])
-            events = res["ok"]
-            rows.append((f"exec {rate}/s", o.name, cpu, 1000.0 * cpu / max(events, 1), 100.0 * cpu / res["seconds"], ev))
-            if o.name == "custos":
-                rss_peak = max(rss_peak, rss)
-    for rate in (1000,):
-        for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
-            o = mk()
-            res, cpu, rss, ev = observe(o, cg, ["connect", "--rate", str(rate), "--duration", str(dur)])
-            rows.append((f"connect {rate}/s", o.name, cpu, 1000.0 * cpu / max(res["ok"], 1), 100.0 * cpu / res["seconds"], ev))
-
-    # 3. Overhead on the observed: syscall loop and nginx under wrk, detached
-    # and attached in alternation (the machine may be shared: each round
-    # compares neighbours in time; the median and the spread are reported).
-    # Throughput is the headline; the CPU the observed cgroup itself used per
-    # unit of work (cpu.stat, which includes the BPF programs run in its
-    # context) is steadier on a busy machine.
+    report, rows, overhead, bpf_costs = [], [], [], []
+    rss_peak, idle = 0, None
     rounds = 2 if args.quick else 5
-    n = "2000000" if args.quick else "10000000"
+    if "completeness" in parts:
+        # 1. Completeness under storms.
+        c = Custos(cg_rel, tmp)
+        res, cpu, rss_storm, ev = observe(c, cg, ["exec", "--count", "5000"])
+        report.append(("exec storm", f"{res['ok']} execs in {res['seconds']:.1f}s; custos saw {ev.get('exec_true', 0)} "
+                       f"process_start ({100.0 * ev.get('exec_true', 0) / max(res['ok'], 1):.2f}%), {c.loss_line()}"))
+        c = Custos(cg_rel, tmp)
+        res, cpu, rss2, ev = observe(c, cg, ["connect", "--count", "20000"])
+        report.append(("connect storm", f"{res['ok']} connects in {res['seconds']:.1f}s; custos saw {ev.get('tcp_connect', 0)} tcp_connect, "
+                       f"{ev.get('tcp_accept', 0)} tcp_accept, {ev.get('tcp_close', 0)} tcp_close, {c.loss_line()}"))
+        rss_peak = max(rss_storm, rss2)
 
-    def loop():
-        u0 = cgroup_cpu_usec(cg)
-        r = workload(cg, "syscalls", "--count", n)
-        return r["per_second"], (cgroup_cpu_usec(cg) - u0) * 1000.0 / r["ok"]
+    # The overhead part runs before the peers': auditd switches kernel
+    # auditing on, and every process started after that (until reboot)
+    # carries the audit hooks on each syscall, which would weigh on the
+    # baselines.
+    if "overhead" in parts:
+        # 3. Overhead on the observed: syscall loop and nginx under wrk, detached
+        # and attached in alternation (the machine may be shared: each round
+        # compares neighbours in time; the median and the spread are reported).
+        # Throughput is the headline; the CPU the observed cgroup itself used per
+        # unit of work (cpu.stat, which includes the BPF programs run in its
+        # context) is steadier on a busy machine.
+        n = "2000000" if args.quick else "10000000"
 
-    overhead = []
-    loop()  # warm-up
-    overhead.append(("syscall loop (getppid)", "ns/call", alternate(rounds, loop, lambda: Custos(cg_rel, tmp))))
+        def loop():
+            u0 = cgroup_cpu_usec(cg)
+            r = workload(cg, "syscalls", "--count", n)
+            return r["per_second"], (cgroup_cpu_usec(cg) - u0) * 1000.0 / r["ok"]
 
-    ngx_conf = os.path.join(tmp, "nginx.conf")
-    with open(ngx_conf, "w") as f:
-        f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr;\n"
-                "events { worker_connections 1024; }\n"
-                "http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 'ok'; } } }\n" % tmp)
-    wdur = 5 if args.quick else 10
+        overhead = []
+        loop()  # warm-up
+        overhead.append(("syscall loop (getppid)", "ns/call", alternate(rounds, loop, lambda: Custos(cg_rel, tmp))))
 
-    def wrk():
-        u0 = cgroup_cpu_usec(cg)
-        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"], check=True,
-                             capture_output=True, text=True).stdout
-        used = cgroup_cpu_usec(cg) - u0
-        rps = float([l for l in out.splitlines() if l.startswith("Requests/sec")][0].split()[1])
-        reqs = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
-        return rps, used * 1000.0 / max(reqs, 1)
+        ngx_conf = os.path.join(tmp, "nginx.conf")
+        with open(ngx_conf, "w") as f:
+            f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr;\n"
+                    "events { worker_connections 1024; }\n"
+                    "http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 'ok'; } } }\n" % tmp)
+        wdur = 5 if args.quick else 10
 
-    ngx = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec nginx -c {ngx_conf}"])
-    time.sleep(1)
-    try:
-        wrk()  # warm-up
-        overhead.append(("nginx req/s under wrk", "ns/req", alternate(rounds, wrk, lambda: Custos(cg_rel, tmp))))
-        # The same with per-cgroup syscall statistics off (`sensors.syscalls:
-        # false`): what the two per-syscall programs cost a server whose
-        # requests are a handful of syscalls each.
-        overhead.append(("nginx, syscall stats off", "ns/req",
-                         alternate(rounds, wrk, lambda: Custos(cg_rel, tmp, syscalls=False))))
-        # Kernel-side cost, from the kernel's own per-program accounting
-        # (switched on only for this extra run: it costs a little itself).
-        bpf_costs = []
-        for what, fn, unit in (("syscall loop", loop, "call"), ("nginx+wrk", wrk, "request")):
-            c = Custos(cg_rel, tmp)
-            c.start()
-            time.sleep(1)
-            before = bpf_prog_stats()
-            set_bpf_stats(True)
-            try:
-                t0 = time.time()
-                if what == "nginx+wrk":
-                    out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"],
-                                         check=True, capture_output=True, text=True).stdout
-                    units = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
-                else:
-                    units = int(n)
-                    workload(cg, "syscalls", "--count", n)
-                wall = time.time() - t0
-            finally:
-                set_bpf_stats(False)
-            after = bpf_prog_stats()
-            c.stop()
-            bpf_costs.append((what, unit, units, wall, diff_prog_stats(before, after)))
-    finally:
-        ngx.terminate()
-        ngx.wait()
+        def wrk():
+            u0 = cgroup_cpu_usec(cg)
+            out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"], check=True,
+                                 capture_output=True, text=True).stdout
+            used = cgroup_cpu_usec(cg) - u0
+            rps = float([l for l in out.splitlines() if l.startswith("Requests/sec")][0].split()[1])
+            reqs = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
+            return rps, used * 1000.0 / max(reqs, 1)
 
-    # 4. Footprint: idle CPU.
-    c = Custos(cg_rel, tmp)
-    pid = c.start()
-    i0 = cpu_seconds(pid)
-    time.sleep(10)
-    idle = (cpu_seconds(pid) - i0) / 10 * 100
-    rss_peak = max(rss_peak, peak_rss_kib(pid))
-    c.stop()
+        ngx = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec nginx -c {ngx_conf}"])
+        time.sleep(1)
+        try:
+            wrk()  # warm-up
+            overhead.append(("nginx req/s under wrk", "ns/req", alternate(rounds, wrk, lambda: Custos(cg_rel, tmp))))
+            # The same with per-cgroup syscall statistics off (`sensors.syscalls:
+            # false`): what the two per-syscall programs cost a server whose
+            # requests are a handful of syscalls each.
+            overhead.append(("nginx, syscall stats off", "ns/req",
+                             alternate(rounds, wrk, lambda: Custos(cg_rel, tmp, syscalls=False))))
+            # Kernel-side cost, from the kernel's own per-program accounting
+            # (switched on only for this extra run: it costs a little itself).
+            bpf_costs = []
+            for what, fn, unit in (("syscall loop", loop, "call"), ("nginx+wrk", wrk, "request")):
+                c = Custos(cg_rel, tmp)
+                c.start()
+                time.sleep(1)
+                before = bpf_prog_stats()
+                set_bpf_stats(True)
+                try:
+                    t0 = time.time()
+                    if what == "nginx+wrk":
+                        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"],
+                                             check=True, capture_output=True, text=True).stdout
+                        units = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
+                    else:
+                        units = int(n)
+                        workload(cg, "syscalls", "--count", n)
+                    wall = time.time() - t0
+                finally:
+                    set_bpf_stats(False)
+                after = bpf_prog_stats()
+                c.stop()
+                bpf_costs.append((what, unit, units, wall, diff_prog_stats(before, after)))
+        finally:
+            ngx.terminate()
+            ngx.wait()
 
-    print("\n== 1. completeness")
+    if "peers" in parts:
+        # 2. Cost per event: observer CPU seconds per 1000 events at fixed rates.
+        rows = []
+        for rate in (100, 1600):
+            for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
+                o = mk()
+                res, cpu, rss, ev = observe(o, cg, ["exec", "--rate", str(rate), "--duration", str(dur)])
+                events = res["ok"]
+                rows.append((f"exec {rate}/s", o.name, cpu, 1000.0 * cpu / max(events, 1), 100.0 * cpu / res["seconds"], ev))
+                if o.name == "custos":
+                    rss_peak = max(rss_peak, rss)
+        for rate in (1000,):
+            for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
+                o = mk()
+                res, cpu, rss, ev = observe(o, cg, ["connect", "--rate", str(rate), "--duration", str(dur)])
+                rows.append((f"connect {rate}/s", o.name, cpu, 1000.0 * cpu / max(res["ok"], 1), 100.0 * cpu / res["seconds"], ev))
+
+    if "footprint" in parts:
+        # 4. Footprint: idle CPU.
+        c = Custos(cg_rel, tmp)
+        pid = c.start()
+        i0 = cpu_seconds(pid)
+        time.sleep(10)
+        idle = (cpu_seconds(pid) - i0) / 10 * 100
+        rss_peak = max(rss_peak, peak_rss_kib(pid))
+        c.stop()
+
+    if report:
+        print("\n== 1. completeness")
     for k, v in report:
         print(f"{k:15} {v}")
-    print("\n== 2. observer cost (CPU s of the observer process; per 1000 events; % of one CPU)")
-    print(f"{'workload':16} {'observer':9} {'cpu_s':>7} {'s/1k ev':>8} {'%cpu':>6}  seen")
+    if rows:
+        print("\n== 2. observer cost (CPU s of the observer process; per 1000 events; % of one CPU)")
+        print(f"{'workload':16} {'observer':9} {'cpu_s':>7} {'s/1k ev':>8} {'%cpu':>6}  seen")
     for w, name, cpu, per_k, pct, ev in rows:
         print(f"{w:16} {name:9} {cpu:7.3f} {per_k:8.4f} {pct:6.2f}  {ev}")
     for w in sorted({r[0] for r in rows}):
         by = {r[1]: r[3] for r in rows if r[0] == w}
         if by.get("auditd") and by.get("custos"):
             print(f"{w:16} custos/auditd = {by['custos'] / by['auditd']:.3f}   custos/bpftrace = {by['custos'] / max(by.get('bpftrace', 1e-9), 1e-9):.3f}")
-    print(f"\n== 3. overhead on the observed (attached / detached; {rounds} alternating rounds, median [min..max])")
+    if overhead:
+        print(f"\n== 3. overhead on the observed (attached / detached; {rounds} alternating rounds, median [min..max])")
     for name, unit, res in overhead:
         tput = [a / d for (d, _), (a, _) in res]
         cpu = [a / d for (_, d), (_, a) in res]
@@ -403,7 +419,8 @@ def main():
               f" ({(1 - med(tput)) * 100:+.2f}% slower)")
         print(f"{'':24} observed cgroup CPU {unit}: detached {med([d for (_, d), _ in res]):.1f}, attached "
               f"{med([a for _, (_, a) in res]):.1f}, ratio {med(cpu):.4f} [{min(cpu):.4f}..{max(cpu):.4f}]")
-    print("\n== 3b. kernel-side BPF cost (kernel.bpf_stats_enabled during one more attached run)")
+    if bpf_costs:
+        print("\n== 3b. kernel-side BPF cost (kernel.bpf_stats_enabled during one more attached run)")
     for what, unit, units, wall, progs in bpf_costs:
         total = sum(ns for _, (cnt, ns) in progs.items())
         print(f"{what}: {units} {unit}s in {wall:.1f}s; BPF {total / 1e9:.3f} CPU s = {total / max(units, 1):.1f} ns per {unit}"
@@ -411,8 +428,9 @@ def main():
         for name, (cnt, ns) in sorted(progs.items(), key=lambda kv: -kv[1][1]):
             if cnt:
                 print(f"    {name:24} {cnt:10d} runs  {ns / cnt:7.1f} ns/run  {ns / 1e9:7.3f} s")
-    print("\n== 4. footprint")
-    print(f"peak RSS {rss_peak / 1024:.1f} MiB, idle CPU {idle:.2f}% of one core")
+    if idle is not None:
+        print("\n== 4. footprint")
+        print(f"peak RSS {rss_peak / 1024:.1f} MiB, idle CPU {idle:.2f}% of one core")
     try:
         os.rmdir(cg)
     except OSError:

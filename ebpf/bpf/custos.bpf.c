@@ -122,12 +122,17 @@ struct {
 volatile const __u32 cfg_sys_count = 1;
 volatile const __u32 cfg_sys_accept = 1;
 
-/* Per thread that entered a call in a timing window: the call's entry time
- * for its exit. In task-local storage: no hashing and no locks on the hot
- * path, freed with the task. */
-struct sys_start {
-	__u64 ts;
-	__u32 nr;
+/* Per in-scope thread, in task-local storage (no hashing and no locks on the
+ * hot path, freed with the task): the scope decision for its syscalls,
+ * valid for one scope generation, so that a managed thread's calls skip the
+ * cgroup and scope lookups; and the entry time of its call in flight when
+ * that call is timed. */
+struct task_sys {
+	__u64 ts;        /* entry time of the timed call in flight, else 0 */
+	__u64 cgroup_id; /* the cgroup counted into (the hash key) */
+	__u32 nr;        /* the timed call's number */
+	__u32 gen;       /* custos_config.scope_gen of the decision */
+	__u32 slot1;     /* syscall_rows slot + 1; 0: count in the hash */
 	__u32 _pad0;
 };
 
@@ -135,8 +140,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct sys_start);
-} sys_inflight SEC(".maps");
+	__type(value, struct task_sys);
+} task_sys SEC(".maps");
+
 
 /* Counts of cgroups without a row, and the latency histograms of all. */
 struct {
@@ -311,6 +317,30 @@ static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgr
 	if (tgid && bpf_map_lookup_elem(&tracked_pids, &tgid))
 		return 1;
 	return 0;
+}
+
+/* The scope decision for current, from its task storage when made in this
+ * generation, else made now and stored (only for threads in scope: others
+ * get no storage). NULL when current is out of scope. */
+static __always_inline struct task_sys *current_task_sys(struct custos_config *cfg)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_sys *t = bpf_task_storage_get(&task_sys, task, 0, 0);
+	__u32 gen = cfg->scope_gen;
+	if (t && t->gen == gen)
+		return t;
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	__u32 slot1;
+	if (!current_in_scope(cfg, cgroup_id, &slot1))
+		return 0;
+	if (!t)
+		t = bpf_task_storage_get(&task_sys, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t)
+		return 0;
+	t->cgroup_id = cgroup_id;
+	t->slot1 = slot1;
+	t->gen = gen;
+	return t;
 }
 
 static __always_inline void fill_hdr_task(struct custos_hdr *h, __u32 kind, struct task_struct *t,
@@ -742,17 +772,14 @@ static __always_inline struct custos_sys_val *sys_stats_entry(__u64 cgroup_id, _
 SEC("tp_btf/sys_enter")
 int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 {
-	if (id < 0 || id >= SYSCALL_NR_LIMIT)
+	struct custos_config *cfg = get_config();
+	if (!cfg || id < 0 || id >= SYSCALL_NR_LIMIT)
 		return 0;
-	__u32 slot1;
-	if (!current_in_scope(get_config(), bpf_get_current_cgroup_id(), &slot1))
+	struct task_sys *t = current_task_sys(cfg);
+	if (!t)
 		return 0;
-	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0,
-						   BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!s)
-		return 0;
-	s->nr = id;
-	s->ts = bpf_ktime_get_ns();
+	t->nr = id;
+	t->ts = bpf_ktime_get_ns();
 	return 0;
 }
 
@@ -776,15 +803,16 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 	long id = regs->orig_ax;
 	if (cfg_sys_accept && (id == NR_ACCEPT || id == NR_ACCEPT4))
 		on_accept_exit(ret);
-	if (!cfg_sys_count || id < 0 || id >= SYSCALL_NR_LIMIT)
+	struct custos_config *cfg = get_config();
+	if (!cfg_sys_count || !cfg || id < 0 || id >= SYSCALL_NR_LIMIT)
 		return 0;
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-	__u32 slot1;
-	if (!current_in_scope(get_config(), cgroup_id, &slot1))
+	struct task_sys *t = current_task_sys(cfg);
+	if (!t)
 		return 0;
 	int failed = ret < 0 && ret >= -MAX_ERRNO;
 	/* Per-CPU values: plain increments are safe (no preemption in BPF). */
 	struct custos_sys_val *v = 0;
+	__u32 slot1 = t->slot1;
 	if (slot1 && id < CUSTOS_SYSCALL_NRS) {
 		__u32 idx = (slot1 - 1) * CUSTOS_SYSCALL_NRS + (__u32)id;
 		struct custos_sys_row *r = bpf_map_lookup_elem(&syscall_rows, &idx);
@@ -794,25 +822,24 @@ int BPF_PROG(handle_sys_exit, struct pt_regs *regs, long ret)
 		if (failed)
 			r->errors++;
 	} else {
-		v = sys_stats_entry(cgroup_id, id);
+		v = sys_stats_entry(t->cgroup_id, id);
 		if (!v)
 			return 0;
 		v->count++;
 		if (failed)
 			v->errors++;
 	}
-	struct sys_start *s = bpf_task_storage_get(&sys_inflight, bpf_get_current_task_btf(), 0, 0);
-	if (!s || !s->ts)
+	__u64 ts = t->ts;
+	if (!ts)
 		return 0;
-	__u64 ts = s->ts;
-	s->ts = 0;
+	t->ts = 0;
 	/* A call entered in scope whose exit was not (the thread changed
 	 * cgroups meanwhile) leaves its entry behind; the number tells most of
 	 * them apart from this call. */
-	if (s->nr != id)
+	if (t->nr != id)
 		return 0;
 	if (!v)
-		v = sys_stats_entry(cgroup_id, id);
+		v = sys_stats_entry(t->cgroup_id, id);
 	if (!v)
 		return 0;
 	__u32 b = log2_bucket(bpf_ktime_get_ns() - ts);

@@ -216,6 +216,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn update_config(&self, change: impl FnOnce(&mut Config)) -> Result<(), SensorError> {
+        let mut config = lock(&self.config);
+        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
+        change(&mut c);
+        config.set(0, c, 0).map_err(map_err("config"))
+    }
+
     fn kernel_drops(&self) -> u64 {
         match self.ringbuf_drops.get(&0, 0) {
             Ok(per_cpu) => per_cpu.iter().sum(),
@@ -326,7 +333,8 @@ impl EbpfSensor {
         if opts.syscalls || opts.tcp {
             attach_btf(&mut bpf, &btf, "handle_sys_exit", "sys_exit")?;
         }
-        let timing = LatencyTiming::for_sample(opts.syscall_latency_sample);
+        let interval = opts.syscall_interval.max(Duration::from_millis(10));
+        let timing = LatencyTiming::for_sample(opts.syscall_latency_sample, interval);
         if opts.syscalls {
             // Loaded now (its BTF is at hand), attached now only when every
             // call is timed; else by the timing task, window by window.
@@ -377,7 +385,7 @@ impl EbpfSensor {
                 syscall_stats,
                 shared.clone(),
                 tx,
-                opts.syscall_interval.max(Duration::from_millis(10)),
+                interval,
                 stop_rx,
             )));
         }
@@ -460,10 +468,7 @@ impl EbpfSensor {
     }
 
     fn update_config(&self, change: impl FnOnce(&mut Config)) -> Result<(), SensorError> {
-        let mut config = lock(&self.shared.config);
-        let mut c = config.get(&0, 0).map_err(map_err("config"))?;
-        change(&mut c);
-        config.set(0, c, 0).map_err(map_err("config"))
+        self.shared.update_config(change)
     }
 
     /// Stops tracking `pid` (its already-tracked children stay tracked).
@@ -729,6 +734,12 @@ async fn read_syscall_stats(
                     }
                 }
                 add_row_counts(&shared, &mut snapshot);
+                // Threads keep their scope decision for a generation: a new
+                // one each interval bounds how long a thread that moved to
+                // another cgroup is still counted in its old one.
+                if let Err(e) = shared.update_config(|c| c.scope_gen = c.scope_gen.wrapping_add(1)) {
+                    debug!(error = %e, "Cannot start a new scope generation.");
+                }
                 // The real length of the interval: ticks can be late.
                 let now = Instant::now();
                 let elapsed = now - std::mem::replace(&mut last_read, now);

@@ -8,8 +8,8 @@ use std::time::Duration;
 /// When calls are timed for the latency histograms. Timing needs a second
 /// program on every syscall (its entry); attaching that program only during
 /// short windows at random times keeps its cost off the observed services
-/// the rest of the time. Calls that start in a window are timed, however long
-/// they last.
+/// the rest of the time. Calls that start in a window are timed, however
+/// long they last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LatencyTiming {
     /// Every call is timed (`syscall_latency_sample: 1`).
@@ -23,14 +23,15 @@ pub enum LatencyTiming {
 pub const MIN_TIMING_WINDOW: Duration = Duration::from_millis(10);
 
 impl LatencyTiming {
-    /// Timing for 1/`sample` of the time: windows of a second's share (62.5
-    /// ms at 16), or of [`MIN_TIMING_WINDOW`] in longer periods when the
-    /// share of a second would be shorter than that.
-    pub fn for_sample(sample: u32) -> LatencyTiming {
+    /// Timing for 1/`sample` of the time: one window a second, spread over
+    /// the statistics interval (62.5 ms for 16), or one per `interval` when
+    /// that is shorter, so every interval has latencies; windows are never
+    /// shorter than [`MIN_TIMING_WINDOW`] (periods grow instead).
+    pub fn for_sample(sample: u32, interval: Duration) -> LatencyTiming {
         if sample <= 1 {
             return LatencyTiming::Always;
         }
-        let window = (Duration::from_secs(1) / sample).max(MIN_TIMING_WINDOW);
+        let window = (interval.min(Duration::from_secs(1)) / sample).max(MIN_TIMING_WINDOW);
         LatencyTiming::Windows { window, period: window * sample }
     }
 
@@ -73,24 +74,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timing_windows_cover_one_nth_of_the_time() {
-        assert_eq!(LatencyTiming::for_sample(0), LatencyTiming::Always);
-        assert_eq!(LatencyTiming::for_sample(1), LatencyTiming::Always);
+    fn timing_windows_cover_one_nth_of_the_time_in_every_interval() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(LatencyTiming::for_sample(0, ten), LatencyTiming::Always);
+        assert_eq!(LatencyTiming::for_sample(1, ten), LatencyTiming::Always);
         assert_eq!(
-            LatencyTiming::for_sample(16),
+            LatencyTiming::for_sample(16, ten),
             LatencyTiming::Windows { window: Duration::from_micros(62_500), period: Duration::from_secs(1) }
+        );
+        // Intervals shorter than a second get one window each.
+        assert_eq!(
+            LatencyTiming::for_sample(4, Duration::from_millis(200)),
+            LatencyTiming::Windows { window: Duration::from_millis(50), period: Duration::from_millis(200) }
         );
         // Past 100, windows stay 10 ms and periods grow.
         assert_eq!(
-            LatencyTiming::for_sample(1000),
-            LatencyTiming::Windows { window: MIN_TIMING_WINDOW, period: Duration::from_secs(10) }
+            LatencyTiming::for_sample(1000, ten),
+            LatencyTiming::Windows { window: MIN_TIMING_WINDOW, period: ten }
         );
-        for sample in [2, 3, 7, 16, 99, 100, 101, 65_536] {
-            let LatencyTiming::Windows { window, period } = LatencyTiming::for_sample(sample) else {
-                panic!("{sample}")
-            };
-            let share = window.as_secs_f64() / period.as_secs_f64();
-            assert!((share - 1.0 / f64::from(sample)).abs() < 1e-6, "{sample}: {share}");
+        for interval in [Duration::from_millis(200), ten, Duration::from_secs(60)] {
+            for sample in [2, 3, 7, 16, 99, 100, 101, 65_536] {
+                let LatencyTiming::Windows { window, period } = LatencyTiming::for_sample(sample, interval)
+                else {
+                    panic!("{sample}")
+                };
+                let share = window.as_secs_f64() / period.as_secs_f64();
+                assert!((share - 1.0 / f64::from(sample)).abs() < 1e-6, "{sample}: {share}");
+                if window > MIN_TIMING_WINDOW {
+                    assert!(period <= interval, "{sample} {interval:?}: {period:?}");
+                }
+            }
         }
     }
 
