@@ -122,18 +122,21 @@ struct {
 volatile const __u32 cfg_sys_count = 1;
 volatile const __u32 cfg_sys_accept = 1;
 
-/* Per in-scope thread, in task-local storage (no hashing and no locks on the
- * hot path, freed with the task): the scope decision for its syscalls,
- * valid for one scope generation, so that a managed thread's calls skip the
- * cgroup and scope lookups; and the entry time of its call in flight when
- * that call is timed. */
+/* Per thread, in task-local storage (no hashing and no locks on the hot
+ * path, freed with the task): the scope decision for its syscalls, valid for
+ * one scope generation and until the thread moves to another cgroup, so
+ * that its calls skip the cgroup and scope lookups; and the entry time of
+ * its call in flight when that call is timed. */
+#define TASK_SYS_DECIDED 1
+#define TASK_SYS_IN_SCOPE 2
+
 struct task_sys {
 	__u64 ts;        /* entry time of the timed call in flight, else 0 */
 	__u64 cgroup_id; /* the cgroup counted into (the hash key) */
 	__u32 nr;        /* the timed call's number */
 	__u32 gen;       /* custos_config.scope_gen of the decision */
 	__u32 slot1;     /* syscall_rows slot + 1; 0: count in the hash */
-	__u32 _pad0;
+	__u32 flags;     /* TASK_SYS_* */
 };
 
 struct {
@@ -320,19 +323,18 @@ static __always_inline int current_in_scope(struct custos_config *cfg, __u64 cgr
 }
 
 /* The scope decision for current, from its task storage when made in this
- * generation, else made now and stored (only for threads in scope: others
- * get no storage). NULL when current is out of scope. */
+ * generation, else made now and stored. NULL when current is out of scope
+ * (or has no storage). */
 static __always_inline struct task_sys *current_task_sys(struct custos_config *cfg)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct task_sys *t = bpf_task_storage_get(&task_sys, task, 0, 0);
 	__u32 gen = cfg->scope_gen;
-	if (t && t->gen == gen)
-		return t;
+	if (t && t->gen == gen && (t->flags & TASK_SYS_DECIDED))
+		return (t->flags & TASK_SYS_IN_SCOPE) ? t : 0;
 	__u64 cgroup_id = bpf_get_current_cgroup_id();
 	__u32 slot1;
-	if (!current_in_scope(cfg, cgroup_id, &slot1))
-		return 0;
+	int in = current_in_scope(cfg, cgroup_id, &slot1);
 	if (!t)
 		t = bpf_task_storage_get(&task_sys, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!t)
@@ -340,7 +342,8 @@ static __always_inline struct task_sys *current_task_sys(struct custos_config *c
 	t->cgroup_id = cgroup_id;
 	t->slot1 = slot1;
 	t->gen = gen;
-	return t;
+	t->flags = TASK_SYS_DECIDED | (in ? TASK_SYS_IN_SCOPE : 0);
+	return in ? t : 0;
 }
 
 static __always_inline void fill_hdr_task(struct custos_hdr *h, __u32 kind, struct task_struct *t,
@@ -766,6 +769,17 @@ static __always_inline struct custos_sys_val *sys_stats_entry(__u64 cgroup_id, _
 	struct custos_sys_val zero = {};
 	bpf_map_update_elem(&syscall_stats, &key, &zero, BPF_NOEXIST);
 	return bpf_map_lookup_elem(&syscall_stats, &key);
+}
+
+/* A thread moved to another cgroup: decide its syscalls' scope again. */
+SEC("tp_btf/cgroup_attach_task")
+int BPF_PROG(handle_cgroup_attach, struct cgroup *dst, const char *path, struct task_struct *task,
+	     bool threadgroup)
+{
+	struct task_sys *t = bpf_task_storage_get(&task_sys, task, 0, 0);
+	if (t)
+		t->flags = 0;
+	return 0;
 }
 
 /* Attached only during timing windows (see above). */

@@ -22,7 +22,7 @@
 //! | OOM kill | `tp_btf/mark_victim` |
 //! | connect, close, listen | `tp_btf/inet_sock_set_state`, owner remembered by socket in process context |
 //! | accept | `tp_btf/sys_exit` when the call is accept or accept4 (the same program as the syscall counts) |
-//! | syscall statistics | `tp_btf/sys_exit` (count and errors, in a per-CPU row per managed cgroup, else a per-CPU hash per (cgroup, syscall)); `tp_btf/sys_enter` only during timing windows ([`sizing::LatencyTiming`]) for the latency histograms |
+//! | syscall statistics | `tp_btf/sys_exit` (count and errors, in a per-CPU row per managed cgroup, else a per-CPU hash per (cgroup, syscall)); `tp_btf/sys_enter` only during timing windows ([`sizing::LatencyTiming`]) for the latency histograms; `tp_btf/cgroup_attach_task` clears a moved thread's scope decision |
 //!
 //! Scope is decided first in every program, so unmanaged processes never
 //! touch the ring buffer.

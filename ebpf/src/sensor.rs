@@ -336,6 +336,9 @@ impl EbpfSensor {
         let interval = opts.syscall_interval.max(Duration::from_millis(10));
         let timing = LatencyTiming::for_sample(opts.syscall_latency_sample, interval);
         if opts.syscalls {
+            // Threads keep their scope decision until they move to another
+            // cgroup (or exec, or a new scope generation starts).
+            attach_btf(&mut bpf, &btf, "handle_cgroup_attach", "cgroup_attach_task")?;
             // Loaded now (its BTF is at hand), attached now only when every
             // call is timed; else by the timing task, window by window.
             let enter = btf_program(&mut bpf, "handle_sys_enter")?;
@@ -464,7 +467,12 @@ impl EbpfSensor {
     /// it when it exits.
     pub fn track_pid(&self, pid: u32) -> Result<(), SensorError> {
         lock(&self.shared.tracked_pids).insert(pid, 1, 0).map_err(map_err("tracked_pids"))?;
-        self.update_config(|c| c.any_tracked = 1)
+        // A new generation: threads of the process decided before it was
+        // tracked decide again.
+        self.update_config(|c| {
+            c.any_tracked = 1;
+            c.scope_gen = c.scope_gen.wrapping_add(1);
+        })
     }
 
     fn update_config(&self, change: impl FnOnce(&mut Config)) -> Result<(), SensorError> {
@@ -474,7 +482,7 @@ impl EbpfSensor {
     /// Stops tracking `pid` (its already-tracked children stay tracked).
     pub fn untrack_pid(&self, pid: u32) -> Result<(), SensorError> {
         match lock(&self.shared.tracked_pids).remove(&pid) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => self.scope_changed(),
             Err(e) => Err(map_err("tracked_pids")(e)),
         }
     }
@@ -734,12 +742,6 @@ async fn read_syscall_stats(
                     }
                 }
                 add_row_counts(&shared, &mut snapshot);
-                // Threads keep their scope decision for a generation: a new
-                // one each interval bounds how long a thread that moved to
-                // another cgroup is still counted in its old one.
-                if let Err(e) = shared.update_config(|c| c.scope_gen = c.scope_gen.wrapping_add(1)) {
-                    debug!(error = %e, "Cannot start a new scope generation.");
-                }
                 // The real length of the interval: ticks can be late.
                 let now = Instant::now();
                 let elapsed = now - std::mem::replace(&mut last_read, now);

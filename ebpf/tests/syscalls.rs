@@ -17,7 +17,10 @@ const GETPPID_CALLS: u64 = 1000;
 const BAD_READS: u64 = 250;
 
 /// Runs /bin/true in `cg` after GETPPID_CALLS getppid calls and BAD_READS
-/// failing reads, and waits for it.
+/// failing reads, and waits for it. The forked child makes calls in the
+/// test's cgroup (out of scope, a decision the kernel keeps per thread)
+/// before it moves into `cg` without exec'ing: its calls there are counted
+/// only if the move clears that decision.
 fn run_child(cg: &TestCgroup) {
     let procs = cg.procs();
     let mut cmd = Command::new("/bin/true");

@@ -58,9 +58,9 @@ struct custos_config {
 	/* Zero when process events are not wanted: exec, fork and exit then
 	 * only maintain the tracked pids. */
 	__u32 process_events;
-	/* Bumped by user space after each change to managed_cgroups and once
-	 * per syscall statistics interval: the per-CPU caches and the per-thread
-	 * records of scope decisions are valid for one generation. */
+	/* Bumped by user space after each change of scope (managed cgroups,
+	 * tracked pids, mode): the per-CPU caches and the per-thread records of
+	 * scope decisions are valid for one generation. */
 	__u32 scope_gen;
 	__u32 _pad0;
 };
