@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use custos_ebpf::{Scope, SensorOptions};
+use custos_ebpf::{EbpfSensor, Scope, SensorOptions};
 use custos_event::{Event, EventBody, SyscallStat};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -201,38 +201,32 @@ async fn counts_stay_exact_past_the_rows_and_on_row_reuse() {
     }
     let (sensor, mut rx) = start(SensorOptions { syscall_latency_sample: 1, ..options(Scope::Managed) });
     let rows = custos_ebpf::sizing::syscall_rows(aya::util::nr_cpus().unwrap() as u32);
-    let getppid = |totals: &HashMap<String, SyscallStat>| totals.get("getppid").map(|s| (s.count, timed(s)));
-    // Cgroup ids no process lives in take every row but the last...
+    // Manages `cg`, runs the child there and checks that every getppid call
+    // was counted and timed, and every failed read counted.
+    async fn exact_in(sensor: &EbpfSensor, rx: &mut mpsc::Receiver<Event>, cg: &TestCgroup, place: &str) {
+        sensor.manage_cgroup(cg.id).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run_child(cg);
+        let totals = collect(rx, cg.id).await;
+        let getppid = totals.get("getppid").map(|s| (s.count, timed(s)));
+        assert_eq!(getppid, Some((GETPPID_CALLS, GETPPID_CALLS)), "{place}: {totals:#?}");
+        assert_eq!(totals.get("read").map(|r| r.errors), Some(BAD_READS), "{place}: {totals:#?}");
+    }
+    // Cgroup ids no process lives in take every row but the last, which the
+    // first cgroup takes.
     for i in 1..u64::from(rows) {
         sensor.manage_cgroup(u64::MAX - i).unwrap();
     }
-    // ...which this one takes.
     let last = TestCgroup::new("syscalls-last-row");
-    sensor.manage_cgroup(last.id).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    run_child(&last);
-    let totals = collect(&mut rx, last.id).await;
-    assert_eq!(getppid(&totals), Some((GETPPID_CALLS, GETPPID_CALLS)), "in the last row: {totals:#?}");
-    assert_eq!(totals.get("read").map(|r| r.errors), Some(BAD_READS), "in the last row: {totals:#?}");
-
+    exact_in(&sensor, &mut rx, &last, "in the last row").await;
     // No row left: the hash.
     let hashed = TestCgroup::new("syscalls-hashed");
-    sensor.manage_cgroup(hashed.id).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    run_child(&hashed);
-    let totals = collect(&mut rx, hashed.id).await;
-    assert_eq!(getppid(&totals), Some((GETPPID_CALLS, GETPPID_CALLS)), "in the hash: {totals:#?}");
-    assert_eq!(totals.get("read").map(|r| r.errors), Some(BAD_READS), "in the hash: {totals:#?}");
-
+    exact_in(&sensor, &mut rx, &hashed, "in the hash").await;
     // The last row, freed after its last reading, is taken by a new cgroup
     // and starts from zero.
     sensor.unmanage_cgroup(last.id).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     let reused = TestCgroup::new("syscalls-reused-row");
-    sensor.manage_cgroup(reused.id).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    run_child(&reused);
-    let totals = collect(&mut rx, reused.id).await;
-    assert_eq!(getppid(&totals), Some((GETPPID_CALLS, GETPPID_CALLS)), "in a reused row: {totals:#?}");
+    exact_in(&sensor, &mut rx, &reused, "in a reused row").await;
     sensor.shutdown().await;
 }
