@@ -202,6 +202,8 @@ struct Shared {
     slots: Mutex<Slots>,
     /// None when syscall statistics are off.
     syscall_rows: Option<Mutex<PerCpuArray<MapData, SysRow>>>,
+    /// Possible CPUs: the number of values of every per-CPU map entry.
+    cpus: usize,
     tracked_pids: Mutex<BpfHashMap<MapData, u32, u8>>,
     ringbuf_drops: PerCpuArray<MapData, u64>,
     channel_drops: AtomicU64,
@@ -266,9 +268,8 @@ impl EbpfSensor {
         // Per-CPU maps are allocated once per possible CPU: sized to a
         // budget, so that a large host does not pay hundreds of MiB.
         let cpus = aya::util::nr_cpus()
-            .map_err(|(what, source)| SensorError::Io { what: format!("cannot read {what}"), source })?
-            as u32;
-        let rows = sizing::syscall_rows(cpus);
+            .map_err(|(what, source)| SensorError::Io { what: format!("cannot read {what}"), source })?;
+        let rows = sizing::syscall_rows(cpus as u32);
 
         let mut bpf = EbpfLoader::new()
             .override_global("cfg_pidns_dev", &pidns_dev, true)
@@ -278,9 +279,9 @@ impl EbpfSensor {
             .override_global("cfg_sys_accept", &u32::from(opts.tcp), true)
             .map_max_entries("events", ring_bytes)
             .map_max_entries("syscall_rows", rows * wire::SYSCALL_NRS)
-            .map_max_entries("syscall_stats", sizing::syscall_hash_entries(cpus))
-            // The task storage of in-flight syscalls is only used in the
-            // kernel; aya has no user-space type for it.
+            .map_max_entries("syscall_stats", sizing::syscall_hash_entries(cpus as u32))
+            // The per-thread task storage (scope decisions, timed calls) is
+            // only used in the kernel; aya has no user-space type for it.
             .allow_unsupported_maps()
             .load(BPF_OBJECT)
             .map_err(|e| SensorError::Load(Box::new(e)))?;
@@ -305,6 +306,7 @@ impl EbpfSensor {
             } else {
                 None
             },
+            cpus,
             tracked_pids: Mutex::new(take(&mut bpf, "tracked_pids")?),
             ringbuf_drops: take(&mut bpf, "ringbuf_drops")?,
             channel_drops: AtomicU64::new(0),
@@ -337,7 +339,7 @@ impl EbpfSensor {
         let timing = LatencyTiming::for_sample(opts.syscall_latency_sample, interval);
         if opts.syscalls {
             // Threads keep their scope decision until they move to another
-            // cgroup (or exec, or a new scope generation starts).
+            // cgroup (or a new scope generation starts).
             attach_btf(&mut bpf, &btf, "handle_cgroup_attach", "cgroup_attach_task")?;
             // Loaded now (its BTF is at hand), attached now only when every
             // call is timed; else by the timing task, window by window.
@@ -417,13 +419,13 @@ impl EbpfSensor {
             return slot + 1;
         }
         let Some(slot) = slots.free.pop() else { return 0 };
-        let zeroed = aya::util::nr_cpus().is_ok_and(|cpus| {
+        let zeroed = {
             let mut rows = lock(rows);
             (0..wire::SYSCALL_NRS).all(|nr| {
-                PerCpuValues::try_from(vec![SysRow::default(); cpus])
+                PerCpuValues::try_from(vec![SysRow::default(); self.shared.cpus])
                     .is_ok_and(|zeros| rows.set(slot * wire::SYSCALL_NRS + nr, zeros, 0).is_ok())
             })
-        });
+        };
         if !zeroed {
             warn!(cgroup_id = id, "Cannot clear a row of syscall counts; the cgroup counts in the hash.");
             slots.free.push(slot);
