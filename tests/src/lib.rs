@@ -5,6 +5,7 @@ pub mod systemd;
 pub mod webhook;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// The `custos` binary of the same build profile as these tests. Cargo builds
 /// another package's binaries only on request, so `cargo build --workspace`
@@ -43,6 +44,16 @@ pub fn gate(test: &str, available: Result<(), String>) -> bool {
             eprintln!("skipped: {test}: {reason}");
             false
         }
+    }
+}
+
+/// Polls `ready` every 100 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

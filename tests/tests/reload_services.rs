@@ -4,10 +4,10 @@
 
 #![cfg(target_os = "linux")]
 
-use custos_tests::{custos_bin, gate};
+use custos_tests::{custos_bin, gate, wait_for};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn status(socket: &Path) -> serde_json::Value {
     let out = Command::new(custos_bin()).args(["status", "--json", "--socket"]).arg(socket).output().unwrap();
@@ -39,14 +39,6 @@ fn configured(status: &serde_json::Value) -> Vec<String> {
 fn run(bin: &Path) {
     let s = Command::new(bin).status().unwrap();
     assert!(s.success());
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -101,7 +93,7 @@ fn a_reload_switches_the_managed_services_without_a_restart() {
     }
     let _stop = Stop(pid, dir.path().join("agent.log"));
 
-    wait_for("alpha reported", || {
+    wait_for("alpha reported", Duration::from_secs(30), || {
         run(&alpha);
         run(&beta);
         events_of(&status(&socket), "alpha") > 0
@@ -118,7 +110,7 @@ fn a_reload_switches_the_managed_services_without_a_restart() {
     // the reload is acknowledged; what alpha did before is counted by now.
     std::thread::sleep(Duration::from_secs(1));
     let alpha_at_reload = events_of(&status(&socket), "alpha");
-    wait_for("beta reported", || {
+    wait_for("beta reported", Duration::from_secs(30), || {
         run(&alpha);
         run(&beta);
         events_of(&status(&socket), "beta") > 0
@@ -133,7 +125,9 @@ fn a_reload_switches_the_managed_services_without_a_restart() {
     }
     // At least their starts (a process this short may exit before the
     // kernel filter tracks it).
-    wait_for("five more rounds of beta", || events_of(&status(&socket), "beta") >= b0 + 5);
+    wait_for("five more rounds of beta", Duration::from_secs(30), || {
+        events_of(&status(&socket), "beta") >= b0 + 5
+    });
     let s = status(&socket);
     assert_eq!(events_of(&s, "alpha"), alpha_at_reload, "the removed service is still reported: {s}");
     assert_eq!(s["pid"].as_u64(), Some(pid as u64), "the agent restarted");

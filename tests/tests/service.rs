@@ -12,8 +12,8 @@
 //! leave BPF loading and attaching working. Elsewhere a drop-in points it at
 //! a replay from a FIFO that a feeder unit keeps open.
 
-use custos_tests::custos_bin;
 use custos_tests::systemd::{sandbox_or_skip, SystemdSandbox};
+use custos_tests::{custos_bin, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,14 +34,6 @@ fn custos(sd: &SystemdSandbox, bin: &Path, args: &[&str]) -> std::process::Outpu
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn prop(sd: &SystemdSandbox, name: &str) -> String {
