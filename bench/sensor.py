@@ -9,6 +9,7 @@ It installs auditd, bpftrace, nginx-light, wrk and bpftool with apt when missing
 
 import argparse
 import json
+import re
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
@@ -74,19 +76,160 @@ def med(xs):
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
+def quantile(xs, p):
+    xs = sorted(xs)
+    return xs[int(p * (len(xs) - 1))]
+
+
+def pinned(cpu, argv):
+    return argv if cpu is None else ["taskset", "-c", str(cpu), *argv]
+
+
+def cpu_plan():
+    """(observed CPU, load CPU): the observed program gets a CPU of its own;
+    the load generator and the agent share the other one, so that the ratio
+    is the cost in the observed program's own context (the BPF programs and
+    the kernel paths they switch on), not the scheduler sharing its CPU with
+    the agent, whose own CPU is part 2's and part 4's subject. None, None on
+    a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[-1], cpus[0]) if len(cpus) > 1 else (None, None)
+
+
+class NoAudit:
+    """Keeps kernel auditing off the processes the overhead part starts.
+
+    Once auditing has been enabled on a host (by auditd, here or earlier),
+    every new process gets audit hooks on each syscall until reboot, which
+    would weigh on both sides of every ratio. A `never,task` rule gives new
+    processes no audit context; it is removed afterwards."""
+
+    def __enter__(self):
+        self.added = bool(shutil.which("auditctl")) and subprocess.run(
+            ["auditctl", "-a", "task,never"], capture_output=True).returncode == 0
+        return self
+
+    def __exit__(self, *exc):
+        if self.added:
+            subprocess.run(["auditctl", "-d", "task,never"], capture_output=True)
+
+
 def alternate(rounds, measure, make_observer):
-    """[(detached, attached)] per round, each a tuple from measure()."""
+    """[(detached, attached)] per round, each a tuple from measure(); the
+    order alternates (ABBA) so that a drift weighs on both sides alike."""
     out = []
-    for _ in range(rounds):
-        d = measure()
-        o = make_observer()
-        o.start()
-        try:
-            a = measure()
-        finally:
-            o.stop()
-        out.append((d, a))
+    for i in range(rounds):
+        r = {}
+        for side in (("d", "a") if i % 2 == 0 else ("a", "d")):
+            if side == "d":
+                r["d"] = measure()
+                continue
+            o = make_observer()
+            o.start()
+            try:
+                r["a"] = measure()
+            finally:
+                o.stop()
+        out.append((r["d"], r["a"]))
     return out
+
+
+class Nginx:
+    """nginx with one worker on `cpu`, serving a 2-byte body on :18080 and its
+    request counter (stub_status) on :18081."""
+
+    def __init__(self, tmp, cgroup, cpu):
+        self.cgroup = cgroup
+        self.conf = os.path.join(tmp, "nginx.conf")
+        affinity = "worker_cpu_affinity %s;" % ("1" + "0" * cpu) if cpu is not None else ""
+        with open(self.conf, "w") as f:
+            f.write("worker_processes 1; %s daemon off; pid %s/nginx.pid; error_log stderr;\n"
+                    "events { worker_connections 1024; }\n"
+                    "http { access_log off;\n"
+                    "  server { listen 127.0.0.1:18080; location / { return 200 'ok'; } }\n"
+                    "  server { listen 127.0.0.1:18081; location / { stub_status; } } }\n" % (affinity, tmp))
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {self.cgroup}/cgroup.procs && exec nginx -c {self.conf}"])
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+
+    @staticmethod
+    def requests():
+        with urllib.request.urlopen("http://127.0.0.1:18081/") as r:
+            # "Active connections: N / server accepts handled requests / A H R / ..."
+            return int(r.read().decode().splitlines()[2].split()[2])
+
+
+def sliced_rounds(rounds, slices, slice_s, read, make_observer):
+    """Detached and attached phases (ABBA) while a load runs throughout; each
+    phase takes `slices` readings `slice_s` seconds apart. read() gives
+    (cpu_usec, units). Returns [(detached, attached)] per round, each phase
+    as (units per second, CPU ns per unit) of its best quarter of slices: a
+    shared machine has episodes of tens of seconds in which everything runs
+    20-30% slower (seen with nothing attached), and the best slices of a
+    phase are the ones they spared. make_observer None compares detached
+    with detached (the noise floor)."""
+
+    def phase():
+        t0, (u0, n0) = time.monotonic(), read()
+        per_s, ns = [], []
+        for _ in range(slices):
+            time.sleep(slice_s)
+            t1, (u1, n1) = time.monotonic(), read()
+            per_s.append((n1 - n0) / (t1 - t0))
+            ns.append((u1 - u0) * 1000.0 / max(n1 - n0, 1))
+            t0, u0, n0 = t1, u1, n1
+        return quantile(per_s, 0.75), quantile(ns, 0.25)
+
+    out = []
+    for i in range(rounds):
+        r = {}
+        for side in (("d", "a") if i % 2 == 0 else ("a", "d")):
+            if side == "a" and make_observer:
+                o = make_observer()
+                o.start()
+                try:
+                    r["a"] = phase()
+                finally:
+                    o.stop()
+            else:
+                time.sleep(1)
+                r[side] = phase()
+        out.append((r["d"], r["a"]))
+    return out
+
+
+# Kernel paths that custos switches on or runs in the observed program's
+# context: its BPF programs and their dispatch, the syscall slow path that a
+# syscall tracepoint enables, and the helpers its programs call.
+SENSOR_SYMBOLS = re.compile(
+    r"bpf_prog_\w+_handle_|bpf_trace_run|__bpf_trace_|rcu_read_unlock_trace_special|syscall_exit_work|"
+    r"syscall_trace_enter|trace_sys_|bpf_task_storage_get|bpf_ktime_get|bpf_get_current|bpf_ringbuf|"
+    r"bpf_map_lookup|bpf_map_update|htab_|bpf_lru_|percpu_array_map|bpf_get_ns_current")
+
+
+def perf_share(cpu, seconds):
+    """Share of the CPU samples on `cpu` in SENSOR_SYMBOLS, and the symbols."""
+    data = tempfile.mktemp(prefix="custos-perf-")
+    try:
+        sh("perf", "record", "-q", "-C", str(cpu), "-o", data, "--", "sleep", str(seconds),
+           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "sym"], check=True,
+                             capture_output=True, text=True).stdout
+    finally:
+        if os.path.exists(data):
+            os.unlink(data)
+    hits = []
+    for line in rep.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+\[k\]\s+(\S+)", line)
+        if m and SENSOR_SYMBOLS.search(m.group(2)):
+            hits.append((float(m.group(1)), m.group(2)))
+    return sum(h for h, _ in hits), hits
 
 
 def set_bpf_stats(on):
@@ -111,8 +254,9 @@ def diff_prog_stats(before, after):
     return d
 
 
-def workload(cgroup, *args):
-    out = subprocess.run([WORKLOAD, "--cgroup", cgroup, *args], check=True, capture_output=True, text=True).stdout
+def workload(cgroup, *args, cpu=None):
+    out = subprocess.run(pinned(cpu, [WORKLOAD, "--cgroup", cgroup, *args]), check=True, capture_output=True,
+                         text=True).stdout
     return json.loads(out)
 
 
@@ -121,13 +265,17 @@ class Custos:
 
     name = "custos"
 
-    def __init__(self, cgroup_rel, tmp, syscalls=True):
+    def __init__(self, cgroup_rel, tmp, syscalls=True, interval="1s", cpu=None):
+        self.cpu = cpu
         self.cfg = os.path.join(tmp, "custos.yaml")
+        sensors = "syscalls: %s" % ("true" if syscalls else "false")
+        if interval:
+            sensors += ", syscall_interval: " + interval
         with open(self.cfg, "w") as f:
             f.write(
                 "services:\n  - name: bench\n    cgroup: %s\n"
-                "sensors: { syscalls: %s, syscall_interval: 1s }\n"
-                "agent: { state_dir: %s }\n" % (cgroup_rel, "true" if syscalls else "false", tmp)
+                "sensors: { %s }\n"
+                "agent: { state_dir: %s }\n" % (cgroup_rel, sensors, tmp)
             )
         os.chmod(self.cfg, 0o600)
         self.out_path = os.path.join(tmp, "custos-events.jsonl")
@@ -136,7 +284,8 @@ class Custos:
     def start(self):
         self.out = open(self.out_path, "w")
         self.err = open(self.err_path, "w")
-        self.proc = subprocess.Popen([CUSTOS, "watch", "--json", "--config", self.cfg], stdout=self.out, stderr=self.err)
+        self.proc = subprocess.Popen(pinned(self.cpu, [CUSTOS, "watch", "--json", "--config", self.cfg]),
+                                     stdout=self.out, stderr=self.err)
         time.sleep(3)  # programs loaded and attached
         if self.proc.poll() is not None:
             sys.exit("custos exited early:\n" + open(self.err_path).read())
@@ -265,7 +414,7 @@ def main():
     parts = set(args.parts.split(","))
     if os.geteuid() != 0:
         sys.exit("run as root")
-    missing = [p for p, b in (("auditd", "auditd"), ("bpftrace", "bpftrace"), ("nginx-light", "nginx"), ("wrk", "wrk"), ("bpftool", "bpftool")) if not shutil.which(b)]
+    missing = [p for p, b in (("auditd", "auditd"), ("bpftrace", "bpftrace"), ("nginx-light", "nginx"), ("wrk", "wrk"), ("bpftool", "bpftool"), ("linux-perf", "perf")) if not shutil.which(b)]
     if missing:
         sh("apt-get", "install", "-y", "-qq", *missing)
     sh("cargo", "build", "--release", "-q", "-p", "custos", "-p", "custos-tests", cwd=ROOT)
@@ -278,7 +427,7 @@ def main():
     dur = 5 if args.quick else 15
     report = []
 
-    report, rows, overhead, bpf_costs = [], [], [], []
+    report, rows, overhead, bpf_costs, perf_rows = [], [], [], [], []
     rss_peak, idle = 0, None
     rounds = 2 if args.quick else 5
     if "completeness" in parts:
@@ -298,76 +447,96 @@ def main():
     # carries the audit hooks on each syscall, which would weigh on the
     # baselines.
     if "overhead" in parts:
-        # 3. Overhead on the observed: syscall loop and nginx under wrk, detached
-        # and attached in alternation (the machine may be shared: each round
-        # compares neighbours in time; the median and the spread are reported).
-        # Throughput is the headline; the CPU the observed cgroup itself used per
-        # unit of work (cpu.stat, which includes the BPF programs run in its
-        # context) is steadier on a busy machine.
+        # 3. Overhead on the observed: a syscall loop and nginx under wrk,
+        # detached and attached in alternation. The observed program runs on
+        # a CPU of its own (see cpu_plan) and custos with its defaults, but
+        # for the one service. Throughput is the headline; the CPU the
+        # observed cgroup itself used per unit of work (cpu.stat, which
+        # includes the BPF programs run in its context) is steadier.
+        obs_cpu, load_cpu = cpu_plan()
+
+        def observer(**kw):
+            return lambda: Custos(cg_rel, tmp, interval=None, cpu=load_cpu, **kw)
+
         n = "2000000" if args.quick else "10000000"
 
         def loop():
             u0 = cgroup_cpu_usec(cg)
-            r = workload(cg, "syscalls", "--count", n)
+            r = workload(cg, "syscalls", "--count", n, cpu=obs_cpu)
             return r["per_second"], (cgroup_cpu_usec(cg) - u0) * 1000.0 / r["ok"]
 
-        overhead = []
-        loop()  # warm-up
-        overhead.append(("syscall loop (getppid)", "ns/call", alternate(rounds, loop, lambda: Custos(cg_rel, tmp))))
-
-        ngx_conf = os.path.join(tmp, "nginx.conf")
-        with open(ngx_conf, "w") as f:
-            f.write("worker_processes 1; daemon off; pid %s/nginx.pid; error_log stderr;\n"
-                    "events { worker_connections 1024; }\n"
-                    "http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 'ok'; } } }\n" % tmp)
+        url = "http://127.0.0.1:18080/"
         wdur = 5 if args.quick else 10
+        with NoAudit(), Nginx(tmp, cg, obs_cpu) as ngx:
+            loop()  # warm-up
+            overhead.append(("syscall loop (getppid)", "ns/call", alternate(rounds, loop, observer())))
+            # wrk runs throughout; custos is started and stopped around it.
+            # Per round: a detached and an attached phase of 8 readings 1 s
+            # apart; the requests come from nginx's own counter.
+            wrk = subprocess.Popen(pinned(load_cpu, ["wrk", "-t1", "-c32", "-d86400s", url]), stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(3)  # warm-up
 
-        def wrk():
-            u0 = cgroup_cpu_usec(cg)
-            out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"], check=True,
-                                 capture_output=True, text=True).stdout
-            used = cgroup_cpu_usec(cg) - u0
-            rps = float([l for l in out.splitlines() if l.startswith("Requests/sec")][0].split()[1])
-            reqs = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
-            return rps, used * 1000.0 / max(reqs, 1)
+                def read():
+                    return cgroup_cpu_usec(cg), ngx.requests()
 
-        ngx = subprocess.Popen(["/bin/sh", "-c", f"echo $$ > {cg}/cgroup.procs && exec nginx -c {ngx_conf}"])
-        time.sleep(1)
-        try:
-            wrk()  # warm-up
-            overhead.append(("nginx req/s under wrk", "ns/req", alternate(rounds, wrk, lambda: Custos(cg_rel, tmp))))
-            # The same with per-cgroup syscall statistics off (`sensors.syscalls:
-            # false`): what the two per-syscall programs cost a server whose
-            # requests are a handful of syscalls each.
-            overhead.append(("nginx, syscall stats off", "ns/req",
-                             alternate(rounds, wrk, lambda: Custos(cg_rel, tmp, syscalls=False))))
-            # Kernel-side cost, from the kernel's own per-program accounting
-            # (switched on only for this extra run: it costs a little itself).
-            bpf_costs = []
-            for what, fn, unit in (("syscall loop", loop, "call"), ("nginx+wrk", wrk, "request")):
-                c = Custos(cg_rel, tmp)
-                c.start()
-                time.sleep(1)
-                before = bpf_prog_stats()
-                set_bpf_stats(True)
-                try:
-                    t0 = time.time()
-                    if what == "nginx+wrk":
-                        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{wdur}s", "http://127.0.0.1:18080/"],
-                                             check=True, capture_output=True, text=True).stdout
-                        units = int([l for l in out.splitlines() if " requests in " in l][0].split()[0])
-                    else:
-                        units = int(n)
-                        workload(cg, "syscalls", "--count", n)
-                    wall = time.time() - t0
-                finally:
-                    set_bpf_stats(False)
-                after = bpf_prog_stats()
-                c.stop()
-                bpf_costs.append((what, unit, units, wall, diff_prog_stats(before, after)))
-        finally:
-            ngx.terminate()
-            ngx.wait()
+                nrounds = 3 if args.quick else 8
+                for name, mk in (("nginx under wrk", observer()),
+                                 # With per-cgroup syscall statistics off
+                                 # (`sensors.syscalls: false`): what the
+                                 # statistics cost a server whose requests are
+                                 # a handful of syscalls each.
+                                 ("nginx, syscall stats off", observer(syscalls=False)),
+                                 # Nothing attached on either side: the noise.
+                                 ("nginx, A/A (no custos)", None)):
+                    overhead.append((name, "ns/req", sliced_rounds(nrounds, 8, 1, read, mk)))
+
+                # Kernel-side cost, from the kernel's own per-program
+                # accounting (switched on only for this extra run: it costs a
+                # little itself).
+                for what, unit in (("syscall loop", "call"), ("nginx+wrk", "request")):
+                    c = observer()()
+                    c.start()
+                    time.sleep(1)
+                    before = bpf_prog_stats()
+                    set_bpf_stats(True)
+                    try:
+                        t0 = time.time()
+                        if what == "nginx+wrk":
+                            r0 = ngx.requests()
+                            time.sleep(wdur)
+                            units = ngx.requests() - r0
+                        else:
+                            units = int(n)
+                            wrk.send_signal(signal.SIGSTOP)
+                            try:
+                                workload(cg, "syscalls", "--count", n, cpu=obs_cpu)
+                            finally:
+                                wrk.send_signal(signal.SIGCONT)
+                        wall = time.time() - t0
+                    finally:
+                        set_bpf_stats(False)
+                    after = bpf_prog_stats()
+                    c.stop()
+                    bpf_costs.append((what, unit, units, wall, diff_prog_stats(before, after)))
+
+                # The same from the other side: the share of nginx's CPU
+                # samples in the kernel paths custos runs or switches on,
+                # which includes what the per-program accounting leaves out
+                # (the tracepoint's dispatch, the syscall slow path).
+                if obs_cpu is not None:
+                    for side in ("attached", "detached"):
+                        c = observer()() if side == "attached" else None
+                        if c:
+                            c.start()
+                        try:
+                            perf_rows.append((side,) + perf_share(obs_cpu, wdur))
+                        finally:
+                            if c:
+                                c.stop()
+            finally:
+                wrk.terminate()
+                wrk.wait()
 
     if "peers" in parts:
         # 2. Cost per event: observer CPU seconds per 1000 events at fixed rates.
@@ -410,7 +579,8 @@ def main():
         if by.get("auditd") and by.get("custos"):
             print(f"{w:16} custos/auditd = {by['custos'] / by['auditd']:.3f}   custos/bpftrace = {by['custos'] / max(by.get('bpftrace', 1e-9), 1e-9):.3f}")
     if overhead:
-        print(f"\n== 3. overhead on the observed (attached / detached; {rounds} alternating rounds, median [min..max])")
+        print(f"\n== 3. overhead on the observed (attached / detached in alternating rounds: median [min..max];"
+              f" observed on CPU {obs_cpu}, wrk and custos on CPU {load_cpu})")
     for name, unit, res in overhead:
         tput = [a / d for (d, _), (a, _) in res]
         cpu = [a / d for (_, d), (_, a) in res]
@@ -428,6 +598,10 @@ def main():
         for name, (cnt, ns) in sorted(progs.items(), key=lambda kv: -kv[1][1]):
             if cnt:
                 print(f"    {name:24} {cnt:10d} runs  {ns / cnt:7.1f} ns/run  {ns / 1e9:7.3f} s")
+    if perf_rows:
+        print(f"\n== 3c. share of the nginx CPU's samples (perf, cpu-clock) in the sensor's kernel paths")
+    for side, share, hits in perf_rows:
+        print(f"custos {side}: {share:.2f}%  " + ", ".join(f"{sym} {h:.2f}" for h, sym in hits[:8]))
     if idle is not None:
         print("\n== 4. footprint")
         print(f"peak RSS {rss_peak / 1024:.1f} MiB, idle CPU {idle:.2f}% of one core")
