@@ -541,6 +541,68 @@ int BPF_PROG(handle_signal_generate, int sig, struct kernel_siginfo *info, struc
 	return 0;
 }
 
+/* Page size of the running kernel, set at load time. */
+volatile const __u64 cfg_page_size = 4096;
+
+/* The kernel's own measure of resident memory (get_mm_rss): file, anonymous
+ * and shared-memory pages, read from the counters' approximate totals. */
+static __always_inline __u64 task_rss_bytes(struct task_struct *task)
+{
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	if (!mm)
+		return 0;
+	/* enum mm_counter_type, unchanged since 4.x */
+	const int kinds[3] = { 0 /* MM_FILEPAGES */, 1 /* MM_ANONPAGES */, 3 /* MM_SHMEMPAGES */ };
+	__s64 pages = 0;
+	if (bpf_core_field_exists(struct mm_struct, rss_stat)) {
+		unsigned long base = (unsigned long)mm + bpf_core_field_offset(struct mm_struct, rss_stat);
+		unsigned long stride = bpf_core_type_size(struct percpu_counter);
+		for (int i = 0; i < 3; i++) {
+			struct percpu_counter *c = (struct percpu_counter *)(base + kinds[i] * stride);
+			pages += BPF_CORE_READ(c, count);
+		}
+	} else if (bpf_core_field_exists(struct mm_struct___rss_atomic, rss_stat)) {
+		struct mm_struct___rss_atomic *old = (void *)mm;
+		for (int i = 0; i < 3; i++)
+			pages += BPF_CORE_READ(old, rss_stat.count[kinds[i]].counter);
+	} else {
+		return 0;
+	}
+	return pages > 0 ? (__u64)pages * cfg_page_size : 0;
+}
+
+/* Whether the victim's memory cgroup, or one above it, was at its limit: the
+ * kill was then that cgroup's (a service's memory.max), not the host running
+ * out. An OOM is declared when a charge would pass the limit, so usage is
+ * then within an allocation (at most a huge page) and the reclaim slack of
+ * it. The v1 memory+swap limit is not looked at. */
+static __always_inline int task_memcg_at_limit(struct task_struct *task)
+{
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return 0;
+	int id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (id < 0 || id >= 16)
+		return 0;
+	struct css_set *cs = BPF_CORE_READ(task, cgroups);
+	if (!cs)
+		return 0;
+	struct cgroup_subsys_state *css = 0;
+	unsigned long slot = (unsigned long)cs + bpf_core_field_offset(struct css_set, subsys) + id * sizeof(void *);
+	if (bpf_probe_read_kernel(&css, sizeof(css), (void *)slot))
+		return 0;
+	/* Cgroups nest deeper than this only in contrived set-ups. */
+	for (int depth = 0; depth < 16 && css; depth++) {
+		struct mem_cgroup *m = (struct mem_cgroup *)((unsigned long)css - bpf_core_field_offset(struct mem_cgroup, css));
+		__u64 max = BPF_CORE_READ(m, memory.max);
+		__s64 usage = BPF_CORE_READ(m, memory.usage.counter);
+		/* PAGE_COUNTER_MAX (no limit) is LONG_MAX / PAGE_SIZE. */
+		if (max < (1ULL << 40) && usage > 0 && (__u64)usage + 512 + max / 64 >= max)
+			return 1;
+		css = BPF_CORE_READ(css, parent);
+	}
+	return 0;
+}
+
 SEC("tp_btf/mark_victim")
 int BPF_PROG(handle_mark_victim, struct task_struct *task, uid_t uid)
 {
@@ -555,10 +617,10 @@ int BPF_PROG(handle_mark_victim, struct task_struct *task, uid_t uid)
 		return 0;
 	}
 	fill_hdr_task(&e->hdr, CUSTOS_EV_OOM, task, tgid, task_ns_tid(task), cgroup_id);
-	/* Whether the kill was limited to a memory cgroup is only known to
-	 * oom_kill_process (its oom_control), reachable through fentry, which
-	 * some kernels refuse: not reported. */
-	e->memcg = 0;
+	/* The victim's memory is still charged and mapped here: the kill comes
+	 * after this tracepoint. */
+	e->rss_bytes = task_rss_bytes(task);
+	e->memcg = task_memcg_at_limit(task);
 	e->_pad0 = 0;
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;

@@ -96,7 +96,10 @@ pub fn decode(bytes: &[u8], clock: &Clock, opts: &DecodeOptions) -> Result<Decod
         }
         wire::EV_OOM => {
             let e: wire::Oom = wire::read(bytes).ok_or_else(short)?;
-            EventBody::OomKill(OomKill { rss_bytes: None, memcg: e.memcg != 0 })
+            EventBody::OomKill(OomKill {
+                rss_bytes: (e.rss_bytes > 0).then_some(e.rss_bytes),
+                memcg: e.memcg != 0,
+            })
         }
         wire::EV_CONNECT | wire::EV_ACCEPT | wire::EV_CLOSE | wire::EV_LISTEN => {
             let e: wire::Tcp = wire::read(bytes).ok_or_else(short)?;
@@ -351,9 +354,13 @@ mod tests {
         let d = decode(wire::bytes_of(&s), &CLOCK, &OPTS).unwrap();
         let EventBody::Signal(f) = d.event.body else { panic!() };
         assert_eq!((f.signal.name(), f.sender_pid, f.code), ("SIGSEGV".to_string(), 0, Some(1)));
-        let o = wire::Oom { hdr: hdr(wire::EV_OOM), memcg: 1, _pad0: 0 };
+        let o = wire::Oom { hdr: hdr(wire::EV_OOM), rss_bytes: 5 << 20, memcg: 1, _pad0: 0 };
         let d = decode(wire::bytes_of(&o), &CLOCK, &OPTS).unwrap();
-        assert_eq!(d.event.body, EventBody::OomKill(OomKill { rss_bytes: None, memcg: true }));
+        assert_eq!(d.event.body, EventBody::OomKill(OomKill { rss_bytes: Some(5 << 20), memcg: true }));
+        // 0: the kernel's layout of the counters was not recognised.
+        let o = wire::Oom { hdr: hdr(wire::EV_OOM), rss_bytes: 0, memcg: 0, _pad0: 0 };
+        let d = decode(wire::bytes_of(&o), &CLOCK, &OPTS).unwrap();
+        assert_eq!(d.event.body, EventBody::OomKill(OomKill { rss_bytes: None, memcg: false }));
         let h = hdr(99);
         assert_eq!(decode(wire::bytes_of(&h), &CLOCK, &OPTS), Err(DecodeError::UnknownKind(99)));
     }

@@ -277,6 +277,7 @@ impl EbpfSensor {
             .override_global("cfg_wakeup_bytes", &wakeup_bytes(ring_bytes), true)
             .override_global("cfg_sys_count", &u32::from(opts.syscalls), true)
             .override_global("cfg_sys_accept", &u32::from(opts.tcp), true)
+            .override_global("cfg_page_size", &page_size(), true)
             .map_max_entries("events", ring_bytes)
             .map_max_entries("syscall_rows", rows * wire::SYSCALL_NRS)
             .map_max_entries("syscall_stats", sizing::syscall_hash_entries(cpus as u32))
@@ -575,6 +576,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// ring, so that bursts are read long before the ring fills.
 fn wakeup_bytes(ring_bytes: u32) -> u64 {
     u64::from(ring_bytes / 16)
+}
+
+/// The kernel's page size, for the OOM victim's resident memory (counted in
+/// pages in the kernel).
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
 struct Reader {

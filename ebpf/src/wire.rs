@@ -92,6 +92,7 @@ pub struct Signal {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Oom {
     pub hdr: Hdr,
+    pub rss_bytes: u64,
     pub memcg: u32,
     pub _pad0: u32,
 }
@@ -155,7 +156,7 @@ const _: () = assert!(std::mem::size_of::<Hdr>() == 48);
 const _: () = assert!(std::mem::size_of::<ExecFixed>() == 48 + 24 + 256);
 const _: () = assert!(std::mem::size_of::<Exit>() == 64);
 const _: () = assert!(std::mem::size_of::<Signal>() == 64);
-const _: () = assert!(std::mem::size_of::<Oom>() == 56);
+const _: () = assert!(std::mem::size_of::<Oom>() == 64);
 const _: () = assert!(std::mem::size_of::<Tcp>() == 48 + 8 + 32 + 16 + 24);
 const _: () = assert!(std::mem::size_of::<SysKey>() == 16);
 const _: () = assert!(std::mem::size_of::<SysRow>() == 16);

@@ -1,5 +1,6 @@
-//! An OOM kill in a memory-limited cgroup: the oom_kill event, the fatal
-//! SIGKILL from the kernel, and the exit marked oom_killed.
+//! An OOM kill in a memory-limited cgroup: the oom_kill event (marked as the
+//! cgroup's, with the victim's resident memory), the fatal SIGKILL from the
+//! kernel, and the exit marked oom_killed.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -110,7 +111,13 @@ async fn oom_kill_in_a_limited_cgroup() {
     let exit = events.iter().find(|e| e.kind() == EventKind::ProcessExit).unwrap();
     let EventBody::ProcessExit(x) = &exit.body else { unreachable!() };
     assert!(x.oom_killed, "the exit follows an oom_kill of the same pid: {events:#?}");
-    assert!(events.iter().any(|e| e.kind() == EventKind::OomKill && e.pid == exit.pid));
+    let oom = events.iter().find(|e| e.kind() == EventKind::OomKill && e.pid == exit.pid);
+    let EventBody::OomKill(o) = &oom.expect("an oom_kill of the exiting pid").body else { unreachable!() };
+    assert!(o.memcg, "the kill was the cgroup's limit, not the host's: {o:?}");
+    // Resident at the kill: the anonymous memory touched up to the limit,
+    // plus what the child shares with the test process since the fork.
+    let rss = o.rss_bytes.expect("the victim's resident memory");
+    assert!((LIMIT / 2..ALLOC as u64).contains(&rss), "rss {rss} bytes, limit {LIMIT}: {o:?}");
     let kill = events.iter().find(|e| e.kind() == EventKind::Signal && e.pid == exit.pid);
     let EventBody::Signal(s) = &kill.expect("the OOM killer's SIGKILL").body else { unreachable!() };
     assert_eq!(s.code, Some(0x80), "SI_KERNEL");

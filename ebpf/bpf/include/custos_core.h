@@ -35,8 +35,52 @@ struct cgroup {
 	struct kernfs_node *kn;
 };
 
+/* atomic_long_t: only the counter inside is read. */
+struct custos_atomic_long {
+	s64 counter;
+};
+
+struct cgroup_subsys_state {
+	struct cgroup_subsys_state *parent;
+};
+
+/* Index of the memory controller in css_set.subsys; its value depends on the
+ * kernel's configuration and is relocated (bpf_core_enum_value). */
+enum cgroup_subsys_id {
+	memory_cgrp_id = 4,
+};
+
 struct css_set {
 	struct cgroup *dfl_cgrp;
+	/* Indexed by enum cgroup_subsys_id (pointers: no stride to relocate). */
+	struct cgroup_subsys_state *subsys[16];
+};
+
+/* In pages. */
+struct page_counter {
+	struct custos_atomic_long usage;
+	unsigned long max;
+};
+
+struct mem_cgroup {
+	struct cgroup_subsys_state css;
+	struct page_counter memory;
+};
+
+/* mm_struct.rss_stat since 6.2: one counter per kind of page; `count` is
+ * the approximate total the kernel itself reports. Indexed with
+ * bpf_core_type_size(). */
+struct percpu_counter {
+	s64 count;
+};
+
+/* mm_struct.rss_stat before 6.2. */
+struct mm_rss_stat {
+	struct custos_atomic_long count[4];
+};
+
+struct mm_struct___rss_atomic {
+	struct mm_rss_stat rss_stat;
 };
 
 struct ns_common {
@@ -60,6 +104,7 @@ struct pid {
 struct mm_struct {
 	unsigned long arg_start;
 	unsigned long arg_end;
+	struct percpu_counter rss_stat[4];
 };
 
 struct signal_struct {

@@ -105,7 +105,8 @@ struct custos_signal {
 
 struct custos_oom {
 	struct custos_hdr hdr; /* the victim */
-	__u32 memcg; /* 1 when known to be a memory cgroup limit; 0 unknown */
+	__u64 rss_bytes; /* resident memory of the victim; 0 when unknown */
+	__u32 memcg; /* 1: its memory cgroup or an ancestor was at its limit */
 	__u32 _pad0;
 };
 
@@ -150,7 +151,7 @@ _Static_assert(sizeof(struct custos_hdr) == 48, "custos_hdr size");
 _Static_assert(sizeof(struct custos_exec) == 48 + 24 + 256 + 4096, "custos_exec size");
 _Static_assert(sizeof(struct custos_exit) == 64, "custos_exit size");
 _Static_assert(sizeof(struct custos_signal) == 64, "custos_signal size");
-_Static_assert(sizeof(struct custos_oom) == 56, "custos_oom size");
+_Static_assert(sizeof(struct custos_oom) == 64, "custos_oom size");
 _Static_assert(sizeof(struct custos_tcp) == 48 + 8 + 32 + 16 + 24, "custos_tcp size");
 _Static_assert(sizeof(struct custos_sys_key) == 16, "custos_sys_key size");
 _Static_assert(sizeof(struct custos_sys_row) == 16, "custos_sys_row size");
