@@ -4,7 +4,7 @@ the observed, and the agent's footprint, all measured in one run so that the
 ratios compare like with like.
 
 Run as root from the repository: python3 bench/sensor.py [--quick] [--parts overhead,...]
-It installs auditd, bpftrace, nginx-light, wrk and bpftool with apt when missing.
+It installs auditd, bpftrace, nginx-light, wrk, bpftool and linux-perf with apt when missing.
 """
 
 import argparse
@@ -428,7 +428,7 @@ def main():
     report = []
 
     report, rows, overhead, bpf_costs, perf_rows = [], [], [], [], []
-    rss_peak, idle = 0, None
+    rss_peak, idle, wrk_busy = 0, None, None
     rounds = 2 if args.quick else 5
     if "completeness" in parts:
         # 1. Completeness under storms.
@@ -476,6 +476,12 @@ def main():
             wrk = subprocess.Popen(pinned(load_cpu, ["wrk", "-t1", "-c32", "-d86400s", url]), stdout=subprocess.DEVNULL)
             try:
                 time.sleep(3)  # warm-up
+                # How busy the load generator is: when it is saturated too,
+                # the throughput ratio also carries the tracepoint's cost on
+                # its own syscalls (the tracepoint is host-wide).
+                c0, t0 = cpu_seconds(wrk.pid), time.time()
+                time.sleep(3)
+                wrk_busy = 100.0 * (cpu_seconds(wrk.pid) - c0) / (time.time() - t0)
 
                 def read():
                     return cgroup_cpu_usec(cg), ngx.requests()
@@ -589,6 +595,9 @@ def main():
               f" ({(1 - med(tput)) * 100:+.2f}% slower)")
         print(f"{'':24} observed cgroup CPU {unit}: detached {med([d for (_, d), _ in res]):.1f}, attached "
               f"{med([a for _, (_, a) in res]):.1f}, ratio {med(cpu):.4f} [{min(cpu):.4f}..{max(cpu):.4f}]")
+        print(f"{'':24} capacity (units per CPU second of the observed) {(1 / med(cpu) - 1) * 100:+.2f}%")
+    if wrk_busy is not None:
+        print(f"(wrk keeps {wrk_busy:.0f}% of CPU {load_cpu} busy)")
     if bpf_costs:
         print("\n== 3b. kernel-side BPF cost (kernel.bpf_stats_enabled during one more attached run)")
     for what, unit, units, wall, progs in bpf_costs:
