@@ -114,22 +114,25 @@ class NoAudit:
             subprocess.run(["auditctl", "-d", "task,never"], capture_output=True)
 
 
-def alternate(rounds, measure, make_observer):
-    """[(detached, attached)] per round, each a tuple from measure(); the
-    order alternates (ABBA) so that a drift weighs on both sides alike."""
+def alternate(rounds, measure, make_observer, settle=0.0):
+    """[(detached, attached)] per round, each from measure(); the order
+    alternates (ABBA) so that a drift weighs on both sides alike. A detached
+    phase first waits `settle` seconds; make_observer None measures detached
+    on both sides (the noise floor)."""
     out = []
     for i in range(rounds):
         r = {}
         for side in (("d", "a") if i % 2 == 0 else ("a", "d")):
-            if side == "d":
-                r["d"] = measure()
-                continue
-            o = make_observer()
-            o.start()
-            try:
-                r["a"] = measure()
-            finally:
-                o.stop()
+            if side == "a" and make_observer:
+                o = make_observer()
+                o.start()
+                try:
+                    r["a"] = measure()
+                finally:
+                    o.stop()
+            else:
+                time.sleep(settle)
+                r[side] = measure()
         out.append((r["d"], r["a"]))
     return out
 
@@ -166,8 +169,8 @@ class Nginx:
 
 
 def sliced_rounds(rounds, slices, slice_s, read, make_observer):
-    """Detached and attached phases (ABBA) while a load runs throughout; each
-    phase takes `slices` readings `slice_s` seconds apart. read() gives
+    """Detached and attached phases (see alternate) while a load runs
+    throughout; each phase takes `slices` readings `slice_s` seconds apart. read() gives
     (cpu_usec, units). Returns [(detached, attached)] per round, each phase
     as (units per second, CPU ns per unit) of its best quarter of slices: a
     shared machine has episodes of tens of seconds in which everything runs
@@ -186,22 +189,7 @@ def sliced_rounds(rounds, slices, slice_s, read, make_observer):
             t0, u0, n0 = t1, u1, n1
         return quantile(per_s, 0.75), quantile(ns, 0.25)
 
-    out = []
-    for i in range(rounds):
-        r = {}
-        for side in (("d", "a") if i % 2 == 0 else ("a", "d")):
-            if side == "a" and make_observer:
-                o = make_observer()
-                o.start()
-                try:
-                    r["a"] = phase()
-                finally:
-                    o.stop()
-            else:
-                time.sleep(1)
-                r[side] = phase()
-        out.append((r["d"], r["a"]))
-    return out
+    return alternate(rounds, phase, make_observer, settle=1)
 
 
 # Kernel paths that custos switches on or runs in the observed program's
@@ -429,7 +417,8 @@ def main():
 
     report, rows, overhead, bpf_costs, perf_rows = [], [], [], [], []
     rss_peak, idle, wrk_busy = 0, None, None
-    rounds = 2 if args.quick else 5
+    # Even, so that ABBA puts each side first equally often.
+    rounds = 2 if args.quick else 6
     if "completeness" in parts:
         # 1. Completeness under storms.
         c = Custos(cg_rel, tmp)
@@ -486,7 +475,7 @@ def main():
                 def read():
                     return cgroup_cpu_usec(cg), ngx.requests()
 
-                nrounds = 3 if args.quick else 8
+                nrounds = 4 if args.quick else 8
                 for name, mk in (("nginx under wrk", observer()),
                                  # With per-cgroup syscall statistics off
                                  # (`sensors.syscalls: false`): what the
