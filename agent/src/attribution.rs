@@ -328,6 +328,7 @@ impl Attributor {
             }
         }
 
+        let mut cgroup_path = None;
         if event.cgroup_id != 0 {
             if let Some(known) = self.by_cgroup.get(&event.cgroup_id) {
                 if let Some(name) = known {
@@ -345,10 +346,17 @@ impl Attributor {
                 event.service = Some(name);
                 return true;
             }
+            cgroup_path = path;
         }
         if self.everything {
-            event.service =
-                Some(if event.comm.is_empty() { "unknown".to_string() } else { event.comm.clone() });
+            // A process's events are named after it; a cgroup's aggregates
+            // (syscall statistics) have no process and take the cgroup's
+            // path: "/" for the root cgroup's.
+            event.service = Some(if !event.comm.is_empty() {
+                event.comm.clone()
+            } else {
+                cgroup_path.unwrap_or_else(|| "unknown".to_string())
+            });
             return true;
         }
         false
@@ -577,6 +585,16 @@ mod tests {
             names.push(e.service.unwrap());
         }
         assert_eq!(names, ["cron", "/custom/group", "bash"]);
+        // Without a process (a cgroup's syscall statistics): the root
+        // cgroup by its path, no cgroup at all as unknown.
+        let mut names = Vec::new();
+        for cg in [9, 0] {
+            let mut e = exit(0, cg);
+            e.comm = String::new();
+            assert!(a.attribute(&mut e, &mut FilterUpdate::default()));
+            names.push(e.service.unwrap());
+        }
+        assert_eq!(names, ["/", "unknown"]);
     }
 
     #[test]
