@@ -441,13 +441,12 @@ impl EbpfSensor {
     pub fn set_scope(&self, scope: Scope) -> Result<(), SensorError> {
         self.update_config(|c| {
             c.mode = scope.mode();
-            c.scope_gen = c.scope_gen.wrapping_add(1);
+            new_scope_generation(c);
         })
     }
 
-    /// Invalidates the kernel's per-CPU caches of scope decisions.
     fn scope_changed(&self) -> Result<(), SensorError> {
-        self.update_config(|c| c.scope_gen = c.scope_gen.wrapping_add(1))
+        self.update_config(new_scope_generation)
     }
 
     /// Stops reporting cgroup `id`; absent ids are not an error.
@@ -474,7 +473,7 @@ impl EbpfSensor {
         // tracked decide again.
         self.update_config(|c| {
             c.any_tracked = 1;
-            c.scope_gen = c.scope_gen.wrapping_add(1);
+            new_scope_generation(c);
         })
     }
 
@@ -576,6 +575,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// ring, so that bursts are read long before the ring fills.
 fn wakeup_bytes(ring_bytes: u32) -> u64 {
     u64::from(ring_bytes / 16)
+}
+
+/// Starts a new scope generation: the kernel's per-CPU caches and per-thread
+/// records of scope decisions are then made again.
+fn new_scope_generation(c: &mut Config) {
+    c.scope_gen = c.scope_gen.wrapping_add(1);
 }
 
 /// The kernel's page size, for the OOM victim's resident memory (counted in
