@@ -9,8 +9,8 @@ It installs auditd, bpftrace, nginx-light, wrk, bpftool and linux-perf with apt 
 
 import argparse
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -170,8 +170,8 @@ class Nginx:
 
 def sliced_rounds(rounds, slices, slice_s, read, make_observer):
     """Detached and attached phases (see alternate) while a load runs
-    throughout; each phase takes `slices` readings `slice_s` seconds apart. read() gives
-    (cpu_usec, units). Returns [(detached, attached)] per round, each phase
+    throughout; each phase takes `slices` readings `slice_s` seconds apart.
+    read() gives (cpu_usec, units). Returns [(detached, attached)] per round, each phase
     as (units per second, CPU ns per unit) of its best quarter of slices: a
     shared machine has episodes of tens of seconds in which everything runs
     20-30% slower (seen with nothing attached), and the best slices of a
@@ -413,8 +413,6 @@ def main():
     os.makedirs(cg, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="custos-bench-")
     dur = 5 if args.quick else 15
-    report = []
-
     report, rows, overhead, bpf_costs, perf_rows = [], [], [], [], []
     rss_peak, idle, wrk_busy = 0, None, None
     # Even, so that ABBA puts each side first equally often.
@@ -535,7 +533,6 @@ def main():
 
     if "peers" in parts:
         # 2. Cost per event: observer CPU seconds per 1000 events at fixed rates.
-        rows = []
         for rate in (100, 1600):
             for mk in (lambda: Custos(cg_rel, tmp, syscalls=False), lambda: Auditd(tmp), lambda: Bpftrace(tmp)):
                 o = mk()
