@@ -62,3 +62,18 @@ pub struct Forecast {
     /// Predicted time until the threshold is crossed.
     pub eta_secs: f64,
 }
+
+/// What detection hands to the runbook engine. Forecasts are not among
+/// them: no trigger takes them, so they go to the exporter (log records) only.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    Anomaly(Anomaly),
+    /// The value of one per-service series over the last interval (metric
+    /// triggers of runbooks).
+    Metric {
+        service: String,
+        metric: &'static str,
+        value: f64,
+        ts: SystemTime,
+    },
+}

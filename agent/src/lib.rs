@@ -1,23 +1,22 @@
 //! custos: the agent's platform-neutral core and its platform modules.
 //!
-//! See ARCHITECTURE.md at the repository root for the code map.
+//! [`app`] wires the subsystems together (`custos run`, `custos watch`, the
+//! reload); nothing below it imports it. See ARCHITECTURE.md at the
+//! repository root for the code map and the invariants.
 
-pub mod agent;
 pub mod anomaly;
+pub mod app;
 pub mod attribution;
 pub mod audit;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod detect;
-pub mod detection;
 pub mod export;
+pub mod fsutil;
 pub mod health;
 pub mod pipeline;
 pub mod platform;
-pub mod platform_sensor;
-#[cfg(target_os = "linux")]
-pub mod procfs;
-pub mod run;
 pub mod runbook;
 pub mod sensor;
 pub mod service_manager;

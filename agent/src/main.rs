@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use custos::run::{Source, WatchOptions};
+use custos::app::watch::WatchOptions;
 use custos::sensor::Pace;
+use custos::sensor::Source;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,29 +183,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = load_config(args.source.config.as_deref())?;
-            let logging = custos::daemon::run_support::init_logging(&config, args.log_format.as_deref())?;
+            let logging = custos::app::service_link::init_logging(&config, args.log_format.as_deref())?;
             let summary = match args.summary.as_str() {
                 "always" => Some(args.summary_every),
                 "never" => None,
                 _ => std::io::stdout().is_terminal().then_some(args.summary_every),
             };
-            let daemon = custos::daemon::run_support::DaemonRunOptions {
+            let daemon = custos::app::service_link::DaemonRunOptions {
                 control_socket: args.socket,
                 logging,
                 external_stop: None,
             };
-            let opts = custos::agent::RunOptions { source: args.source.source(), summary, daemon };
+            let opts = custos::app::run::RunOptions { source: args.source.source(), summary, daemon };
             #[cfg(windows)]
             {
                 // Under the SCM: the dispatcher, status reports and its stop
                 // controls; from a terminal: the console.
-                custos::platform::windows::host::run_agent(config, opts, runtime)?;
+                custos::app::windows_host::run_agent(config, opts, runtime)?;
                 Ok(ExitCode::SUCCESS)
             }
             #[cfg(not(windows))]
             {
                 let rt = runtime()?;
-                let result = rt.block_on(custos::agent::run(config, opts));
+                let result = rt.block_on(custos::app::run::run(config, opts));
                 // The stop budget is spent inside run(); threads still blocked
                 // in a read (a replay from a pipe) must not hold the exit.
                 rt.shutdown_timeout(Duration::from_secs(1));
@@ -216,7 +217,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(args.source.config.as_deref())?;
             init_logging(&config);
             let opts = WatchOptions { source: args.source.source(), json: args.json, service: args.service };
-            runtime()?.block_on(custos::run::watch(config, opts))?;
+            runtime()?.block_on(custos::app::watch::watch(config, opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config } => match custos::config::load(config.as_deref()) {
@@ -252,11 +253,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
         Command::Install { config, dry_run, prefix, unit_dir } => {
-            custos::daemon::cli::install(config, dry_run, prefix.as_deref(), unit_dir.as_deref())
+            custos::platform::install(config, dry_run, prefix.as_deref(), unit_dir.as_deref())
                 .map_err(anyhow::Error::msg)
         }
         Command::Uninstall { purge, dry_run, prefix, unit_dir } => {
-            custos::daemon::cli::uninstall(purge, dry_run, prefix.as_deref(), unit_dir.as_deref())
+            custos::platform::uninstall(purge, dry_run, prefix.as_deref(), unit_dir.as_deref())
                 .map_err(anyhow::Error::msg)
         }
         Command::Status { json, socket } => Ok(custos::daemon::cli::status(socket.as_deref(), json)),

@@ -1,7 +1,7 @@
 //! custos as a well-behaved system service: systemd notifications and
 //! watchdog, reload on SIGHUP, graceful stop under a budget, logging to
-//! journald, the local control socket behind `custos status`, and
-//! `custos install|uninstall`.
+//! journald, and the local control socket behind `custos status` (the
+//! installers are in `platform`).
 //!
 //! The agent's `run` pipeline drives it:
 //!
@@ -20,13 +20,10 @@
 
 pub mod cli;
 pub mod control;
-#[cfg(unix)]
-pub mod install;
 pub mod live;
 pub mod logging;
 pub mod notify;
 pub mod reload;
-pub mod run_support;
 pub mod shutdown;
 pub mod status;
 pub mod watchdog;

@@ -10,8 +10,8 @@
 
 use super::stats::AgentStats;
 use std::collections::VecDeque;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,7 +86,8 @@ impl Spool {
             let de = de.map_err(derr)?;
             let path = de.path();
             let name = de.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") {
+            // `.tmp-*` is what versions before `fsutil` left behind.
+            if crate::fsutil::is_temporary(&name) || name.starts_with(".tmp-") {
                 // A write that never reached its rename: not part of the spool.
                 let _ = fs::remove_file(&path);
                 continue;
@@ -160,7 +161,6 @@ impl Spool {
         let seq = self.next_seq;
         self.next_seq += 1;
         let path = batch_path(&self.dir, seq);
-        let tmp = self.dir.join(format!(".tmp-{seq:020}"));
         let werr = |source| SpoolError::Write { path: path.clone(), source };
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
@@ -171,16 +171,7 @@ impl Spool {
         header.extend_from_slice(&batch.records.to_le_bytes());
         header.extend_from_slice(&(batch.payload.len() as u32).to_le_bytes());
         header.extend_from_slice(&crc32fast::hash(&batch.payload).to_le_bytes());
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(&batch.payload)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            sync_dir(&self.dir)
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = crate::fsutil::write_atomic(&path, &[&header, &batch.payload], None) {
             self.publish();
             return Err(werr(e));
         }
@@ -260,17 +251,6 @@ fn read_batch(path: &Path) -> Result<Batch, SpoolError> {
     Ok(Batch { kind, records, payload: payload.to_vec() })
 }
 
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> std::io::Result<()> {
-    // NTFS renames are journaled; directories cannot be opened for fsync.
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,10 +269,13 @@ mod tests {
         }
         // A write interrupted before its rename is not a batch.
         fs::write(dir.path().join(".tmp-00000000000000000009"), b"half").unwrap();
+        let current_tmp = dir.path().join(format!(".{:020}.{EXT}.custos-tmp", 10));
+        fs::write(&current_tmp, b"half").unwrap();
         drop(s);
         let mut s = Spool::open(dir.path(), 1 << 20, stats.clone()).unwrap();
         assert_eq!(s.len(), 3);
         assert!(!dir.path().join(".tmp-00000000000000000009").exists());
+        assert!(!current_tmp.exists());
         let mut got = Vec::new();
         while let Some(r) = s.oldest() {
             let (seq, b) = r.unwrap();

@@ -96,6 +96,10 @@ agent_stats! {
     spool_corrupt: Counter, "{batch}";
     /// Anomalies reported by the detector.
     anomalies: Counter, "{anomaly}";
+    /// Anomalies and series values dropped because the runbook engine's queue was full.
+    findings_dropped: Counter, "{finding}";
+    /// Audit records not exported as log records because the export queue was full (the audit file keeps them).
+    audit_export_dropped: Counter, "{record}";
     /// Runbook actions started.
     runbook_actions: Counter, "{action}";
     /// Runbook actions that failed.

@@ -73,13 +73,8 @@ impl Probe {
             }
             ProbeKind::Tcp { addr } => tcp(addr, self.timeout),
             ProbeKind::Command { argv } => {
-                match crate::runbook::actions::run_exec(
-                    argv,
-                    &[],
-                    None,
-                    crate::runbook::model::DEFAULT_RUN_AS,
-                    self.timeout,
-                ) {
+                match crate::command::run_exec(argv, &[], None, crate::command::DEFAULT_RUN_AS, self.timeout)
+                {
                     Ok(o) if o.success() => (true, "exit code 0".into()),
                     Ok(o) if o.timed_out => {
                         (false, format!("timed out after {} ms", self.timeout.as_millis()))

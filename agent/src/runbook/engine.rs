@@ -226,11 +226,22 @@ impl Engine {
         self.inner.rules.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the runbooks (SIGHUP), keeping ladder, cooldown and breaker
-    /// state of runbooks that keep their name. Matching windows restart.
-    pub fn reload(&self, runbooks: Vec<Runbook>) {
+    /// Replaces the runbooks (SIGHUP) and, when given, the managed services
+    /// (which unit a runbook's `restart` acts on, which services have a
+    /// probe) in one step, keeping ladder, cooldown and breaker state of
+    /// runbooks that keep their name. Matching windows restart.
+    pub fn reload(&self, runbooks: Vec<Runbook>, services: Option<HashMap<String, ServiceInfo>>) {
         let names: Vec<String> = runbooks.iter().map(|r| r.name.clone()).collect();
-        *self.inner.rules.write().unwrap_or_else(|e| e.into_inner()) = Rules::new(runbooks);
+        {
+            // Both locks are held for the swap, so no event is handled with
+            // the new runbooks and the old services or the other way round.
+            let mut rules = self.inner.rules.write().unwrap_or_else(|e| e.into_inner());
+            let mut current = self.inner.services.write().unwrap_or_else(|e| e.into_inner());
+            *rules = Rules::new(runbooks);
+            if let Some(services) = services {
+                *current = services;
+            }
+        }
         self.audit(
             AuditKind::Lifecycle,
             None,
@@ -238,12 +249,6 @@ impl Engine {
             json!({ "runbooks": names }),
             self.inner.opts.dry_run,
         );
-    }
-
-    /// Takes the managed services of a reloaded configuration (which unit
-    /// a runbook's `restart` acts on, which services have a probe).
-    pub fn set_services(&self, services: HashMap<String, ServiceInfo>) {
-        *self.inner.services.write().unwrap_or_else(|e| e.into_inner()) = services;
     }
 
     /// The service manager the engine acts through.
@@ -726,7 +731,7 @@ impl Engine {
                 let argv: Vec<String> = e.argv.iter().map(|a| a.render(ctx)).collect();
                 let env: Vec<(String, String)> =
                     e.env.iter().map(|(k, v)| (k.clone(), v.render(ctx))).collect();
-                match actions::run_exec(&argv, &env, e.cwd.as_deref(), &e.run_as, e.timeout) {
+                match crate::command::run_exec(&argv, &env, e.cwd.as_deref(), &e.run_as, e.timeout) {
                     Ok(out) => {
                         let detail = if out.timed_out {
                             format!("timed out after {} ms", out.duration_ms)

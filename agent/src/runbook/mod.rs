@@ -7,7 +7,6 @@ pub mod cli;
 pub mod engine;
 pub mod graph;
 pub mod model;
-pub mod sink;
 pub mod state;
 pub mod template;
 pub mod trigger;

@@ -305,7 +305,7 @@ impl Action {
 }
 
 /// Default user for `exec` when `run_as` is not given: unprivileged.
-pub const DEFAULT_RUN_AS: &str = "nobody";
+pub use crate::command::DEFAULT_RUN_AS;
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);

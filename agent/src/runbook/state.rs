@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -78,19 +78,9 @@ impl StateStore {
 
     pub fn save(&self, runbooks: &BTreeMap<String, RunbookState>) -> Result<(), StateError> {
         let err = |source| StateError::Write { path: self.path.display().to_string(), source };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
         let body =
             serde_json::to_vec_pretty(&File { version: 1, runbooks: runbooks.clone() }).unwrap_or_default();
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&body).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
+        crate::fsutil::write_atomic(&self.path, &[&body], None).map_err(err)?;
         Ok(())
     }
 }

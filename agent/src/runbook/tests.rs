@@ -398,7 +398,7 @@ steps: [ { exec: { argv: ["/bin/echo", "{{ event.comm }}", "{{ service.unit }}"]
 fn reload_keeps_ladder_state() {
     let r = rig(vec![rb(LADDER)]);
     r.exit(Some(1), None);
-    r.engine.reload(vec![rb(LADDER)]);
+    r.engine.reload(vec![rb(LADDER)], None);
     assert_eq!(r.engine.status()[0].next_step, 2);
 }
 

@@ -1,7 +1,7 @@
 //! custos on Windows: the Service Control Manager (acting on services,
 //! installing custos itself with recovery actions), running as a service
-//! (dispatcher, control handler, status reports), the Event Log, and the ETW
-//! sensor with service scoping.
+//! (dispatcher, control handler, status reports; `app::windows_host` runs
+//! the agent in it), the Event Log, and the ETW sensor with service scoping.
 //!
 //! Pure modules (`plan`, `status`, `eventlog`'s layer) build on every
 //! platform and are unit-tested on Linux; the FFI modules are compiled only
@@ -18,8 +18,6 @@ pub mod status;
 
 #[cfg(any(windows, custos_windows_typecheck))]
 mod ffi;
-#[cfg(any(windows, custos_windows_typecheck))]
-pub mod host;
 #[cfg(any(windows, custos_windows_typecheck))]
 pub mod install;
 #[cfg(any(windows, custos_windows_typecheck))]

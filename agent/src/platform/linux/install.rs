@@ -5,12 +5,14 @@
 //! then carry it out. systemd itself is driven through `systemctl`, behind
 //! the [`Systemctl`] trait so that tests can install into a temporary root.
 
-use super::shutdown::{STOP_BUDGET, STOP_MARGIN};
-use super::WATCHDOG_SEC;
+use crate::daemon::shutdown::{STOP_BUDGET, STOP_MARGIN};
+use crate::daemon::WATCHDOG_SEC;
 use std::fmt;
 use std::io;
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The unit's name.
@@ -500,22 +502,8 @@ pub fn plan_uninstall(paths: &InstallPaths, purge: bool) -> Vec<Action> {
 }
 
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir
-        .join(format!(".{}.custos-tmp", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
-    let write = || -> io::Result<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        // Renaming over a running binary is fine: the old inode lives on.
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        InstallError::Io { path: path.to_path_buf(), source: e }
-    })
+    crate::fsutil::write_atomic(path, &[contents], Some(mode))
+        .map_err(|e| InstallError::Io { path: path.to_path_buf(), source: e })
 }
 
 /// Carries out a plan, printing each step to `out`.
@@ -604,6 +592,75 @@ pub fn print_plan(plan: &[Action], out: &mut dyn io::Write) {
     for a in plan {
         let _ = writeln!(out, "would {a}");
     }
+}
+
+// The `custos install` and `custos uninstall` commands.
+
+fn require_root(what: &str) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(format!("{what} needs root (it writes system directories and talks to systemd)"));
+    }
+    Ok(())
+}
+
+/// `custos install [--config F] [--dry-run]`.
+pub fn cli_install(
+    config: Option<PathBuf>,
+    dry_run: bool,
+    prefix: Option<&Path>,
+    unit_dir: Option<&Path>,
+) -> Result<ExitCode, String> {
+    let paths = InstallPaths::from_flags(prefix, unit_dir);
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find the running binary: {e}"))?;
+    let config = match config {
+        Some(c) => Some(std::path::absolute(&c).map_err(|e| format!("{}: {e}", c.display()))?),
+        None => None,
+    };
+    let opts = InstallOptions { paths, config, binary, ready_timeout: Duration::from_secs(120) };
+    let mut systemctl = RealSystemctl;
+    let plan = plan_install(&opts, &mut systemctl).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout();
+    if dry_run {
+        print_plan(&plan, &mut out);
+        return Ok(ExitCode::SUCCESS);
+    }
+    require_root("install")?;
+    execute(&plan, &mut systemctl, &mut out).map_err(|e| e.to_string())?;
+    let _ = out.flush();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `custos uninstall [--purge] [--dry-run]`.
+pub fn cli_uninstall(
+    purge: bool,
+    dry_run: bool,
+    prefix: Option<&Path>,
+    unit_dir: Option<&Path>,
+) -> Result<ExitCode, String> {
+    let paths = InstallPaths::from_flags(prefix, unit_dir);
+    let plan = plan_uninstall(&paths, purge);
+    let mut out = std::io::stdout();
+    if dry_run {
+        print_plan(&plan, &mut out);
+        return Ok(ExitCode::SUCCESS);
+    }
+    require_root("uninstall")?;
+    if purge {
+        // Say what goes before it goes.
+        let doomed: Vec<_> = plan
+            .iter()
+            .filter_map(|a| match a {
+                Action::Remove { path, dir: true } => Some(path.display().to_string()),
+                _ => None,
+            })
+            .collect();
+        if !doomed.is_empty() {
+            println!("--purge: removing configuration and state: {}", doomed.join(", "));
+        }
+    }
+    execute(&plan, &mut RealSystemctl, &mut out).map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,63 +1,17 @@
-//! `custos run` (the agent) and `custos watch` (the live event stream): both
-//! start a sensor and the pipeline; they differ in their sinks.
+//! `custos watch` (the live event stream), and the terminal printers that
+//! `custos run` shares: both start a sensor and the pipeline; they differ in
+//! their sinks.
 
 use crate::attribution::Attributor;
 use crate::config::LoadedConfig;
-use crate::pipeline::{EventSink, NoKernel, Pipeline, PipelineStats, SensorControl, Tick};
-use crate::sensor::{self, Pace, ReplayStats, SensorError};
+use crate::pipeline::{EventSink, Pipeline, PipelineStats, Tick};
+use crate::sensor::{host_view, Source};
 use crate::summary::{event_line, Summary};
 use custos_event::{Event, LossCounters};
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, watch};
-
-/// Where events come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// The platform's kernel sensor.
-    Kernel,
-    /// A recording of `custos watch --json`.
-    Replay { path: PathBuf, pace: Pace },
-}
-
-/// A started sensor: its control surface and the task feeding the channel.
-pub struct StartedSensor {
-    pub control: Box<dyn SensorControl>,
-    pub rx: mpsc::Receiver<Event>,
-    /// The task feeding a recording; ends when it is exhausted. Kernel
-    /// sensors have none: they run until the pipeline drops their control.
-    pub task: Option<tokio::task::JoinHandle<Result<(), SensorError>>>,
-    pub replay_stats: Option<Arc<ReplayStats>>,
-}
-
-/// Starts the sensor for `source`.
-pub async fn start_sensor(source: &Source, config: &LoadedConfig) -> Result<StartedSensor, SensorError> {
-    let capacity = config.raw.sensors.channel_capacity.max(1);
-    match source {
-        Source::Replay { path, pace } => {
-            let (tx, rx) = mpsc::channel(capacity);
-            let stats = Arc::new(ReplayStats::default());
-            let task = tokio::spawn(sensor::replay(path.clone(), *pace, tx, stats.clone()));
-            Ok(StartedSensor { control: Box::new(NoKernel), rx, task: Some(task), replay_stats: Some(stats) })
-        }
-        Source::Kernel => crate::platform_sensor::start(config, capacity).await,
-    }
-}
-
-/// The host view attribution uses on this platform.
-pub fn host_view(source: &Source) -> Box<dyn crate::attribution::HostView> {
-    match source {
-        // Recorded events carry their own pids and cgroups, which mean
-        // nothing on this host now.
-        Source::Replay { .. } => Box::new(crate::attribution::NoHost),
-        #[cfg(target_os = "linux")]
-        Source::Kernel => Box::new(crate::procfs::ProcHost::new()),
-        #[cfg(not(target_os = "linux"))]
-        Source::Kernel => Box::new(crate::attribution::NoHost),
-    }
-}
+use tokio::sync::watch;
 
 /// A watch channel that becomes true on SIGINT or SIGTERM (Ctrl-C elsewhere).
 pub fn stop_on_signals() -> watch::Receiver<bool> {
@@ -184,7 +138,7 @@ pub struct WatchOptions {
 
 /// Streams events until stopped; prints the loss counters at exit.
 pub async fn watch(config: LoadedConfig, opts: WatchOptions) -> anyhow::Result<LossCounters> {
-    let started = start_sensor(&opts.source, &config).await?;
+    let started = crate::sensor::start(&opts.source, &config).await?;
     let stats = Arc::new(PipelineStats::default());
     let attributor = Attributor::new(&config, host_view(&opts.source));
     let mut pipeline =

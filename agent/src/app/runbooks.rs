@@ -5,22 +5,15 @@
 //! (`service_manager::StatePoller`) run apart since they exist without
 //! runbooks too; the agent feeds their results to the engine.
 
-use super::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
+use crate::anomaly::Finding;
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::config::{LoadedConfig, Selector};
-use crate::detection::Finding;
-use crate::export::{AttrValue, LogRecord, LogSender, Severity};
+use crate::export::{AgentStats, AttrValue, LogRecord, LogSender, Severity};
 use crate::pipeline::{EventSink, Tick};
-use crate::service_manager::ServiceManager;
-#[cfg(not(any(windows, custos_windows_typecheck)))]
-use crate::service_manager::{ServiceError, ServiceStatus};
+use crate::runbook::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
 use custos_event::Event;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Environment variable naming a D-Bus address for systemd (another
-/// namespace's bus in tests; default: the system bus, else the private socket).
-pub const SYSTEMD_BUS_ENV: &str = "CUSTOS_SYSTEMD_BUS";
 
 /// The pipeline sink: every attributed event goes to the engine.
 pub struct RunbookSink {
@@ -61,22 +54,24 @@ impl Runbooks {
                     Finding::Metric { service, metric, value, ts } => {
                         engine.on_metric(&service, metric, value, ts)
                     }
-                    // Forecasts are exported as log records; no trigger
-                    // takes them yet.
-                    Finding::Forecast(_) => {}
                 }
             }
         })
     }
 
     /// Exports every audit record from now on as an OTLP log record
-    /// (`custos.runbook.<kind>`).
-    pub fn export_audit(&self, logs: LogSender) {
+    /// (`custos.runbook.<kind>`), and the records the export could not keep
+    /// up with as `audit_export_dropped`.
+    pub fn export_audit(&self, logs: LogSender, stats: Arc<AgentStats>) {
         let rx = self.audit.subscribe(4096);
-        let spawned = std::thread::Builder::new().name("audit-export".into()).spawn(move || {
-            for r in rx {
-                logs.send(audit_log_record(&r));
+        let audit = self.audit.clone();
+        let spawned = std::thread::Builder::new().name("audit-export".into()).spawn(move || loop {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(r) => logs.send(audit_log_record(&r)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
+            AgentStats::set(&stats.audit_export_dropped, audit.dropped());
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "Audit export thread could not start.");
@@ -106,70 +101,12 @@ pub fn audit_log_record(r: &AuditRecord) -> LogRecord {
     rec
 }
 
-/// A service manager that is not there: actions fail, and say why, in the audit log.
-#[cfg(not(any(windows, custos_windows_typecheck)))]
-struct Unavailable(String);
-
-#[cfg(not(any(windows, custos_windows_typecheck)))]
-impl ServiceManager for Unavailable {
-    fn name(&self) -> &'static str {
-        "unavailable"
-    }
-    fn status(&self, _: &str) -> Result<ServiceStatus, ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-    fn start(&self, _: &str) -> Result<(), ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-    fn stop(&self, _: &str) -> Result<(), ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-    fn restart(&self, _: &str) -> Result<(), ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-    fn reset_failed(&self, _: &str) -> Result<(), ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-    fn kill(&self, _: &str, _: i32) -> Result<(), ServiceError> {
-        Err(ServiceError::Unavailable(self.0.clone()))
-    }
-}
-
-/// The platform's service manager, or one whose calls fail saying why.
-pub fn service_manager() -> Arc<dyn ServiceManager> {
-    // The type-check build (`custos_windows_typecheck`, on Linux) takes the
-    // Windows branch so that it is checked; it is never run.
-    #[cfg(all(target_os = "linux", not(custos_windows_typecheck)))]
-    {
-        use crate::platform::linux::systemd::Systemd;
-        let sm = match std::env::var(SYSTEMD_BUS_ENV) {
-            Ok(addr) => Systemd::connect_bus(&addr),
-            Err(_) => Systemd::connect(),
-        };
-        match sm {
-            Ok(sm) => Arc::new(sm),
-            Err(e) => {
-                tracing::warn!(error = %e, "systemd is not reachable: runbook service actions will fail.");
-                Arc::new(Unavailable(e.to_string()))
-            }
-        }
-    }
-    #[cfg(any(windows, custos_windows_typecheck))]
-    {
-        Arc::new(crate::platform::windows::scm::ScmServiceManager::default())
-    }
-    #[cfg(not(any(target_os = "linux", windows, custos_windows_typecheck)))]
-    {
-        Arc::new(Unavailable("no service manager for this platform".into()))
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
-    Engine(#[from] super::engine::EngineError),
+    Engine(#[from] crate::runbook::engine::EngineError),
 }
 
 /// The engine's view of the configured services: the unit each one's
@@ -198,7 +135,7 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
         return Ok(None);
     }
-    let report = super::load_paths(std::slice::from_ref(dir));
+    let report = crate::runbook::load_paths(std::slice::from_ref(dir));
     for e in &report.errors {
         tracing::error!(error = %e, "Runbook skipped.");
     }
@@ -209,7 +146,13 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     opts.dry_run = config.raw.runbooks.dry_run;
     opts.services = services;
     let count = report.runbooks.len();
-    let engine = Engine::new(report.runbooks, service_manager(), audit.clone(), Arc::new(SystemClock), opts)?;
+    let engine = Engine::new(
+        report.runbooks,
+        crate::platform::service_manager(),
+        audit.clone(),
+        Arc::new(SystemClock),
+        opts,
+    )?;
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),

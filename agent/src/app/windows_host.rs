@@ -3,9 +3,9 @@
 //! Shutdown and Preshutdown draining like SIGTERM on Linux), in the console
 //! otherwise (Ctrl+C).
 
-use super::service::{run_service_or_console, BodyError, HostOptions};
-use crate::agent::RunOptions;
+use crate::app::run::RunOptions;
 use crate::config::LoadedConfig;
+use crate::platform::windows::service::{run_service_or_console, BodyError, HostOptions};
 
 /// Runs the agent until the SCM (or Ctrl+C) stops it. `runtime` builds the
 /// tokio runtime on the service's own thread.
@@ -32,7 +32,7 @@ pub fn run_agent(
             // means the process is up and draining on Stop works, which it
             // does from here on.
             ctx.ready();
-            let result = rt.block_on(crate::agent::run(config, opts));
+            let result = rt.block_on(crate::app::run::run(config, opts));
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result.map_err(|e| -> BodyError { e.into() })
         },

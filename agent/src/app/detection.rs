@@ -5,7 +5,7 @@
 //! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`detect`) does no I/O; this is
 //! where its state is snapshotted to and restored from the state dir.
 
-use crate::anomaly::{Anomaly, Forecast};
+use crate::anomaly::{Anomaly, Finding, Forecast};
 use crate::detect::bank::ServiceCounters;
 use crate::detect::DetectorBank;
 use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
@@ -25,21 +25,6 @@ pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(300);
 
 /// File name of the detector snapshot in the state dir.
 pub const SNAPSHOT_FILE: &str = "detector.snapshot";
-
-/// What detection hands to the runbook engine.
-#[derive(Debug, Clone)]
-pub enum Finding {
-    Anomaly(Anomaly),
-    Forecast(Forecast),
-    /// The value of one per-service series over the last interval (metric
-    /// triggers of runbooks).
-    Metric {
-        service: String,
-        metric: &'static str,
-        value: f64,
-        ts: SystemTime,
-    },
-}
 
 /// The pipeline sink that runs the detectors.
 pub struct DetectionSink {
@@ -125,7 +110,6 @@ impl DetectionSink {
                     }
                     if let Some(f) = signal.forecast {
                         self.report_forecast(&f);
-                        self.send(Finding::Forecast(f));
                     }
                 }
                 self.send(Finding::Metric { service: service.clone(), metric, value, ts: now });
@@ -144,6 +128,9 @@ impl DetectionSink {
         if let Some(tx) = &self.findings {
             if tx.try_send(finding).is_err() {
                 self.findings_dropped += 1;
+                if let Some(stats) = &self.stats {
+                    AgentStats::add(&stats.findings_dropped, 1);
+                }
             }
         }
     }
@@ -205,7 +192,7 @@ impl DetectionSink {
         let bytes = bank.snapshot();
         let path = self.snapshot_path.clone();
         let write = move || {
-            if let Err(e) = write_atomically(&path, &bytes) {
+            if let Err(e) = crate::fsutil::write_atomic(&path, &[&bytes], None) {
                 tracing::warn!(path = %path.display(), error = %e, "Could not save the detector state.");
             }
         };
@@ -238,25 +225,6 @@ fn restore(bank: &mut DetectorBank, path: &std::path::Path) {
             tracing::warn!(path = %path.display(), error = %e, "Could not read the detector state; learning starts over.")
         }
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or
-/// the new one, never a torn mix.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 impl EventSink for DetectionSink {

@@ -1,14 +1,15 @@
 //! `custos run` as a service: the glue between the agent's pipeline
-//! (agent.rs) and the daemon parts, kept here so the agent's own code only
-//! calls `start`, `add_sinks`, `ready`, `until_stop` and `finish`.
+//! (`run.rs`) and the daemon parts, so that `run` only calls `start`,
+//! `add_sinks`, `ready`, `until_stop` and `finish`.
 
-use super::live::LiveStatus;
-use super::logging::LoggingHandle;
-use super::reload::Reloader;
-use super::shutdown::{ShutdownPlan, StepOutcome, STOP_BUDGET};
-use super::watchdog::StallSink;
-use super::{Daemon, DaemonError, DaemonOptions};
+use super::reload::{load_reloaded, Reloaded};
 use crate::config::LoadedConfig;
+use crate::daemon::live::LiveStatus;
+use crate::daemon::logging::LoggingHandle;
+use crate::daemon::reload::Reloader;
+use crate::daemon::shutdown::{ShutdownPlan, StepOutcome, STOP_BUDGET};
+use crate::daemon::watchdog::StallSink;
+use crate::daemon::{Daemon, DaemonError, DaemonOptions};
 use crate::pipeline::{Finished, Pipeline, PipelineStats};
 use crate::sensor::SensorError;
 use std::path::PathBuf;
@@ -45,41 +46,12 @@ pub enum StopError {
     Incomplete(String),
 }
 
-/// What a reload replaces, as one unit: the configuration and the
-/// runbooks its `runbooks.dir` holds. Either both are valid and both are
-/// swapped in, or neither is.
-pub struct Reloaded {
-    pub config: LoadedConfig,
-    /// `None` when the runbooks directory does not exist (self-healing off).
-    pub runbooks: Option<Vec<crate::runbook::model::Runbook>>,
-}
-
-/// Loads a [`Reloaded`]: the configuration file, then its runbooks. Any
-/// invalid runbook rejects the whole reload (at start-up a bad runbook is
-/// skipped; on reload, keeping the running set is the safer choice).
-pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String> {
-    let config = crate::config::load(path).map_err(|e| e.to_string())?;
-    let dir = &config.raw.runbooks.dir;
-    let runbooks = if dir.is_dir() {
-        let report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
-        if !report.errors.is_empty() {
-            let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
-            return Err(errors.join("\n"));
-        }
-        Some(report.runbooks)
-    } else {
-        None
-    };
-    Ok(Reloaded { config, runbooks })
-}
-
 /// The running agent's link to its service manager and operators.
 pub struct ServiceLink {
     daemon: Daemon,
     live: LiveStatus,
     reloader: Arc<Reloader<Reloaded>>,
     logging: Option<LoggingHandle>,
-    engine: Arc<Mutex<Option<crate::runbook::Engine>>>,
 }
 
 impl ServiceLink {
@@ -100,7 +72,7 @@ impl ServiceLink {
             daemon.notifier(),
         ));
         daemon.set_reloader(reloader.clone());
-        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging, engine: Arc::new(Mutex::new(None)) })
+        Ok(ServiceLink { daemon, live, reloader, logging: opts.logging })
     }
 
     /// The live figures of `custos status`, for the modules that report
@@ -120,13 +92,14 @@ impl ServiceLink {
         self.reloader.subscribe()
     }
 
-    /// The runbook engine: reloads replace its runbooks, and `custos status`
-    /// shows their ladder positions and last actions.
+    /// The logger whose level follows reloads (`None` when pinned).
+    pub fn logging(&self) -> Option<LoggingHandle> {
+        self.logging.clone()
+    }
+
+    /// `custos status` shows the runbooks' ladder positions and last actions.
     pub fn attach_runbooks(&self, engine: crate::runbook::Engine) {
-        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine.clone())));
-        if let Ok(mut g) = self.engine.lock() {
-            *g = Some(engine);
-        }
+        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine)));
     }
 
     /// The status sink, and the stall test hook when armed.
@@ -138,36 +111,10 @@ impl ServiceLink {
     }
 
     /// The pipeline runs (sensors attached, consumers started): READY=1,
-    /// watchdog on the pipeline's heartbeat, reloads applied from now on.
+    /// and the watchdog on the pipeline's heartbeat.
     pub fn ready(&self, stats: &Arc<PipelineStats>) {
         let s = stats.clone();
         self.daemon.ready(Arc::new(move || s.heartbeat.load(Ordering::Relaxed)));
-        let mut rx = self.reloader.subscribe();
-        let live = self.live.clone();
-        let logging = self.logging.clone();
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            rx.borrow_and_update();
-            while rx.changed().await.is_ok() {
-                let reloaded = rx.borrow_and_update().clone();
-                let new = reloaded.config.clone();
-                live.set_config(&new);
-                let engine = engine.lock().ok().and_then(|g| g.clone());
-                match (engine, &reloaded.runbooks) {
-                    (Some(e), Some(rbs)) => e.reload(rbs.clone()),
-                    (Some(e), None) => e.reload(Vec::new()),
-                    (None, Some(_)) => {
-                        tracing::warn!("Runbooks appeared; self-healing starts at the next restart.")
-                    }
-                    (None, None) => {}
-                }
-                if let Some(l) = &logging {
-                    if let Err(e) = l.set_level(&new.raw.agent.log_level.value) {
-                        tracing::warn!(error = %e, "Kept the previous log level.");
-                    }
-                }
-            }
-        });
     }
 
     /// Waits for SIGTERM/SIGINT, or for the pipeline to end by itself (a
@@ -196,8 +143,8 @@ impl ServiceLink {
 /// The runbooks' part of the status, from the engine.
 struct RunbookStatusProvider(crate::runbook::Engine);
 
-impl super::StatusProvider for RunbookStatusProvider {
-    fn fill(&self, s: &mut super::StatusSnapshot) {
+impl crate::daemon::StatusProvider for RunbookStatusProvider {
+    fn fill(&self, s: &mut crate::daemon::StatusSnapshot) {
         let secs = |t: std::time::SystemTime| {
             t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
         };
@@ -213,7 +160,7 @@ impl super::StatusProvider for RunbookStatusProvider {
             } else {
                 "armed"
             };
-            s.runbooks.push(super::status::RunbookStatus {
+            s.runbooks.push(crate::daemon::status::RunbookStatus {
                 name: r.name.clone(),
                 service: r.service.clone(),
                 ladder_position: r.next_step.saturating_sub(1) as u32,
@@ -228,7 +175,7 @@ impl super::StatusProvider for RunbookStatusProvider {
                     (false, true, Some(false)) => "ok, not healed".into(),
                     (false, true, None) => "ok".into(),
                 };
-                actions.push(super::status::ActionRecord {
+                actions.push(crate::daemon::status::ActionRecord {
                     at: secs(a.ts),
                     runbook: r.name.clone(),
                     service: r.service.clone(),
@@ -250,8 +197,8 @@ struct ExporterStatusProvider {
     files: String,
 }
 
-impl super::StatusProvider for ExporterStatusProvider {
-    fn fill(&self, s: &mut super::StatusSnapshot) {
+impl crate::daemon::StatusProvider for ExporterStatusProvider {
+    fn fill(&self, s: &mut crate::daemon::StatusSnapshot) {
         let st = self.stats.snapshot();
         s.exporter.spool_bytes = st.spool_bytes;
         s.drops.exporter = st.events_dropped_exporter + st.logs_dropped;
@@ -385,7 +332,7 @@ impl Stopping {
 pub fn init_logging(
     config: &LoadedConfig,
     format_flag: Option<&str>,
-) -> Result<Option<LoggingHandle>, super::logging::LoggingError> {
+) -> Result<Option<LoggingHandle>, crate::daemon::logging::LoggingError> {
     use crate::config::LogFormat;
     let format = match format_flag {
         Some("json") => LogFormat::Json,
@@ -394,7 +341,7 @@ pub fn init_logging(
     };
     let pinned = std::env::var("CUSTOS_LOG").ok().filter(|v| !v.is_empty());
     let level = pinned.clone().unwrap_or_else(|| config.raw.agent.log_level.value.clone());
-    let handle = super::logging::init(&level, format, format_flag.is_some())?;
+    let handle = crate::daemon::logging::init(&level, format, format_flag.is_some())?;
     Ok(if pinned.is_some() { None } else { Some(handle) })
 }
 
@@ -403,40 +350,6 @@ mod tests {
     use super::*;
     use crate::daemon::{StatusProvider, StatusSnapshot};
     use crate::export::AgentStats;
-
-    #[test]
-    fn reload_loads_config_and_runbooks_together_or_not_at_all() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let rb_dir = dir.path().join("runbooks");
-        std::fs::create_dir(&rb_dir).unwrap();
-        let cfg = dir.path().join("custos.yaml");
-        let write = |p: &std::path::Path, t: &str| {
-            std::fs::write(p, t).unwrap();
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        };
-        write(
-            &cfg,
-            &format!(
-                "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {} }}\n",
-                rb_dir.display(),
-                dir.path().display()
-            ),
-        );
-        let example =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../runbooks/anomaly.yaml"))
-                .unwrap();
-        write(&rb_dir.join("a.yaml"), &example);
-        let ok = load_reloaded(Some(&cfg)).unwrap();
-        assert_eq!(ok.runbooks.as_ref().map(Vec::len), Some(1));
-        // One broken runbook rejects the whole reload, with its place.
-        write(&rb_dir.join("b.yaml"), "name: broken\nservice: api\ntrigger: { nonsense: 1 }\nsteps: []\n");
-        let err = load_reloaded(Some(&cfg)).err().expect("a broken runbook was accepted");
-        assert!(err.contains(&rb_dir.join("b.yaml").display().to_string()), "{err}");
-        // No runbooks directory: self-healing off, the config alone reloads.
-        write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
-        assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());
-    }
 
     #[test]
     fn exporter_state_follows_the_counters() {

@@ -1,0 +1,128 @@
+//! `custos run`: the agent. Builds every part from its own configuration
+//! section, connects them, and stops them in order:
+//!
+//! ```text
+//! service link (signals, control socket, reload)
+//! sensor ─▶ pipeline (attribution) ─▶ exporter
+//!                                   ├▶ runbook engine ◀─ findings ─┐
+//!                                   ├▶ detection ───────────────────┘
+//!                                   ├▶ terminal summary (optional)
+//!                                   └▶ status
+//! watchers (probes, state poller) ─▶ side input, engine, status
+//! ```
+
+use super::reload::{apply_reloads, ReloadTargets};
+use super::service_link::{DaemonRunOptions, ServiceLink};
+use super::watch::SummaryPrinter;
+use super::watchers::ServiceWatchers;
+use crate::attribution::Attributor;
+use crate::config::LoadedConfig;
+use crate::pipeline::{Pipeline, PipelineStats};
+use crate::sensor::{host_view, Source};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long `custos run` gives the exporter to send or spool what it holds
+/// when stopping.
+const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
+/// Options of `custos run` beyond the configuration.
+pub struct RunOptions {
+    pub source: Source,
+    /// Print the per-service table this often (None: never).
+    pub summary: Option<Duration>,
+    /// Service integration: control socket path, and the logger whose level
+    /// follows reloads.
+    pub daemon: DaemonRunOptions,
+}
+
+/// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
+pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
+    // Service integration first, so that an early SIGTERM is not lost.
+    let service = ServiceLink::start(&config, opts.daemon)?;
+    let started = crate::sensor::start(&opts.source, &config).await?;
+    let stats = Arc::new(PipelineStats::default());
+    let attributor = Attributor::new(&config, host_view(&opts.source));
+    let mut pipeline = Pipeline::new(attributor, started.control, stats.clone());
+    let agent_stats = Arc::new(crate::export::AgentStats::default());
+    let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
+    pipeline.add_sink(Box::new(exporter.sink()));
+    service.add_exporter_status(&config, exporter.stats().clone());
+    let runbooks = super::runbooks::start(&config)?;
+    if let Some(rb) = &runbooks {
+        pipeline.add_sink(Box::new(rb.sink()));
+        rb.export_audit(exporter.log_sender(), exporter.stats().clone());
+        service.attach_runbooks(rb.engine.clone());
+    }
+    // The per-service series feed the detectors and the runbooks' metric
+    // triggers; anomalies and series values reach the engine through a
+    // bounded channel.
+    if config.raw.detection.enabled || runbooks.is_some() {
+        let bank = config
+            .raw
+            .detection
+            .enabled
+            .then(|| crate::detect::DetectorBank::from_config(&config.raw.detection));
+        let findings = runbooks.as_ref().map(|rb| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            rb.forward_findings(rx);
+            tx
+        });
+        let sink = super::detection::DetectionSink::new(
+            bank,
+            &config.raw.agent.state_dir,
+            Some(exporter.log_sender()),
+            findings,
+        )
+        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
+        pipeline.add_sink(Box::new(sink));
+    }
+    // Health probes and the service state poller run with or without
+    // runbooks; a reload that changes the services replaces them.
+    let engine = runbooks.as_ref().map(|rb| rb.engine.clone());
+    let watchers = Arc::new(std::sync::Mutex::new(Some(ServiceWatchers::start(
+        &config,
+        engine.clone(),
+        service.live().clone(),
+        pipeline.side_input(1024),
+    ))));
+    apply_reloads(
+        &config,
+        service.config_updates(),
+        ReloadTargets {
+            live: service.live().clone(),
+            pipeline: pipeline.reconfigure_input(),
+            engine,
+            watchers: watchers.clone(),
+            logging: service.logging(),
+        },
+    );
+    if let Some(every) = opts.summary {
+        let services = pipeline.configured_services();
+        pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
+    }
+    service.add_sinks(&mut pipeline);
+    tracing::info!(
+        services = config.services.len(),
+        everything = config.manages_everything(),
+        "Agent started."
+    );
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let pipeline_task = tokio::spawn(pipeline.run(started.rx, stop));
+    service.ready(&stats);
+    let stopping = service.until_stop(pipeline_task, stop_tx, started.task).await;
+    // After the drain: flushes what the exporter holds, or spools it, within the budget.
+    let stopping = stopping.then("flush or spool telemetry", EXPORT_SHUTDOWN_BUDGET, async move {
+        exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;
+        Ok(())
+    });
+    let finished = stopping.finish().await?;
+    drop(watchers.lock().ok().and_then(|mut w| w.take()));
+    tracing::info!(
+        events = stats.events_attributed.load(std::sync::atomic::Ordering::Relaxed),
+        lost_kernel = finished.loss.kernel,
+        lost_channel = finished.loss.channel,
+        "Agent stopped."
+    );
+    Ok(())
+}
