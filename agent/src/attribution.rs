@@ -351,13 +351,12 @@ impl Attributor {
         if self.everything {
             // A process's events are named after it; a cgroup's aggregates
             // (syscall statistics) have no process and take the cgroup's
-            // path: "/" for the root cgroup's.
-            event.service = Some(if !event.comm.is_empty() {
-                event.comm.clone()
-            } else {
-                cgroup_path.unwrap_or_else(|| "unknown".to_string())
-            });
-            return true;
+            // path: "/" for the root cgroup's. An event with neither names
+            // no service, and no made-up one is invented for it.
+            let name = if !event.comm.is_empty() { Some(event.comm.clone()) } else { cgroup_path };
+            let found = name.is_some();
+            event.service = name;
+            return found;
         }
         false
     }
@@ -586,15 +585,16 @@ mod tests {
         }
         assert_eq!(names, ["cron", "/custom/group", "bash"]);
         // Without a process (a cgroup's syscall statistics): the root
-        // cgroup by its path, no cgroup at all as unknown.
-        let mut names = Vec::new();
-        for cg in [9, 0] {
-            let mut e = exit(0, cg);
-            e.comm = String::new();
-            assert!(a.attribute(&mut e, &mut FilterUpdate::default()));
-            names.push(e.service.unwrap());
-        }
-        assert_eq!(names, ["/", "unknown"]);
+        // cgroup by its path; with no cgroup either, no service at all
+        // rather than one that does not exist.
+        let mut e = exit(0, 9);
+        e.comm = String::new();
+        assert!(a.attribute(&mut e, &mut FilterUpdate::default()));
+        assert_eq!(e.service.as_deref(), Some("/"));
+        let mut e = exit(0, 0);
+        e.comm = String::new();
+        assert!(!a.attribute(&mut e, &mut FilterUpdate::default()));
+        assert_eq!(e.service, None);
     }
 
     #[test]

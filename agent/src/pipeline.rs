@@ -273,6 +273,16 @@ impl Pipeline {
     fn handle(&mut self, mut e: Event, update: &mut FilterUpdate) {
         self.stats.events_in.fetch_add(1, Ordering::Relaxed);
         self.stats.heartbeat.fetch_add(1, Ordering::Relaxed);
+        if let EventBody::Loss(_) = e.body {
+            // A gap marker in a recording: it concerns every service, so it
+            // goes to the sinks as it is, never attributed to one. (Live
+            // sensors only count their losses; `mark_gaps` marks them.)
+            e.service = None;
+            for s in &mut self.sinks {
+                s.on_event(&e);
+            }
+            return;
+        }
         if !self.attributor.attribute(&mut e, update) {
             self.stats.events_unmanaged.fetch_add(1, Ordering::Relaxed);
             return;

@@ -66,6 +66,33 @@ fn watch_json_round_trips_through_replay() {
     assert_eq!(v["dport"], 5432);
 }
 
+/// A recorded gap is one gap: the pipeline passes it on once, under no
+/// service (it concerns them all), and invents no `unknown` service for it,
+/// with or without configured services.
+#[test]
+fn a_replayed_loss_line_is_one_loss_event_under_no_service() {
+    let rec = config("{\"kind\":\"loss\",\"ts\":\"2024-01-01T00:00:00Z\",\"stage\":\"kernel\",\"lost\":7}\n");
+    for services in ["", "services:\n  - name: api\n    exe: /usr/bin/api\n"] {
+        let cfg = config(services);
+        let out = custos(&[
+            "watch",
+            "--json",
+            "--config",
+            cfg.path().to_str().unwrap(),
+            "--replay",
+            rec.path().to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["kind"], "loss");
+        assert_eq!(lines[0]["lost"], 7);
+        assert!(lines[0].get("service").is_none_or(|s| s.is_null()), "{text}");
+        assert!(!text.contains("unknown"), "{text}");
+    }
+}
+
 #[test]
 fn watch_filters_by_service_and_prints_readable_lines() {
     let rec = recording();
