@@ -4,7 +4,7 @@
 use super::ring::Reader;
 use super::syscalls::{read_syscall_stats, Slots};
 use super::timing::time_syscalls;
-use super::{map_err, mark_losses, prog_err, EbpfSensor, Scope, SensorError, SensorOptions, Shared};
+use super::{map_err, prog_err, warn_losses, EbpfSensor, Scope, SensorError, SensorOptions, Shared};
 use crate::decode::{Clock, DecodeOptions};
 use crate::sizing::{self, LatencyTiming};
 use crate::wire::{self, Config, SysKey, SysRow, SysVal};
@@ -209,7 +209,7 @@ impl EbpfSensor {
             oom_victims: HashSet::new(),
         };
         tasks.push(tokio::spawn(reader.run(ring, stop_rx.clone())));
-        tasks.push(tokio::spawn(mark_losses(shared.clone(), tx.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(warn_losses(shared.clone(), stop_rx.clone())));
         if opts.syscalls {
             if let LatencyTiming::Windows { window, period } = timing {
                 tasks.push(tokio::spawn(time_syscalls(bpf.clone(), window, period, stop_rx.clone())));

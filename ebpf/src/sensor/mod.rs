@@ -22,10 +22,10 @@ pub use load::availability;
 use crate::wire::{self, Config, SysRow};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::Ebpf;
-use custos_event::{Event, EventBody, Loss, LossCounters, LossStage};
+use custos_event::{Event, LossCounters, LossStage};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use syscalls::Slots;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -257,7 +257,9 @@ impl EbpfSensor {
     }
 
     /// Events lost so far: kernel ring buffer reservations that failed and
-    /// events dropped because the channel was full.
+    /// events dropped because the channel was full. These counters are the
+    /// only record of loss the sensor keeps: it puts no `loss` events into
+    /// the channel, the consumer (the agent's pipeline) marks the gaps.
     pub fn loss(&self) -> LossCounters {
         LossCounters {
             kernel: self.shared.kernel_drops(),
@@ -285,8 +287,8 @@ impl EbpfSensor {
     }
 }
 
-/// Sends without blocking; on a full channel counts the drop (a loss
-/// marker follows from [`mark_losses`]). False when the receiver is gone.
+/// Sends without blocking; on a full channel counts the drop (the pipeline
+/// marks the gap from [`EbpfSensor::loss`]). False when the receiver is gone.
 fn send(shared: &Shared, tx: &mpsc::Sender<Event>, event: Event) -> bool {
     match tx.try_send(event) {
         Ok(()) => true,
@@ -304,13 +306,13 @@ fn new_scope_generation(c: &mut Config) {
     c.scope_gen = c.scope_gen.wrapping_add(1);
 }
 
-/// Turns growth of the loss counters into `loss` events in the stream, so
-/// that a consumer sees every gap. A marker that does not fit in the channel
-/// is not a loss: it is retried, covering all losses since the last one.
-async fn mark_losses(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: watch::Receiver<bool>) {
+/// Logs growth of the loss counters, once per stage and check. The sensor
+/// only counts: the pipeline reads [`EbpfSensor::loss`] and marks each gap
+/// in the stream itself, so a `loss` event from here would mark it twice.
+async fn warn_losses(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // Both counters are fresh with this sensor: start from zero, not from a
     // first reading that could come after the first losses.
-    let mut marked = [0u64; 2];
+    let mut warned = [0u64; 2];
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -318,18 +320,9 @@ async fn mark_losses(shared: Arc<Shared>, tx: mpsc::Sender<Event>, mut stop: wat
             _ = tick.tick() => {
                 let now = [shared.kernel_drops(), shared.channel_drops.load(Ordering::Relaxed)];
                 for (i, stage) in [LossStage::Kernel, LossStage::Channel].into_iter().enumerate() {
-                    if now[i] <= marked[i] {
-                        continue;
-                    }
-                    let lost = now[i] - marked[i];
-                    let marker = Event::new(SystemTime::now(), EventBody::Loss(Loss { stage, lost }));
-                    match tx.try_send(marker) {
-                        Ok(()) => {
-                            warn!(stage = ?stage, lost, "Events were lost.");
-                            marked[i] = now[i];
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    if now[i] > warned[i] {
+                        warn!(stage = ?stage, lost = now[i] - warned[i], "Events were lost.");
+                        warned[i] = now[i];
                     }
                 }
             }
