@@ -64,9 +64,9 @@ pub struct SensorOptions {
     pub syscall_interval: Duration,
     /// Time the calls that start in 1/N of the time, in short windows at
     /// random times, for the latency histograms (see
-    /// [`LatencyTiming::for_sample`]); every call is still counted, with its
-    /// errors. 1 times every call, at about twice the cost per syscall on the
-    /// observed services; 0 is taken as 1.
+    /// [`crate::sizing::LatencyTiming::for_sample`]); every call is still
+    /// counted, with its errors. 1 times every call, at about twice the cost
+    /// per syscall on the observed services; 0 is taken as 1.
     pub syscall_latency_sample: u32,
     /// Size of the kernel ring buffer; rounded up to a power of two of at
     /// least one page.
