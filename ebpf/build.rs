@@ -1,5 +1,7 @@
 //! Compiles the C BPF programs under bpf/ with clang into OUT_DIR, where
-//! src/sensor.rs embeds them with include_bytes!.
+//! src/sensor/load.rs embeds them with include_bytes!. One object:
+//! bpf/custos.bpf.c includes the topic files beside it (scope.h, process.h,
+//! tcp.h, syscalls.h) and the headers in bpf/include.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,8 @@ use std::process::Command;
 const INSTALL_HINT: &str = "apt-get install clang-19 libbpf-dev";
 
 fn main() {
+    // A directory: cargo rebuilds when any file under it changes, so the
+    // topic files and headers included by custos.bpf.c are covered too.
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {

@@ -16,7 +16,7 @@ mod common;
 
 use common::TestCgroup;
 use custos_ebpf::{EbpfSensor, Scope, SensorOptions};
-use custos_event::{Event, EventBody, EventKind};
+use custos_event::{Event, EventKind};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -141,7 +141,7 @@ async fn drain(
     counts: &mut BTreeMap<EventKind, u64>,
 ) {
     while let Ok(Some(e)) = tokio::time::timeout(quiet, rx.recv()).await {
-        if e.cgroup_id == cgroup || matches!(e.body, EventBody::Loss(_)) {
+        if e.cgroup_id == cgroup {
             *counts.entry(e.kind()).or_default() += 1;
         }
     }

@@ -2,14 +2,29 @@
 //! build.rs with clang, loaded with aya from bytes embedded in the binary.
 //!
 //! The decoding of kernel records ([`decode`]), the syscall statistics
-//! ([`stats`]) and the cgroup helpers are plain code tested everywhere; the
-//! sensor itself ([`EbpfSensor`]) is Linux-only.
+//! ([`stats`]), the sizing of maps and timing windows ([`sizing`]) and the
+//! cgroup helpers are plain code tested everywhere; the sensor itself
+//! ([`EbpfSensor`]) is Linux-only, in `src/sensor/`: `mod.rs` (options,
+//! errors, the scope controls, the loss counters), `load.rs` (loading the
+//! object and attaching the programs), `ring.rs` (the `AsyncFd<RingBuf>`
+//! reader), `syscalls.rs` (syscall count rows and their periodic reading),
+//! `timing.rs` (the timing windows).
+//!
+//! The sensor never marks loss in the stream: it counts what the kernel
+//! could not reserve and what the full channel dropped
+//! ([`EbpfSensor::loss`]), and the consumer (the agent's pipeline) marks
+//! each gap once from those counters.
 //!
 //! # Kernel side
 //!
-//! One CO-RE object (bpf/custos.bpf.c) with a hand-written header of the few
-//! kernel fields it reads (bpf/include/custos_core.h) and one wire header
-//! (bpf/include/custos_wire.h) mirrored by [`wire`]. Hooks, all BTF
+//! One CO-RE object, bpf/custos.bpf.c (the license, the ring buffer and the
+//! configuration shared by all), which includes one topic file per hook
+//! family: bpf/scope.h (managed cgroups, tracked pids, the scope decision
+//! kept in task storage), bpf/process.h (exec, fork, exit, signals, OOM),
+//! bpf/tcp.h (socket states, accept) and bpf/syscalls.h (syscall statistics,
+//! timing). A hand-written header lists the few kernel fields it reads
+//! (bpf/include/custos_core.h) and one wire header
+//! (bpf/include/custos_wire.h) is mirrored by [`wire`]. Hooks, all BTF
 //! tracepoints: no kprobes or fentry/fexit (refused on kernels without
 //! kprobes or under lockdown), no tracefs:
 //!

@@ -211,7 +211,8 @@ impl ServiceScope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_event::{ProcessExit, ProcessStart};
+    use custos_event::{ConnectResult, Family, ProcessExit, ProcessStart, TcpConnect, TcpEndpoints};
+    use std::net::Ipv4Addr;
     use std::time::UNIX_EPOCH;
 
     /// services.exe (600) started api (1000), which has a worker (1001) with
@@ -322,9 +323,16 @@ mod tests {
         s.set_main_pid("db", Some(3000));
         assert_eq!(s.service_of(3000), Some("db"));
         assert_eq!(s.service_of(1001), Some("api"));
+        let endpoints = TcpEndpoints {
+            family: Family::Ipv4,
+            saddr: Ipv4Addr::LOCALHOST.into(),
+            sport: 40000,
+            daddr: Ipv4Addr::LOCALHOST.into(),
+            dport: 5432,
+        };
         let mut net = Event::new(
             UNIX_EPOCH,
-            EventBody::Loss(custos_event::Loss { stage: custos_event::LossStage::Platform, lost: 1 }),
+            EventBody::TcpConnect(TcpConnect { endpoints, result: ConnectResult::Ok, latency_ns: 0 }),
         );
         net.pid = 1002;
         s.attribute(&mut net);

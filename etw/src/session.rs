@@ -25,7 +25,7 @@
 use crate::decode::{DecodeStats, Decoded, Decoder, DecoderConfig, ExistingProcess};
 use crate::providers;
 use crate::record::{FieldType, Guid, Record, Value};
-use custos_event::{Event, EventBody, Loss, LossStage};
+use custos_event::Event;
 use ferrisetw::parser::Parser;
 use ferrisetw::provider::{EventFilter, Provider};
 use ferrisetw::trace::{stop_trace_by_name, TraceProperties, TraceTrait};
@@ -90,7 +90,8 @@ pub struct SensorCounters {
     pub decode: DecodeStats,
     /// Events dropped because the sink was full.
     pub channel_dropped: u64,
-    /// Events (or whole buffers) ETW reported lost.
+    /// Events (or whole buffers) ETW reported lost. No `loss` event is put
+    /// into the stream for them: the consumer marks the gap from this.
     pub platform_lost: u64,
 }
 
@@ -323,8 +324,10 @@ fn spawn_processing(
     })
 }
 
-/// Reads ETW's loss counters of each session and turns increases into
-/// `loss` events and the platform loss counter.
+/// Reads ETW's loss counters of each session and adds increases to the
+/// platform loss counter. Only counted: the agent's pipeline reads the
+/// counters ([`EtwSensor::counters`]) and marks each gap in the stream, so
+/// a `loss` event from here would mark it twice.
 fn poll_losses(shared: &Shared, names: &[String], stop: &AtomicBool, every: Duration) {
     let mut last = vec![0u64; names.len()];
     let step = Duration::from_millis(100);
@@ -343,11 +346,6 @@ fn poll_losses(shared: &Shared, names: &[String], stop: &AtomicBool, every: Dura
             if delta > 0 {
                 shared.platform_lost.fetch_add(delta, Ordering::Relaxed);
                 tracing::warn!(session = %name, lost = delta, "ETW dropped events.");
-                let ev = Event::new(
-                    std::time::SystemTime::now(),
-                    EventBody::Loss(Loss { stage: LossStage::Platform, lost: delta }),
-                );
-                shared.emit(ev);
             }
         }
     }
