@@ -196,7 +196,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             .raw
             .detection
             .enabled
-            .then(|| crate::detect::DetectorBank::from_config(&config.raw.detection));
+            .then(|| custos_detect::DetectorBank::from_config(&config.raw.detection.bank_config()));
         let findings = runbooks.as_ref().map(|rb| {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
             rb.forward_findings(rx);

@@ -1,15 +1,13 @@
 //! Anomaly detection in the running agent: keeps each service's counters
 //! from the event stream, turns them into the per-service series once per
-//! interval (`detect::bank::derive`), feeds those to the detector bank and
+//! interval (`custos_detect::derive`), feeds those to the detector bank and
 //! to the runbook engine's metric triggers, and hands what the detectors
-//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`detect`) does no I/O; this is
+//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`custos_detect`) does no I/O; this is
 //! where its state is snapshotted to and restored from the state dir.
 
-use crate::anomaly::{Anomaly, Forecast};
-use crate::detect::bank::ServiceCounters;
-use crate::detect::DetectorBank;
 use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
 use crate::pipeline::{EventSink, Tick};
+use custos_detect::{Anomaly, DetectorBank, Forecast, ServiceCounters};
 use custos_event::{Event, EventBody, ExitClass};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -112,7 +110,7 @@ impl DetectionSink {
         for (service, c) in services {
             let Some((t0, c0)) = self.previous.insert(service.clone(), (now, c)) else { continue };
             let secs = now.duration_since(t0).unwrap_or_default().as_secs_f64();
-            for (metric, value) in crate::detect::bank::derive(&c0, &c, secs) {
+            for (metric, value) in custos_detect::derive(&c0, &c, secs) {
                 if let Some(bank) = self.bank.as_mut() {
                     let signal = bank.observe_signals(&service, metric, now, value);
                     if let Some(a) = signal.anomaly {
@@ -154,8 +152,8 @@ impl DetectionSink {
             let mut r = LogRecord::new(
                 "custos.anomaly",
                 match a.severity {
-                    crate::anomaly::Severity::Low | crate::anomaly::Severity::Medium => LogSeverity::Warn,
-                    crate::anomaly::Severity::High | crate::anomaly::Severity::Critical => LogSeverity::Error,
+                    custos_detect::Severity::Low | custos_detect::Severity::Medium => LogSeverity::Warn,
+                    custos_detect::Severity::High | custos_detect::Severity::Critical => LogSeverity::Error,
                 },
                 Some(a.service.clone()),
                 format!(

@@ -3,12 +3,11 @@
 //! See ARCHITECTURE.md at the repository root for the code map.
 
 pub mod agent;
-pub mod anomaly;
 pub mod attribution;
 pub mod audit;
 pub mod config;
 pub mod daemon;
-pub mod detect;
+pub mod detect_cli;
 pub mod detection;
 pub mod export;
 pub mod health;

@@ -1,6 +1,7 @@
 //! What the detector hands to the runbook engine (and the exporter): the
-//! interface between detection and healing, defined apart from both so that
-//! either side can change its internals freely.
+//! interface between detection and healing. Kept apart from the detector's
+//! state (`series`, `bank`) so that the engine depends on these few types
+//! only and either side can change its internals freely.
 
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
