@@ -4,14 +4,13 @@
 //! reload); nothing below it imports it. See ARCHITECTURE.md at the
 //! repository root for the code map and the invariants.
 
-pub mod anomaly;
 pub mod app;
 pub mod attribution;
 pub mod audit;
 pub mod command;
 pub mod config;
 pub mod daemon;
-pub mod detect;
+pub mod detect_cli;
 pub mod export;
 pub mod fsutil;
 pub mod health;

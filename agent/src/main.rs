@@ -82,7 +82,7 @@ enum Command {
     #[command(subcommand)]
     Audit(custos::runbook::cli::AuditCommand),
     /// Score a CSV of `timestamp,value` for anomalies offline, or evaluate the detector on NAB (--nab).
-    Detect(custos::detect::cli::DetectArgs),
+    Detect(custos::detect_cli::DetectArgs),
 }
 
 #[derive(clap::Args)]
@@ -270,6 +270,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dir = custos::config::load(None).map(|c| c.raw.agent.state_dir).unwrap_or_default();
             custos::runbook::cli::run_audit(cmd, &dir.join("audit"))
         }
-        Command::Detect(args) => custos::detect::cli::run(args),
+        Command::Detect(args) => custos::detect_cli::run(args),
     }
 }

@@ -102,9 +102,9 @@ fn health_and_anomaly_runbooks_do_not_fire_on_plain_events() {
 
 #[test]
 fn health_and_anomaly_runbooks_act_on_their_signals() {
-    use custos::anomaly::{Anomaly, Severity};
     use custos::audit::{AuditKind, AuditLog};
     use custos::runbook::{Engine, EngineOptions, FakeClock};
+    use custos_detect::{Anomaly, Severity};
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
 

@@ -1,15 +1,13 @@
 //! Anomaly detection in the running agent: keeps each service's counters
 //! from the event stream, turns them into the per-service series once per
-//! interval (`detect::bank::derive`), feeds those to the detector bank and
+//! interval (`custos_detect::derive`), feeds those to the detector bank and
 //! to the runbook engine's metric triggers, and hands what the detectors
-//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`detect`) does no I/O; this is
+//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`custos_detect`) does no I/O; this is
 //! where its state is snapshotted to and restored from the state dir.
 
-use crate::anomaly::{Anomaly, Finding, Forecast};
-use crate::detect::bank::ServiceCounters;
-use crate::detect::DetectorBank;
 use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
 use crate::pipeline::{EventSink, Tick};
+use custos_detect::{Anomaly, DetectorBank, Forecast, ServiceCounters};
 use custos_event::{Event, EventBody, ExitClass};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +23,21 @@ pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(300);
 
 /// File name of the detector snapshot in the state dir.
 pub const SNAPSHOT_FILE: &str = "detector.snapshot";
+
+/// What detection hands to the runbook engine. Forecasts are not among
+/// them: no trigger takes them, so they go to the exporter (log records) only.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    Anomaly(Anomaly),
+    /// The value of one per-service series over the last interval (metric
+    /// triggers of runbooks).
+    Metric {
+        service: String,
+        metric: &'static str,
+        value: f64,
+        ts: SystemTime,
+    },
+}
 
 /// The pipeline sink that runs the detectors.
 pub struct DetectionSink {
@@ -44,6 +57,10 @@ pub struct DetectionSink {
     pub findings_dropped: u64,
     /// Whole anomalies found since start (for status and self-telemetry).
     pub anomalies: u64,
+    /// The configured services, so that a reload that removes one frees
+    /// its counters and detector series (discovered services come and go
+    /// with their own events and are left alone).
+    configured: Vec<String>,
 }
 
 impl DetectionSink {
@@ -74,7 +91,14 @@ impl DetectionSink {
             stats: None,
             findings_dropped: 0,
             anomalies: 0,
+            configured: Vec::new(),
         }
+    }
+
+    /// The services configured at start (see [`EventSink::on_services`]).
+    pub fn with_configured(mut self, configured: &[String]) -> Self {
+        self.configured = configured.to_vec();
+        self
     }
 
     /// Publishes every series' score on `board` after each interval (the
@@ -97,7 +121,7 @@ impl DetectionSink {
         for (service, c) in services {
             let Some((t0, c0)) = self.previous.insert(service.clone(), (now, c)) else { continue };
             let secs = now.duration_since(t0).unwrap_or_default().as_secs_f64();
-            for (metric, value) in crate::detect::bank::derive(&c0, &c, secs) {
+            for (metric, value) in custos_detect::derive(&c0, &c, secs) {
                 if let Some(bank) = self.bank.as_mut() {
                     let signal = bank.observe_signals(&service, metric, now, value);
                     if let Some(a) = signal.anomaly {
@@ -141,8 +165,8 @@ impl DetectionSink {
             let mut r = LogRecord::new(
                 "custos.anomaly",
                 match a.severity {
-                    crate::anomaly::Severity::Low | crate::anomaly::Severity::Medium => LogSeverity::Warn,
-                    crate::anomaly::Severity::High | crate::anomaly::Severity::Critical => LogSeverity::Error,
+                    custos_detect::Severity::Low | custos_detect::Severity::Medium => LogSeverity::Warn,
+                    custos_detect::Severity::High | custos_detect::Severity::Critical => LogSeverity::Error,
                 },
                 Some(a.service.clone()),
                 format!(
@@ -260,6 +284,18 @@ impl EventSink for DetectionSink {
         }
     }
 
+    fn on_services(&mut self, configured: &[String]) {
+        let removed: Vec<String> =
+            self.configured.iter().filter(|s| !configured.contains(s)).cloned().collect();
+        for service in &removed {
+            self.counters.remove(service);
+            self.previous.remove(service);
+            let freed = self.bank.as_mut().map(|b| b.remove_service(service)).unwrap_or(0);
+            tracing::info!(service = %service, series = freed, "Freed the detector state of a removed service.");
+        }
+        self.configured = configured.to_vec();
+    }
+
     fn on_tick(&mut self, tick: &Tick) {
         let due = self
             .last_point
@@ -321,6 +357,30 @@ mod tests {
         let fresh = DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
         assert_eq!(fresh.bank().unwrap().len(), 0);
         assert!(dir.path().join("detector.snapshot.corrupt").exists());
+    }
+
+    #[test]
+    fn a_reload_that_removes_a_service_frees_its_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink =
+            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None)
+                .with_configured(&["api".into(), "db".into()]);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for i in 0..5u64 {
+            let now = t0 + DETECTION_INTERVAL * i as u32;
+            for s in ["api", "db", "discovered"] {
+                sink.on_event(&crash(s, now));
+            }
+            sink.on_tick(&Tick { now, loss: LossCounters::default() });
+        }
+        let of = |sink: &DetectionSink, svc: &str| {
+            sink.bank().unwrap().scores().filter(|(s, _, _)| *s == svc).count()
+        };
+        assert!(of(&sink, "db") > 0 && of(&sink, "api") > 0 && of(&sink, "discovered") > 0);
+        sink.on_services(&["api".into()]);
+        assert_eq!(of(&sink, "db"), 0, "the removed service's series are freed");
+        assert!(of(&sink, "api") > 0, "the kept one's stay");
+        assert!(of(&sink, "discovered") > 0, "services that were never configured are not touched");
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             .raw
             .detection
             .enabled
-            .then(|| crate::detect::DetectorBank::from_config(&config.raw.detection));
+            .then(|| custos_detect::DetectorBank::from_config(&config.raw.detection.bank_config()));
         let findings = runbooks.as_ref().map(|rb| {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
             rb.forward_findings(rx);
@@ -74,7 +74,8 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             Some(exporter.log_sender()),
             findings,
         )
-        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
+        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone())
+        .with_configured(&pipeline.configured_services());
         pipeline.add_sink(Box::new(sink));
     }
     // Health probes and the service state poller run with or without

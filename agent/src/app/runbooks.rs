@@ -5,7 +5,7 @@
 //! (`service_manager::StatePoller`) run apart since they exist without
 //! runbooks too; the agent feeds their results to the engine.
 
-use crate::anomaly::Finding;
+use super::detection::Finding;
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::config::{LoadedConfig, Selector};
 use crate::export::{AgentStats, AttrValue, LogRecord, LogSender, Severity};

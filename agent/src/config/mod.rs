@@ -10,7 +10,10 @@
 mod units;
 
 pub use units::{ByteSize, HumanDuration};
+// The detector owns what a sensitivity means; configuration only reads it.
+pub use custos_detect::Sensitivity;
 
+use custos_detect::catalogue;
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 use std::fmt;
@@ -322,8 +325,8 @@ impl Default for SensorsConfig {
 pub struct DetectionConfig {
     pub enabled: bool,
     pub sensitivity: Sensitivity,
-    /// Metrics watched on every service (default: all of
-    /// `detect::DEFAULT_SERIES`).
+    /// Metrics watched on every service (default: every series of
+    /// `custos_detect::catalogue::SERIES`).
     pub series: Option<Vec<Spanned<String>>>,
     /// Per-metric settings over the defaults.
     pub overrides: Vec<MetricOverride>,
@@ -335,13 +338,40 @@ pub struct DetectionConfig {
 
 impl Default for DetectionConfig {
     fn default() -> Self {
+        // The detector's defaults, so that a bank made from an empty
+        // `detection:` section is the bank `DetectorBank::new` makes.
+        let d = custos_detect::BankConfig::default();
         DetectionConfig {
             enabled: true,
-            sensitivity: Sensitivity::Medium,
+            sensitivity: d.sensitivity,
             series: None,
             overrides: Vec::new(),
-            forecast_horizon: HumanDuration::secs(30 * 60),
-            max_series: 4096,
+            forecast_horizon: HumanDuration(d.forecast_horizon),
+            max_series: d.max_series,
+        }
+    }
+}
+
+impl DetectionConfig {
+    /// What the detector bank is set up from: these settings without their
+    /// YAML locations.
+    pub fn bank_config(&self) -> custos_detect::BankConfig {
+        custos_detect::BankConfig {
+            sensitivity: self.sensitivity,
+            series: self.series.as_ref().map(|v| v.iter().map(|s| s.value.clone()).collect()),
+            overrides: self
+                .overrides
+                .iter()
+                .map(|o| custos_detect::MetricOverride {
+                    metric: o.metric.value.clone(),
+                    enabled: o.enabled,
+                    sensitivity: o.sensitivity,
+                    warmup: o.warmup,
+                    threshold: o.threshold,
+                })
+                .collect(),
+            forecast_horizon: self.forecast_horizon.0,
+            max_series: self.max_series,
         }
     }
 }
@@ -350,7 +380,7 @@ impl Default for DetectionConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricOverride {
-    /// A metric of `detect::DEFAULT_SERIES`, e.g. `custos.tcp.connect.duration`.
+    /// A series of `custos_detect::catalogue::SERIES`, e.g. `custos.tcp.connect.duration`.
     pub metric: Spanned<String>,
     pub enabled: Option<bool>,
     pub sensitivity: Option<Sensitivity>,
@@ -358,27 +388,6 @@ pub struct MetricOverride {
     pub warmup: Option<u32>,
     /// Forecast when the series heads above this value.
     pub threshold: Option<f64>,
-}
-
-/// One knob for how readily anomalies are reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Sensitivity {
-    Low,
-    #[default]
-    Medium,
-    High,
-}
-
-impl Sensitivity {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "low" => Some(Sensitivity::Low),
-            "medium" => Some(Sensitivity::Medium),
-            "high" => Some(Sensitivity::High),
-            _ => None,
-        }
-    }
 }
 
 /// Where runbooks are and whether they act.
@@ -861,24 +870,27 @@ fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
 }
 
 fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
-    let known = || crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect::<Vec<_>>().join(", ");
     for m in d.series.iter().flatten() {
-        if !crate::detect::bank::is_known_metric(&m.value) {
+        if !catalogue::is_known(&m.value) {
             p.at(
                 m.referenced,
-                format!("unknown metric `{}` in `detection.series`: expected one of {}", m.value, known()),
+                format!(
+                    "unknown metric `{}` in `detection.series`: expected one of {}",
+                    m.value,
+                    catalogue::known_names()
+                ),
             );
         }
     }
     let mut seen = std::collections::HashSet::new();
     for o in &d.overrides {
-        if !crate::detect::bank::is_known_metric(&o.metric.value) {
+        if !catalogue::is_known(&o.metric.value) {
             p.at(
                 o.metric.referenced,
                 format!(
                     "unknown metric `{}` in `detection.overrides`: expected one of {}",
                     o.metric.value,
-                    known()
+                    catalogue::known_names()
                 ),
             );
         } else if !seen.insert(o.metric.value.clone()) {

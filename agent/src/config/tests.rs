@@ -300,3 +300,55 @@ fn syscall_latency_sample_is_bounded_and_located() {
     let e = errors("sensors:\n  syscall_latency_sample: often\n");
     assert!(e[0].to_string().contains("custos.yaml:2:"), "{:?}", e);
 }
+
+#[test]
+fn the_detection_section_sets_up_the_bank() {
+    use custos_detect::{params_for, DetectorBank, Params};
+    let yaml = r#"
+detection:
+  sensitivity: low
+  series: [custos.process.crashes, custos.tcp.connect.duration]
+  overrides:
+    - { metric: custos.tcp.connect.duration, sensitivity: high, warmup: 300, threshold: 0.5 }
+    - { metric: custos.process.crashes, enabled: false }
+  forecast_horizon: 10m
+"#;
+    let c = parse(yaml, "x").unwrap();
+    let bc = c.raw.detection.bank_config();
+    assert_eq!(bc.forecast_horizon, std::time::Duration::from_secs(600));
+    assert_eq!(bc.max_series, DetectorBank::DEFAULT_MAX_SERIES);
+    let b = DetectorBank::from_config(&bc);
+    assert!(!b.watches("custos.process.crashes"));
+    assert!(!b.watches("custos.tcp.bytes"));
+    assert!(b.watches("custos.tcp.connect.duration"));
+    let s = b.settings("custos.tcp.connect.duration");
+    assert_eq!(s.params, Params { warmup: 300, ..params_for(Sensitivity::High) });
+    assert_eq!(s.threshold, Some(0.5));
+    assert_eq!(b.settings("custos.tcp.accepts").params, params_for(Sensitivity::Low));
+    // An empty section is the detector's own default bank.
+    assert_eq!(DetectionConfig::default().bank_config(), custos_detect::BankConfig::default());
+}
+
+#[test]
+fn detection_config_errors_are_located() {
+    let e = parse("detection:\n  series: [custos.nope]\n", "x").unwrap_err().0;
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0].line, e[0].column), (2, 12));
+    assert!(
+        e[0].message.starts_with(
+            "unknown metric `custos.nope` in `detection.series`: expected one of custos.process.exits"
+        ),
+        "{}",
+        e[0].message
+    );
+    let y = "detection:\n  overrides:\n    - { metric: custos.tcp.bytes }\n    - { metric: custos.tcp.bytes, threshold: .nan }\n";
+    let e = parse(y, "x").unwrap_err().0;
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].message.contains("more than one override") && e[0].line == 4);
+    assert!(e[1].message.contains("finite"));
+    let e =
+        parse("detection:\n  overrides:\n    - { metric: custos.tcp.bytes, sensitivity: extreme }\n", "x")
+            .unwrap_err()
+            .0;
+    assert_eq!(e[0].line, 3);
+}

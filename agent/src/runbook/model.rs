@@ -2,8 +2,8 @@
 //! loading a directory where one bad file does not stop the others.
 
 use super::template::{JsonTemplate, Template};
-use crate::anomaly::Severity;
 use crate::config::{ConfigError, ConfigErrors, HumanDuration};
+use custos_detect::{catalogue, Severity};
 use custos_event::EventKind;
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
@@ -1034,8 +1034,10 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
 /// Metric and anomaly triggers name one of the series the agent computes
 /// per service (the detector's series); any other name would never fire.
 fn check_metric_name(m: &Spanned<String>, p: &mut Problems<'_>) {
-    if !crate::detect::bank::is_known_metric(&m.value) {
-        let known: Vec<&str> = crate::detect::DEFAULT_SERIES.iter().map(|s| s.metric).collect();
-        p.at(m.referenced, format!("unknown metric `{}`: expected one of {}", m.value, known.join(", ")));
+    if !catalogue::is_known(&m.value) {
+        p.at(
+            m.referenced,
+            format!("unknown metric `{}`: expected one of {}", m.value, catalogue::known_names()),
+        );
     }
 }

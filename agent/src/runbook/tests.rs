@@ -2,9 +2,9 @@
 
 use super::engine::{Clock, Engine, EngineOptions, FakeClock, ServiceInfo};
 use super::model::{parse, Runbook};
-use crate::anomaly::{Anomaly, Severity};
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
 use crate::service_manager::{ActiveState, ServiceError, ServiceManager, ServiceStatus};
+use custos_detect::{Anomaly, Severity};
 use custos_event::{Event, EventBody, ProcessExit, Signal};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};

@@ -5,8 +5,8 @@
 //! instantaneous match, or a level becoming true.
 
 use super::model::{FieldCondition, Op, Trigger};
-use crate::anomaly::Anomaly;
 use crate::service_manager::ActiveState;
+use custos_detect::Anomaly;
 use custos_event::EventKind;
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};

@@ -1,6 +1,7 @@
 //! What the detector hands to the runbook engine (and the exporter): the
-//! interface between detection and healing, defined apart from both so that
-//! either side can change its internals freely.
+//! interface between detection and healing. Kept apart from the detector's
+//! state (`series`, `bank`) so that the engine depends on these few types
+//! only and either side can change its internals freely.
 
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -61,19 +62,4 @@ pub struct Forecast {
     pub threshold: f64,
     /// Predicted time until the threshold is crossed.
     pub eta_secs: f64,
-}
-
-/// What detection hands to the runbook engine. Forecasts are not among
-/// them: no trigger takes them, so they go to the exporter (log records) only.
-#[derive(Debug, Clone)]
-pub enum Finding {
-    Anomaly(Anomaly),
-    /// The value of one per-service series over the last interval (metric
-    /// triggers of runbooks).
-    Metric {
-        service: String,
-        metric: &'static str,
-        value: f64,
-        ts: SystemTime,
-    },
 }

@@ -1,10 +1,10 @@
 //! Behaviour of the detector on synthetic series with known anomalies and
 //! on series with none, and of the bank around it.
 
-use super::bank::{derive, DetectorBank, ServiceCounters};
-use super::series::{SeriesDetector, MEMORY};
-use super::{params_for, DEFAULT_SERIES};
-use crate::config::Sensitivity;
+use crate::bank::{BankConfig, DetectorBank, MetricOverride};
+use crate::catalogue::{self, derive, ServiceCounters, SERIES};
+use crate::series::{SeriesDetector, MEMORY};
+use crate::{params_for, Params, Sensitivity};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Deterministic noise: xorshift64* and Box-Muller.
@@ -259,10 +259,32 @@ fn corrupt_snapshots_are_refused() {
     assert!(b.restore(&bytes).unwrap_err().to_string().contains("format 9"));
 }
 
+/// A bank that forecasts `metric` toward `threshold` (a runbook's or
+/// `overrides[].threshold`).
+fn bank_with_threshold(metric: &str, threshold: f64) -> DetectorBank {
+    DetectorBank::from_config(&BankConfig {
+        overrides: vec![MetricOverride {
+            metric: metric.into(),
+            threshold: Some(threshold),
+            ..Default::default()
+        }],
+        ..BankConfig::default()
+    })
+}
+
+#[test]
+fn the_snapshot_layout_stays_format_2() {
+    // Format number, no series, and the empty counters list earlier
+    // versions wrote and expect: a snapshot stays readable across versions.
+    assert_eq!(DetectorBank::new(Sensitivity::Medium).snapshot(), [2, 0, 0]);
+    let mut b = DetectorBank::new(Sensitivity::Medium);
+    b.restore(&[2, 0, 0]).unwrap();
+    assert!(b.is_empty());
+}
+
 #[test]
 fn forecast_fires_once_when_the_crossing_is_within_the_horizon() {
-    let mut b = DetectorBank::new(Sensitivity::Medium);
-    b.set_threshold("api", "custos.tcp.connect.duration", Some(1.0));
+    let mut b = bank_with_threshold("custos.tcp.connect.duration", 1.0);
     // 10 s points rising by 0.001 s each: 1.0 is reached at point 1000;
     // the default horizon is 30 min = 180 points, so a forecast around point 820.
     let mut fired = Vec::new();
@@ -279,8 +301,7 @@ fn forecast_fires_once_when_the_crossing_is_within_the_horizon() {
     assert!((f.eta_secs - true_eta).abs() < 0.1 * true_eta, "eta {} vs {true_eta}", f.eta_secs);
     assert_eq!(f.threshold, 1.0);
     // A flat series near the threshold never forecasts.
-    let mut b = DetectorBank::new(Sensitivity::Medium);
-    b.set_threshold("api", "custos.tcp.connect.duration", Some(1.0));
+    let mut b = bank_with_threshold("custos.tcp.connect.duration", 1.0);
     let mut r = Rng(17);
     for i in 0..2000u64 {
         let s = b.observe_signals("api", "custos.tcp.connect.duration", at(i), 0.8 + 0.01 * r.normal());
@@ -329,8 +350,40 @@ fn counters_become_rates_ratios_and_means() {
     assert_eq!(d["custos.process.exits"], 3.0);
     assert!(derive(&a, &b, 0.0).is_empty());
     for (m, _) in derive(&a, &b, 1.0) {
-        assert!(DEFAULT_SERIES.iter().any(|s| s.metric == m));
+        assert!(SERIES.iter().any(|s| s.metric == m));
     }
+}
+
+#[test]
+fn the_catalogue_names_each_series_once_with_a_unit_and_a_derivation() {
+    let mut names: Vec<_> = SERIES.iter().map(|s| s.metric).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), SERIES.len(), "a name written twice");
+    for s in SERIES {
+        assert!(s.metric.starts_with("custos."), "{}", s.metric);
+        assert!(!s.unit.is_empty() && !s.derivation.is_empty(), "{}", s.metric);
+        assert!(catalogue::is_known(s.metric));
+        assert_eq!(catalogue::lookup(s.metric).map(|l| l.metric), Some(s.metric));
+    }
+    assert!(!catalogue::is_known("custos.nope"));
+    assert!(catalogue::known_names().starts_with("custos.process.exits, custos.process.crashes, "));
+    // With every counter moving, every series has a value, in table order.
+    let one = ServiceCounters {
+        exits: 1,
+        crashes: 1,
+        connects: 1,
+        connect_errors: 1,
+        connect_seconds: 1.0,
+        accepts: 1,
+        syscalls: 1,
+        syscall_errors: 1,
+        syscall_seconds: 1.0,
+        bytes: 1,
+    };
+    let derived: Vec<_> =
+        derive(&ServiceCounters::default(), &one, 1.0).into_iter().map(|(m, _)| m).collect();
+    assert_eq!(derived, SERIES.iter().map(|s| s.metric).collect::<Vec<_>>());
 }
 
 #[test]
@@ -339,6 +392,9 @@ fn the_bank_flags_a_crash_burst_from_counters() {
     let mut c = ServiceCounters::default();
     let mut r = Rng(18);
     let mut anomalies = Vec::new();
+    // The detection sink's loop: derive each interval's values from the
+    // counters (the first reading only sets the baseline), observe each.
+    let mut prev: Option<(SystemTime, ServiceCounters)> = None;
     for i in 0..1500u64 {
         c.syscalls += 1000;
         c.syscall_seconds += 0.001 * (1.0 + 0.05 * r.normal());
@@ -350,9 +406,13 @@ fn the_bank_flags_a_crash_burst_from_counters() {
             c.exits += 3;
             c.crashes += 3;
         }
-        for s in b.observe_counters("api", at(i), &c) {
-            if let Some(a) = s.anomaly {
-                anomalies.push((i, a));
+        let now = at(i);
+        if let Some((t0, c0)) = prev.replace((now, c)) {
+            let secs = now.duration_since(t0).unwrap().as_secs_f64();
+            for (metric, v) in derive(&c0, &c, secs) {
+                if let Some(a) = b.observe_signals("api", metric, now, v).anomaly {
+                    anomalies.push((i, a));
+                }
             }
         }
     }
@@ -370,117 +430,71 @@ fn the_bank_flags_a_crash_burst_from_counters() {
 
 #[test]
 fn overrides_and_series_selection_apply() {
-    let yaml = r#"
-detection:
-  sensitivity: low
-  series: [custos.process.crashes, custos.tcp.connect.duration]
-  overrides:
-    - { metric: custos.tcp.connect.duration, sensitivity: high, warmup: 300, threshold: 0.5 }
-    - { metric: custos.process.crashes, enabled: false }
-  forecast_horizon: 10m
-"#;
-    let c = crate::config::parse(yaml, "x").unwrap();
-    let b = DetectorBank::from_config(&c.raw.detection);
+    let c = BankConfig {
+        sensitivity: Sensitivity::Low,
+        series: Some(vec!["custos.process.crashes".into(), "custos.tcp.connect.duration".into()]),
+        overrides: vec![
+            MetricOverride {
+                metric: "custos.tcp.connect.duration".into(),
+                sensitivity: Some(Sensitivity::High),
+                warmup: Some(300),
+                threshold: Some(0.5),
+                ..Default::default()
+            },
+            MetricOverride {
+                metric: "custos.process.crashes".into(),
+                enabled: Some(false),
+                ..Default::default()
+            },
+        ],
+        forecast_horizon: Duration::from_secs(600),
+        ..BankConfig::default()
+    };
+    let b = DetectorBank::from_config(&c);
     assert!(!b.watches("custos.process.crashes"));
     assert!(!b.watches("custos.tcp.bytes"));
     assert!(b.watches("custos.tcp.connect.duration"));
     let s = b.settings("custos.tcp.connect.duration");
-    assert_eq!(s.params, super::Params { warmup: 300, ..params_for(Sensitivity::High) });
+    assert_eq!(s.params, Params { warmup: 300, ..params_for(Sensitivity::High) });
     assert_eq!(s.threshold, Some(0.5));
     assert_eq!(b.settings("custos.tcp.accepts").params, params_for(Sensitivity::Low));
 }
 
 #[test]
-fn detection_config_errors_are_located() {
-    let e = crate::config::parse("detection:\n  series: [custos.nope]\n", "x").unwrap_err().0;
-    assert_eq!(e.len(), 1);
-    assert_eq!((e[0].line, e[0].column), (2, 12));
-    assert!(
-        e[0].message.starts_with(
-            "unknown metric `custos.nope` in `detection.series`: expected one of custos.process.exits"
-        ),
-        "{}",
-        e[0].message
-    );
-    let y = "detection:\n  overrides:\n    - { metric: custos.tcp.bytes }\n    - { metric: custos.tcp.bytes, threshold: .nan }\n";
-    let e = crate::config::parse(y, "x").unwrap_err().0;
-    assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].message.contains("more than one override") && e[0].line == 4);
-    assert!(e[1].message.contains("finite"));
-    let e = crate::config::parse(
-        "detection:\n  overrides:\n    - { metric: custos.tcp.bytes, sensitivity: extreme }\n",
-        "x",
-    )
-    .unwrap_err()
-    .0;
-    assert_eq!(e[0].line, 3);
-}
-
-#[test]
 fn the_bank_is_bounded() {
-    let mut c = crate::config::DetectionConfig { max_series: 2, ..Default::default() };
-    c.series = None;
-    let mut b = DetectorBank::from_config(&c);
+    let mut b = DetectorBank::from_config(&BankConfig { max_series: 2, ..Default::default() });
     for s in ["a", "b", "c"] {
         b.observe(s, "custos.tcp.bytes", at(0), 1.0);
     }
     assert_eq!(b.len(), 2);
-    assert_eq!(b.rejected_series(), 1);
-    b.remove_service("a");
+    // The series beyond the bound was refused, not kept.
+    assert!(b.score("c", "custos.tcp.bytes").is_none());
+    assert_eq!(b.remove_service("a"), 1);
     assert_eq!(b.len(), 1);
+    assert!(b.score("a", "custos.tcp.bytes").is_none());
+    // The freed room takes a new series.
+    b.observe("c", "custos.tcp.bytes", at(1), 1.0);
+    assert!(b.score("c", "custos.tcp.bytes").is_some());
+    assert_eq!(b.len(), 2);
 }
 
 #[test]
-fn custos_detect_scores_every_row_in_order() {
-    let mut text = String::from("timestamp,value\n");
-    let v = noisy(1000, 19, 10.0, 1.0);
-    for (i, x) in v.iter().enumerate() {
-        let secs = 1_404_172_800 + i as i64 * 300;
-        let (d, s) = (secs / 86_400, secs % 86_400);
-        text.push_str(&format!(
-            "2014-07-{:02} {:02}:{:02}:{:02},{x}\n",
-            d - 16_252 + 1,
-            s / 3600,
-            s / 60 % 60,
-            s % 60
-        ));
+fn a_reload_frees_the_series_of_services_no_longer_configured() {
+    let mut b = DetectorBank::new(Sensitivity::Medium);
+    for s in ["api", "db", "cache"] {
+        for m in ["custos.tcp.bytes", "custos.process.exits"] {
+            b.observe(s, m, at(0), 1.0);
+        }
     }
-    let rows = super::csv::parse(&text).unwrap();
-    assert_eq!(rows.len(), 1000);
-    let scores = super::cli::score_rows(&rows, &params_for(Sensitivity::Medium));
-    assert_eq!(scores.len(), 1000);
-    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
-    assert!(scores[..150].iter().all(|&s| s == 0.0), "warm-up");
-    assert!(scores[150..].iter().any(|&s| s > 0.0));
-}
-
-#[test]
-fn custos_detect_writes_one_row_per_input_row_and_names_bad_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.csv");
-    let output = dir.path().join("out.csv");
-    let mut text = String::from("timestamp,value\n");
-    for i in 0..500 {
-        text.push_str(&format!("2014-07-01 {:02}:{:02}:00,{}\n", i / 60 % 24, i % 60, (i % 7) as f64 * 0.5));
-    }
-    std::fs::write(&input, &text).unwrap();
-    let args = |i: &std::path::Path| super::cli::DetectArgs {
-        input: Some(i.to_path_buf()),
-        output: Some(output.clone()),
-        sensitivity: Sensitivity::Medium,
-        nab: None,
-        results: None,
-    };
-    super::cli::run(args(&input)).unwrap();
-    let out = std::fs::read_to_string(&output).unwrap();
-    let lines: Vec<_> = out.lines().collect();
-    assert_eq!(lines[0], "timestamp,value,anomaly_score");
-    assert_eq!(lines.len(), 501);
-    for (o, i) in lines[1..].iter().zip(text.lines().skip(1)) {
-        assert!(o.starts_with(&format!("{i},")), "{o} vs {i}");
-    }
-    let bad = dir.path().join("bad.csv");
-    std::fs::write(&bad, "timestamp,value\n2014-07-01 00:00:00,1\n2014-07-01 00:05,2\n").unwrap();
-    let e = super::cli::run(args(&bad)).unwrap_err();
-    assert!(format!("{e:#}").contains("line 3: invalid timestamp `2014-07-01 00:05`"), "{e:#}");
+    let configured = ["api", "cache"];
+    assert_eq!(b.retain_services(|s| configured.contains(&s)), 2);
+    assert_eq!(b.len(), 4);
+    assert!(b.scores().all(|(s, _, _)| s != "db"));
+    // What was freed is gone from the snapshot too: a restart does not bring it back.
+    let mut restored = DetectorBank::new(Sensitivity::Medium);
+    restored.restore(&b.snapshot()).unwrap();
+    assert_eq!(restored.len(), 4);
+    assert!(restored.score("db", "custos.tcp.bytes").is_none());
+    assert_eq!(b.retain_services(|s| configured.contains(&s)), 0, "nothing more to free");
+    assert_eq!(b.remove_service("nope"), 0);
 }

@@ -1,114 +1,16 @@
-//! The agent's side of detection: one detector per (service, metric), the
-//! default series derived from a service's counters, forecasts toward
-//! thresholds, and snapshots so a restart keeps what was learned. No I/O:
-//! the caller stores the snapshot bytes.
+//! The agent's side of detection: one detector per (service, metric),
+//! forecasts toward thresholds, and snapshots so a restart keeps what was
+//! learned. No I/O: the caller stores the snapshot bytes. Which series exist
+//! and how they are derived is the catalogue's ([`crate::catalogue`]).
 
-use super::series::{Params, SeriesDetector};
 use crate::anomaly::{Anomaly, Forecast};
-use crate::config::{DetectionConfig, Sensitivity};
+use crate::catalogue::ServiceCounters;
+use crate::series::{Params, SeriesDetector};
+use crate::{params_for, Sensitivity};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
-
-/// A series watched by default on every managed service, and how its value
-/// per interval is derived from cumulative counters (see [`derive`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeriesSpec {
-    pub metric: &'static str,
-    pub unit: &'static str,
-    pub derivation: &'static str,
-}
-
-/// Exit rate, crash rate, connect error ratio, connect latency, accept rate,
-/// syscall error ratio, syscall latency, bytes rate.
-pub const DEFAULT_SERIES: &[SeriesSpec] = &[
-    SeriesSpec { metric: "custos.process.exits", unit: "1/s", derivation: "Δexits / Δt" },
-    SeriesSpec {
-        metric: "custos.process.crashes",
-        unit: "1/s",
-        derivation: "Δ(exits with nonzero code, fatal signal or OOM kill) / Δt",
-    },
-    SeriesSpec {
-        metric: "custos.tcp.connect.error_ratio",
-        unit: "1",
-        derivation: "Δconnect errors / Δconnects (0 when no connects)",
-    },
-    SeriesSpec {
-        metric: "custos.tcp.connect.duration",
-        unit: "s",
-        derivation: "Δ(sum of connect latencies) / Δconnects (no point when no connects)",
-    },
-    SeriesSpec { metric: "custos.tcp.accepts", unit: "1/s", derivation: "Δaccepts / Δt" },
-    SeriesSpec {
-        metric: "custos.syscall.error_ratio",
-        unit: "1",
-        derivation: "Δsyscall errors / Δsyscalls (0 when no syscalls)",
-    },
-    SeriesSpec {
-        metric: "custos.syscall.duration",
-        unit: "s",
-        derivation: "Δ(sum of syscall latencies) / Δsyscalls (no point when no syscalls)",
-    },
-    SeriesSpec { metric: "custos.tcp.bytes", unit: "By/s", derivation: "Δ(bytes sent + received) / Δt" },
-];
-
-/// True for a metric name of [`DEFAULT_SERIES`].
-pub fn is_known_metric(name: &str) -> bool {
-    DEFAULT_SERIES.iter().any(|s| s.metric == name)
-}
-
-/// A service's cumulative counters at one instant, as the aggregator keeps
-/// them (monotonic; a decrease is taken as a restart of the counter).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct ServiceCounters {
-    pub exits: u64,
-    pub crashes: u64,
-    pub connects: u64,
-    pub connect_errors: u64,
-    /// Sum of connect latencies, in seconds.
-    pub connect_seconds: f64,
-    pub accepts: u64,
-    pub syscalls: u64,
-    pub syscall_errors: u64,
-    /// Sum of syscall latencies, in seconds.
-    pub syscall_seconds: f64,
-    pub bytes: u64,
-}
-
-/// The value of each default series over the interval between two counter
-/// readings `secs` apart. A metric without a meaningful value for the
-/// interval (a mean latency over zero connects) is left out: that is a gap,
-/// not a zero.
-pub fn derive(prev: &ServiceCounters, cur: &ServiceCounters, secs: f64) -> Vec<(&'static str, f64)> {
-    if secs <= 0.0 || !secs.is_finite() {
-        return Vec::new();
-    }
-    let d = |a: u64, b: u64| if b >= a { (b - a) as f64 } else { b as f64 };
-    let df = |a: f64, b: f64| if b >= a { b - a } else { b };
-    let exits = d(prev.exits, cur.exits);
-    let crashes = d(prev.crashes, cur.crashes);
-    let connects = d(prev.connects, cur.connects);
-    let cerr = d(prev.connect_errors, cur.connect_errors);
-    let syscalls = d(prev.syscalls, cur.syscalls);
-    let serr = d(prev.syscall_errors, cur.syscall_errors);
-    let ratio = |num: f64, den: f64| if den > 0.0 { (num / den).min(1.0) } else { 0.0 };
-    let mut out = vec![
-        ("custos.process.exits", exits / secs),
-        ("custos.process.crashes", crashes / secs),
-        ("custos.tcp.connect.error_ratio", ratio(cerr, connects)),
-    ];
-    if connects > 0.0 {
-        out.push(("custos.tcp.connect.duration", df(prev.connect_seconds, cur.connect_seconds) / connects));
-    }
-    out.push(("custos.tcp.accepts", d(prev.accepts, cur.accepts) / secs));
-    out.push(("custos.syscall.error_ratio", ratio(serr, syscalls)));
-    if syscalls > 0.0 {
-        out.push(("custos.syscall.duration", df(prev.syscall_seconds, cur.syscall_seconds) / syscalls));
-    }
-    out.push(("custos.tcp.bytes", d(prev.bytes, cur.bytes) / secs));
-    out
-}
 
 /// Linear trend (Holt's double exponential smoothing, time-aware) used to
 /// forecast when a series will cross a threshold.
@@ -184,6 +86,48 @@ pub struct Signals {
     pub score: f64,
 }
 
+/// What a bank is set up from: the agent's `detection:` section, as plain
+/// values, so that the detector does not depend on how configuration is
+/// read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BankConfig {
+    pub sensitivity: Sensitivity,
+    /// Metrics watched on every service; `None`: every metric observed.
+    pub series: Option<Vec<String>>,
+    /// Per-metric settings over the defaults.
+    pub overrides: Vec<MetricOverride>,
+    /// How far ahead a forecast toward a threshold fires.
+    pub forecast_horizon: Duration,
+    /// At most this many series are kept (about 10 KiB each).
+    pub max_series: usize,
+}
+
+impl Default for BankConfig {
+    fn default() -> Self {
+        BankConfig {
+            sensitivity: Sensitivity::Medium,
+            series: None,
+            overrides: Vec::new(),
+            forecast_horizon: Duration::from_secs(30 * 60),
+            max_series: DetectorBank::DEFAULT_MAX_SERIES,
+        }
+    }
+}
+
+/// Settings for one metric, over the bank's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricOverride {
+    pub metric: String,
+    /// `None`: enabled.
+    pub enabled: Option<bool>,
+    /// `None`: the bank's sensitivity.
+    pub sensitivity: Option<Sensitivity>,
+    /// Points learned before the first alarm.
+    pub warmup: Option<u32>,
+    /// Forecast when the series heads above this value.
+    pub threshold: Option<f64>,
+}
+
 /// Per-metric settings resolved from the configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricSettings {
@@ -218,6 +162,11 @@ pub const SNAPSHOT_FORMAT: u32 = 2;
 struct Snapshot {
     format: u32,
     series: Vec<(String, String, SeriesEntry)>,
+    /// Counters of a per-service fold the bank once kept (the detection sink
+    /// keeps its own). Always written empty and ignored on restore; kept in
+    /// the layout so that format-2 snapshots stay readable by this version
+    /// and the ones before it, without a format bump that would forget what
+    /// was learned.
     counters: Vec<(String, f64, ServiceCounters)>,
 }
 
@@ -231,11 +180,6 @@ pub struct DetectorBank {
     horizon: Duration,
     max_series: usize,
     series: HashMap<(String, String), SeriesEntry>,
-    /// Last counters per service and when they were read (seconds).
-    counters: HashMap<String, (f64, ServiceCounters)>,
-    /// Thresholds set at run time (from runbooks), over configured ones.
-    thresholds: HashMap<(String, String), f64>,
-    rejected: u64,
 }
 
 fn secs(ts: SystemTime) -> f64 {
@@ -251,40 +195,30 @@ impl DetectorBank {
 
     /// A bank with one sensitivity for every metric and no thresholds.
     pub fn new(sensitivity: Sensitivity) -> Self {
-        DetectorBank {
-            default: MetricSettings {
-                enabled: true,
-                params: super::params_for(sensitivity),
-                threshold: None,
-            },
-            per_metric: HashMap::new(),
-            watched: None,
-            horizon: Duration::from_secs(30 * 60),
-            max_series: Self::DEFAULT_MAX_SERIES,
-            series: HashMap::new(),
-            counters: HashMap::new(),
-            thresholds: HashMap::new(),
-            rejected: 0,
-        }
+        DetectorBank::from_config(&BankConfig { sensitivity, ..BankConfig::default() })
     }
 
-    /// A bank set up from the `detection:` section.
-    pub fn from_config(c: &DetectionConfig) -> Self {
-        let mut b = DetectorBank::new(c.sensitivity);
-        b.horizon = c.forecast_horizon.0;
-        b.max_series = c.max_series;
-        b.watched = c.series.as_ref().map(|v| v.iter().map(|s| s.value.clone()).collect());
+    /// A bank set up from `c`.
+    pub fn from_config(c: &BankConfig) -> Self {
+        let mut per_metric = HashMap::new();
         for o in &c.overrides {
-            let mut params = super::params_for(o.sensitivity.unwrap_or(c.sensitivity));
+            let mut params = params_for(o.sensitivity.unwrap_or(c.sensitivity));
             if let Some(w) = o.warmup {
                 params.warmup = w;
             }
-            b.per_metric.insert(
-                o.metric.value.clone(),
+            per_metric.insert(
+                o.metric.clone(),
                 MetricSettings { enabled: o.enabled.unwrap_or(true), params, threshold: o.threshold },
             );
         }
-        b
+        DetectorBank {
+            default: MetricSettings { enabled: true, params: params_for(c.sensitivity), threshold: None },
+            per_metric,
+            watched: c.series.clone(),
+            horizon: c.forecast_horizon,
+            max_series: c.max_series,
+            series: HashMap::new(),
+        }
     }
 
     /// The settings that apply to `metric`.
@@ -297,31 +231,22 @@ impl DetectorBank {
         self.settings(metric).enabled && self.watched.as_ref().is_none_or(|w| w.iter().any(|m| m == metric))
     }
 
-    /// Sets (or clears) the threshold a runbook acts on, for forecasts.
-    pub fn set_threshold(&mut self, service: &str, metric: &str, threshold: Option<f64>) {
-        let k = (service.to_string(), metric.to_string());
-        match threshold {
-            Some(t) => self.thresholds.insert(k, t),
-            None => self.thresholds.remove(&k),
-        };
-    }
-
     /// Learns one point and returns an anomaly when an episode starts.
     pub fn observe(&mut self, service: &str, metric: &str, ts: SystemTime, value: f64) -> Option<Anomaly> {
         self.observe_signals(service, metric, ts, value).anomaly
     }
 
-    /// Learns one point and returns every signal it gives.
+    /// Learns one point and returns every signal it gives. A new series
+    /// beyond `max_series` is not kept: it gives no signals.
     pub fn observe_signals(&mut self, service: &str, metric: &str, ts: SystemTime, value: f64) -> Signals {
         if !self.watches(metric) {
             return Signals::default();
         }
         let key = (service.to_string(), metric.to_string());
         let settings = self.per_metric.get(metric).unwrap_or(&self.default);
-        let threshold = self.thresholds.get(&key).copied().or(settings.threshold);
+        let threshold = settings.threshold;
         if !self.series.contains_key(&key) {
             if self.series.len() >= self.max_series {
-                self.rejected += 1;
                 return Signals::default();
             }
             let entry = SeriesEntry {
@@ -369,24 +294,6 @@ impl DetectorBank {
         Signals { anomaly, forecast, score: obs.score }
     }
 
-    /// Derives the default series from a service's counters (the first call
-    /// per service only records them) and observes each watched one.
-    pub fn observe_counters(
-        &mut self,
-        service: &str,
-        ts: SystemTime,
-        counters: &ServiceCounters,
-    ) -> Vec<Signals> {
-        let t = secs(ts);
-        let prev = self.counters.insert(service.to_string(), (t, *counters));
-        let Some((t0, c0)) = prev else { return Vec::new() };
-        derive(&c0, counters, t - t0)
-            .into_iter()
-            .map(|(metric, v)| self.observe_signals(service, metric, ts, v))
-            .filter(|s| s.anomaly.is_some() || s.forecast.is_some())
-            .collect()
-    }
-
     /// The current anomaly score of a series, for `custos.anomaly.score`.
     pub fn score(&self, service: &str, metric: &str) -> Option<f64> {
         self.series.get(&(service.to_string(), metric.to_string())).map(|e| e.detector.last_score())
@@ -397,11 +304,19 @@ impl DetectorBank {
         self.series.iter().map(|((s, m), e)| (s.as_str(), m.as_str(), e.detector.last_score()))
     }
 
-    /// Forgets a service (it is no longer managed).
-    pub fn remove_service(&mut self, service: &str) {
-        self.series.retain(|(s, _), _| s != service);
-        self.counters.remove(service);
-        self.thresholds.retain(|(s, _), _| s != service);
+    /// Forgets a service that is no longer managed, so that its series stop
+    /// counting toward `max_series`; returns how many series were freed.
+    pub fn remove_service(&mut self, service: &str) -> usize {
+        self.retain_services(|s| s != service)
+    }
+
+    /// Forgets every service for which `keep` is false (after a reload,
+    /// `keep` answers "is it still configured?"); returns how many series
+    /// were freed. A service that comes back starts learning afresh.
+    pub fn retain_services(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let before = self.series.len();
+        self.series.retain(|(s, _), _| keep(s));
+        before - self.series.len()
     }
 
     pub fn len(&self) -> usize {
@@ -410,11 +325,6 @@ impl DetectorBank {
 
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()
-    }
-
-    /// Series refused because `max_series` was reached.
-    pub fn rejected_series(&self) -> u64 {
-        self.rejected
     }
 
     /// Bytes of detector state held.
@@ -430,9 +340,7 @@ impl DetectorBank {
         let mut series: Vec<_> =
             self.series.iter().map(|((s, m), e)| (s.clone(), m.clone(), e.clone())).collect();
         series.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        let mut counters: Vec<_> = self.counters.iter().map(|(s, (t, c))| (s.clone(), *t, *c)).collect();
-        counters.sort_by(|a, b| a.0.cmp(&b.0));
-        postcard::to_allocvec(&Snapshot { format: SNAPSHOT_FORMAT, series, counters })
+        postcard::to_allocvec(&Snapshot { format: SNAPSHOT_FORMAT, series, counters: Vec::new() })
             .expect("serializing plain data to memory cannot fail")
     }
 
@@ -449,7 +357,6 @@ impl DetectorBank {
             e.detector.set_params(self.settings(&m).params.clone());
             self.series.insert((s, m), e);
         }
-        self.counters = snap.counters.into_iter().map(|(s, t, c)| (s, (t, c))).collect();
         Ok(())
     }
 }
