@@ -191,7 +191,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let daemon = custos::app::service_link::DaemonRunOptions {
                 control_socket: args.socket,
-                logging,
+                logging: logging.handle,
                 external_stop: None,
             };
             let opts = custos::app::run::RunOptions { source: args.source.source(), summary, daemon };
@@ -199,7 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             {
                 // Under the SCM: the dispatcher, status reports and its stop
                 // controls; from a terminal: the console.
-                custos::app::windows_host::run_agent(config, opts, runtime)?;
+                custos::app::windows_host::run_agent(config, opts, logging.event_log, runtime)?;
                 Ok(ExitCode::SUCCESS)
             }
             #[cfg(not(windows))]

@@ -92,7 +92,6 @@ async fn recv_optional<T>(side: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
 
 /// What a finished pipeline hands back.
 pub struct Finished {
-    pub sinks: Vec<Box<dyn EventSink>>,
     pub loss: LossCounters,
 }
 
@@ -247,7 +246,7 @@ impl Pipeline {
         for s in &mut self.sinks {
             s.on_finish(&tick);
         }
-        Finished { sinks: self.sinks, loss: tick.loss }
+        Finished { loss: tick.loss }
     }
 
     /// Puts a `loss` event into the stream where counters grew since the

@@ -39,11 +39,10 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	if (!tgid)
 		return 0;
 	__u32 flags = 0;
-	if (!in_scope(cfg, cgroup_id, tgid)) {
-		if (!cfg || !cfg->emit_all_execs)
-			return 0;
-		flags |= CUSTOS_EXEC_OUT_OF_SCOPE;
-	}
+	/* Out of scope, an exec is still sent when user space asked to see
+	 * every exec (to match executable patterns); attribution decides. */
+	if (!in_scope(cfg, cgroup_id, tgid) && (!cfg || !cfg->emit_all_execs))
+		return 0;
 
 	__u32 zero = 0;
 	struct custos_exec *e = bpf_map_lookup_elem(&exec_scratch, &zero);

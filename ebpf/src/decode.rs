@@ -43,23 +43,12 @@ pub enum DecodeError {
     UnknownFamily(u16),
 }
 
-/// A decoded exec also says whether it is in the managed scope (see
-/// [`crate::wire::EXEC_OUT_OF_SCOPE`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decoded {
-    pub event: Event,
-    /// False only for execs sent because every exec was asked for.
-    pub in_scope: bool,
-}
-
-pub fn decode(bytes: &[u8], clock: &Clock, opts: &DecodeOptions) -> Result<Decoded, DecodeError> {
+pub fn decode(bytes: &[u8], clock: &Clock, opts: &DecodeOptions) -> Result<Event, DecodeError> {
     let hdr: Hdr = wire::read(bytes).ok_or(DecodeError::Short { kind: 0, len: bytes.len() })?;
     let short = || DecodeError::Short { kind: hdr.kind, len: bytes.len() };
-    let mut in_scope = true;
     let body = match hdr.kind {
         wire::EV_EXEC => {
             let e: wire::ExecFixed = wire::read(bytes).ok_or_else(short)?;
-            in_scope = e.flags & wire::EXEC_OUT_OF_SCOPE == 0;
             let fixed = std::mem::size_of::<wire::ExecFixed>();
             let args_len = (e.args_len as usize).min(wire::ARGS_LEN);
             let args = bytes.get(fixed..fixed + args_len).ok_or_else(short)?;
@@ -140,7 +129,7 @@ pub fn decode(bytes: &[u8], clock: &Clock, opts: &DecodeOptions) -> Result<Decod
     event.tid = hdr.tid;
     event.comm = wire::c_str(&hdr.comm);
     event.cgroup_id = hdr.cgroup_id;
-    Ok(Decoded { event, in_scope })
+    Ok(event)
 }
 
 /// Splits the kernel's NUL-separated argument area into at most `max` args;
@@ -236,8 +225,7 @@ mod tests {
     #[test]
     fn exec_with_arguments() {
         let d = decode(&exec_record(b"curl\0-s\0http://x\0", 0), &CLOCK, &OPTS).unwrap();
-        assert!(d.in_scope);
-        let e = d.event;
+        let e = d;
         assert_eq!((e.pid, e.tid, e.cgroup_id, e.comm.as_str()), (42, 43, 77, "curl"));
         assert_eq!(custos_event::unix_nanos(e.ts), 1_700_000_000_000_005_000);
         let EventBody::ProcessStart(p) = e.body else { panic!("wrong kind {:?}", e.kind()) };
@@ -250,18 +238,12 @@ mod tests {
     #[test]
     fn exec_truncation_by_count_and_by_kernel() {
         let d = decode(&exec_record(b"a\0b\0c\0d\0", 0), &CLOCK, &OPTS).unwrap();
-        let EventBody::ProcessStart(p) = d.event.body else { panic!() };
+        let EventBody::ProcessStart(p) = d.body else { panic!() };
         assert_eq!(p.argv, ["a", "b", "c"]);
         assert!(p.argv_truncated);
 
-        let d = decode(
-            &exec_record(b"a\0bb", wire::EXEC_ARGS_TRUNCATED | wire::EXEC_OUT_OF_SCOPE),
-            &CLOCK,
-            &OPTS,
-        )
-        .unwrap();
-        assert!(!d.in_scope);
-        let EventBody::ProcessStart(p) = d.event.body else { panic!() };
+        let d = decode(&exec_record(b"a\0bb", wire::EXEC_ARGS_TRUNCATED), &CLOCK, &OPTS).unwrap();
+        let EventBody::ProcessStart(p) = d.body else { panic!() };
         assert_eq!(p.argv, ["a", "bb"]);
         assert!(p.argv_truncated);
     }
@@ -269,7 +251,7 @@ mod tests {
     #[test]
     fn exec_with_empty_argv_and_short_record() {
         let d = decode(&exec_record(b"", 0), &CLOCK, &OPTS).unwrap();
-        let EventBody::ProcessStart(p) = d.event.body else { panic!() };
+        let EventBody::ProcessStart(p) = d.body else { panic!() };
         assert!(p.argv.is_empty());
         let mut rec = exec_record(b"abc\0", 0);
         rec.truncate(rec.len() - 2);
@@ -285,7 +267,7 @@ mod tests {
         assert_eq!(wait_status(11 | 0x80), (None, Some(Signal(11)), true));
         let e = wire::Exit { hdr: hdr(wire::EV_EXIT), ppid: 7, exit_status: 3 << 8, lifetime_ns: 99 };
         let d = decode(wire::bytes_of(&e), &CLOCK, &OPTS).unwrap();
-        let EventBody::ProcessExit(x) = d.event.body else { panic!() };
+        let EventBody::ProcessExit(x) = d.body else { panic!() };
         assert_eq!((x.exit_code, x.signal, x.lifetime_ns, x.ppid), (Some(3), None, 99, 7));
     }
 
@@ -313,7 +295,7 @@ mod tests {
         let mut t = tcp(wire::EV_CONNECT, wire::AF_INET, v4bytes([127, 0, 0, 1]), v4bytes([10, 1, 2, 3]));
         t.err = 111;
         let d = decode(wire::bytes_of(&t), &CLOCK, &OPTS).unwrap();
-        let EventBody::TcpConnect(c) = d.event.body else { panic!() };
+        let EventBody::TcpConnect(c) = d.body else { panic!() };
         assert_eq!(c.result.name(), "ECONNREFUSED");
         assert_eq!(c.endpoints.daddr, "10.1.2.3".parse::<IpAddr>().unwrap());
         assert_eq!((c.endpoints.sport, c.endpoints.dport, c.latency_ns), (40000, 80, 1234));
@@ -325,7 +307,7 @@ mod tests {
         t.bytes_received = 20;
         t.retransmits = 2;
         let d = decode(wire::bytes_of(&t), &CLOCK, &OPTS).unwrap();
-        let EventBody::TcpClose(c) = d.event.body else { panic!() };
+        let EventBody::TcpClose(c) = d.body else { panic!() };
         assert_eq!(c.endpoints.family, Family::Ipv6);
         assert_eq!((c.bytes_sent, c.bytes_received, c.retransmits, c.duration_ns), (10, 20, 2, 1234));
         assert!(c.inbound);
@@ -337,13 +319,13 @@ mod tests {
         let mapped = Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets();
         let t = tcp(wire::EV_ACCEPT, wire::AF_INET6, mapped, mapped);
         let d = decode(wire::bytes_of(&t), &CLOCK, &OPTS).unwrap();
-        let EventBody::TcpAccept(e) = d.event.body else { panic!() };
+        let EventBody::TcpAccept(e) = d.body else { panic!() };
         assert_eq!(e.family, Family::Ipv4);
         assert_eq!(e.saddr, IpAddr::V4(Ipv4Addr::LOCALHOST));
 
         let t = tcp(wire::EV_LISTEN, wire::AF_INET6, [0; 16], [0; 16]);
         let d = decode(wire::bytes_of(&t), &CLOCK, &OPTS).unwrap();
-        assert_eq!(d.event.kind(), EventKind::Listen);
+        assert_eq!(d.kind(), EventKind::Listen);
         let t = tcp(wire::EV_LISTEN, 99, [0; 16], [0; 16]);
         assert_eq!(decode(wire::bytes_of(&t), &CLOCK, &OPTS), Err(DecodeError::UnknownFamily(99)));
     }
@@ -352,15 +334,15 @@ mod tests {
     fn signal_and_oom_and_unknown() {
         let s = wire::Signal { hdr: hdr(wire::EV_SIGNAL), sig: 11, sender_pid: 0, code: 1, _pad0: 0 };
         let d = decode(wire::bytes_of(&s), &CLOCK, &OPTS).unwrap();
-        let EventBody::Signal(f) = d.event.body else { panic!() };
+        let EventBody::Signal(f) = d.body else { panic!() };
         assert_eq!((f.signal.name(), f.sender_pid, f.code), ("SIGSEGV".to_string(), 0, Some(1)));
         let o = wire::Oom { hdr: hdr(wire::EV_OOM), rss_bytes: 5 << 20, memcg: 1, _pad0: 0 };
         let d = decode(wire::bytes_of(&o), &CLOCK, &OPTS).unwrap();
-        assert_eq!(d.event.body, EventBody::OomKill(OomKill { rss_bytes: Some(5 << 20), memcg: true }));
+        assert_eq!(d.body, EventBody::OomKill(OomKill { rss_bytes: Some(5 << 20), memcg: true }));
         // 0: the kernel's layout of the counters was not recognised.
         let o = wire::Oom { hdr: hdr(wire::EV_OOM), rss_bytes: 0, memcg: 0, _pad0: 0 };
         let d = decode(wire::bytes_of(&o), &CLOCK, &OPTS).unwrap();
-        assert_eq!(d.event.body, EventBody::OomKill(OomKill { rss_bytes: None, memcg: false }));
+        assert_eq!(d.body, EventBody::OomKill(OomKill { rss_bytes: None, memcg: false }));
         let h = hdr(99);
         assert_eq!(decode(wire::bytes_of(&h), &CLOCK, &OPTS), Err(DecodeError::UnknownKind(99)));
     }

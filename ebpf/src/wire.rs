@@ -22,7 +22,6 @@ pub const MODE_MANAGED: u32 = 1;
 
 pub const EXEC_ARGS_TRUNCATED: u32 = 1;
 pub const EXEC_FILENAME_TRUNCATED: u32 = 2;
-pub const EXEC_OUT_OF_SCOPE: u32 = 4;
 
 pub const TCP_INBOUND: u32 = 1;
 pub const TCP_CLOSED_BY_LOCAL: u32 = 2;

@@ -326,13 +326,24 @@ impl Stopping {
     }
 }
 
+/// The logger of `custos run`, and on Windows the handle that turns on its
+/// Event Log output once the SCM is known to have started the agent.
+pub struct RunLogging {
+    /// `None` when the level is pinned (`CUSTOS_LOG`): reloads leave it.
+    pub handle: Option<LoggingHandle>,
+    #[cfg(any(windows, custos_windows_typecheck))]
+    pub event_log:
+        crate::platform::windows::eventlog::Deferred<crate::platform::windows::eventlog::EventSource>,
+}
+
 /// Installs the logger for `custos run`: journald under systemd, else
-/// stderr in the configured format; `--log-format` wins over both.
+/// stderr in the configured format; `--log-format` wins over both. On
+/// Windows the Event Log layer is installed too, silent until armed.
 /// `CUSTOS_LOG` (a filter) pins the level, which reloads then leave alone.
 pub fn init_logging(
     config: &LoadedConfig,
     format_flag: Option<&str>,
-) -> Result<Option<LoggingHandle>, crate::daemon::logging::LoggingError> {
+) -> Result<RunLogging, crate::daemon::logging::LoggingError> {
     use crate::config::LogFormat;
     let format = match format_flag {
         Some("json") => LogFormat::Json,
@@ -341,8 +352,19 @@ pub fn init_logging(
     };
     let pinned = std::env::var("CUSTOS_LOG").ok().filter(|v| !v.is_empty());
     let level = pinned.clone().unwrap_or_else(|| config.raw.agent.log_level.value.clone());
-    let handle = crate::daemon::logging::init(&level, format, format_flag.is_some())?;
-    Ok(if pinned.is_some() { None } else { Some(handle) })
+    #[cfg(any(windows, custos_windows_typecheck))]
+    let (platform, event_log) = {
+        let (layer, deferred) = crate::platform::windows::eventlog::service_layer();
+        (Some(Box::new(layer) as crate::daemon::logging::PlatformLayer), deferred)
+    };
+    #[cfg(not(any(windows, custos_windows_typecheck)))]
+    let platform = None;
+    let handle = crate::daemon::logging::init(&level, format, format_flag.is_some(), platform)?;
+    Ok(RunLogging {
+        handle: if pinned.is_some() { None } else { Some(handle) },
+        #[cfg(any(windows, custos_windows_typecheck))]
+        event_log,
+    })
 }
 
 #[cfg(test)]

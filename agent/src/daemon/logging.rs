@@ -87,9 +87,18 @@ fn parse_filter(level: &str) -> Result<EnvFilter, LoggingError> {
         .map_err(|e| LoggingError::Level { level: level.to_string(), detail: e.to_string() })
 }
 
+/// A log output a platform adds beside the main one (the Windows Event Log).
+pub type PlatformLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
 /// Installs the global logger. `format_forced`: `--log-format` was given,
 /// which wins over journald (e.g. to read JSON from `journalctl -o cat`).
-pub fn init(level: &str, format: LogFormat, format_forced: bool) -> Result<LoggingHandle, LoggingError> {
+/// `platform` gets every record the main output gets, at the same level.
+pub fn init(
+    level: &str,
+    format: LogFormat,
+    format_forced: bool,
+    platform: Option<PlatformLayer>,
+) -> Result<LoggingHandle, LoggingError> {
     let (filter, handle) = reload::Layer::new(parse_filter(level)?);
     let mut target = choose_target(format, format_forced, stderr_is_journal());
     let output: Box<dyn Layer<Registry> + Send + Sync> = match target {
@@ -115,8 +124,9 @@ pub fn init(level: &str, format: LogFormat, format_forced: bool) -> Result<Loggi
     };
     // The filter is the output's own (per-layer), which is the form that
     // a reload handle over a boxed layer can change later.
+    let outputs: Vec<PlatformLayer> = std::iter::once(output).chain(platform).collect();
     tracing_subscriber::registry()
-        .with(output.with_filter(filter))
+        .with(outputs.with_filter(filter))
         .try_init()
         .map_err(|_| LoggingError::AlreadyInstalled)?;
     Ok(LoggingHandle { filter: handle, target })

@@ -39,9 +39,6 @@ enum custos_event_kind {
 /* custos_exec.flags */
 #define CUSTOS_EXEC_ARGS_TRUNCATED 1
 #define CUSTOS_EXEC_FILENAME_TRUNCATED 2
-/* The process is outside the managed scope; sent only because user space
- * asked to see every exec (to match executable patterns). */
-#define CUSTOS_EXEC_OUT_OF_SCOPE 4
 
 /* custos_tcp.flags */
 #define CUSTOS_TCP_INBOUND 1

@@ -103,7 +103,7 @@ impl Reader {
                 return true;
             }
         };
-        let mut event = decoded.event;
+        let mut event = decoded;
         match &mut event.body {
             EventBody::OomKill(_) => {
                 // Bounded: victims whose exit is never seen (out of scope,

@@ -53,6 +53,39 @@ pub trait EventLogWriter: Send + Sync + 'static {
     fn write(&self, entry: EntryType, message: &str);
 }
 
+/// A writer that writes nothing until it is armed with a real one: the
+/// layer goes into the subscriber when logging starts, before custos knows
+/// whether the SCM started it; the service host arms it once it does, so a
+/// console run never writes to the Event Log.
+pub struct Deferred<W>(std::sync::Arc<std::sync::OnceLock<W>>);
+
+impl<W> Clone for Deferred<W> {
+    fn clone(&self) -> Self {
+        Deferred(self.0.clone())
+    }
+}
+
+impl<W> Default for Deferred<W> {
+    fn default() -> Self {
+        Deferred(Default::default())
+    }
+}
+
+impl<W> Deferred<W> {
+    /// From now on entries go to `writer`. False when already armed.
+    pub fn arm(&self, writer: W) -> bool {
+        self.0.set(writer).is_ok()
+    }
+}
+
+impl<W: EventLogWriter> EventLogWriter for Deferred<W> {
+    fn write(&self, entry: EntryType, message: &str) {
+        if let Some(w) = self.0.get() {
+            w.write(entry, message);
+        }
+    }
+}
+
 /// The Event Log takes at most 31,839 characters per string; keep well under.
 pub const MAX_MESSAGE_BYTES: usize = 31_000;
 
@@ -156,12 +189,21 @@ impl EventSource {
     }
 }
 
-/// The layer to add to the subscriber when custos runs as a service:
-/// entries go to the Event Log source `custos install` registered under
-/// the service's name.
+/// The layer custos installs on Windows, and the handle that arms it when
+/// custos runs as a service: entries then go to the Event Log source
+/// `custos install` registered under the service's name (see
+/// [`arm_service_log`]).
 #[cfg(any(windows, custos_windows_typecheck))]
-pub fn service_layer(service_name: &str) -> std::io::Result<EventLogLayer<EventSource>> {
-    Ok(EventLogLayer::new(EventSource::open(service_name)?))
+pub fn service_layer() -> (EventLogLayer<Deferred<EventSource>>, Deferred<EventSource>) {
+    let deferred = Deferred::default();
+    (EventLogLayer::new(deferred.clone()), deferred)
+}
+
+/// Arms the service layer: opens the source `service_name`.
+#[cfg(any(windows, custos_windows_typecheck))]
+pub fn arm_service_log(deferred: &Deferred<EventSource>, service_name: &str) -> std::io::Result<()> {
+    deferred.arm(EventSource::open(service_name)?);
+    Ok(())
 }
 
 #[cfg(any(windows, custos_windows_typecheck))]
@@ -236,6 +278,22 @@ mod tests {
                 (EntryType::Information, format!("Details. [{target}]")),
             ]
         );
+    }
+
+    #[test]
+    fn a_deferred_writer_writes_only_once_armed() {
+        let cap = Captured::default();
+        let deferred = Deferred::default();
+        let subscriber = tracing_subscriber::registry().with(EventLogLayer::new(deferred.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("Before the service host knew.");
+            assert!(deferred.arm(cap.clone()));
+            assert!(!deferred.arm(cap.clone()), "armed once");
+            tracing::warn!("Under the SCM.");
+        });
+        let got: Vec<String> = cap.0.lock().unwrap().iter().map(|(_, m)| m.clone()).collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("Under the SCM."), "{got:?}");
     }
 
     #[test]
