@@ -432,8 +432,12 @@ mod tests {
         let got = Arc::new(Mutex::new(Vec::new()));
         p.add_sink(Box::new(Collect(got.clone(), Arc::new(AtomicU64::new(0)))));
         let (tx, rx) = mpsc::channel(100);
+        // Pids far from the test's own (attribution ignores the agent's own
+        // events, and Wine hands out small pids), each a named process.
         for i in 0..50 {
-            tx.send(start(i, "/bin/x")).await.unwrap();
+            let mut e = start(4_000_000 + i, "/bin/x");
+            e.comm = "x".into();
+            tx.send(e).await.unwrap();
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         stop_tx.send(true).unwrap();
