@@ -50,7 +50,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     service.add_exporter_status(&config, exporter.stats().clone());
     let runbooks = super::runbooks::start(&config)?;
     if let Some(rb) = &runbooks {
-        pipeline.add_sink(Box::new(rb.sink()));
+        pipeline.add_sink(Box::new(rb.sink(exporter.stats().clone())));
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());
         service.attach_runbooks(rb.engine.clone());
     }
@@ -65,7 +65,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             .then(|| custos_detect::DetectorBank::from_config(&config.raw.detection.bank_config()));
         let findings = runbooks.as_ref().map(|rb| {
             let (tx, rx) = tokio::sync::mpsc::channel(4096);
-            rb.forward_findings(rx);
+            rb.forward_findings(rx, exporter.stats().clone());
             tx
         });
         let sink = super::detection::DetectionSink::new(

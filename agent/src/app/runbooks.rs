@@ -13,19 +13,44 @@ use crate::pipeline::{EventSink, Tick};
 use crate::runbook::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
 use custos_event::Event;
 use std::collections::HashMap;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 
-/// The pipeline sink: every attributed event goes to the engine.
+/// What the engine's input thread takes, in order.
+enum EngineInput {
+    Event(Event),
+    Finding(Finding),
+    /// Everything queued before it has been handled: answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// How many events and findings may wait for the engine. Matching an event
+/// is quick; what is slow (audit appends, state saves with fsync) happens
+/// on the engine's input thread, never on the pipeline task.
+const ENGINE_QUEUE: usize = 8192;
+
+/// The pipeline sink: every attributed event goes to the engine's input
+/// thread; when its queue is full the event is dropped and counted
+/// (`runbook_inputs_dropped`), the pipeline never waits.
 pub struct RunbookSink {
     engine: Engine,
+    input: SyncSender<EngineInput>,
+    stats: Arc<AgentStats>,
 }
 
 impl EventSink for RunbookSink {
     fn on_event(&mut self, event: &Event) {
-        self.engine.on_event(event);
+        if self.input.try_send(EngineInput::Event(event.clone())).is_err() {
+            AgentStats::add(&self.stats.runbook_inputs_dropped, 1);
+        }
     }
     fn on_finish(&mut self, _tick: &Tick) {
-        // Running actions finish (bounded by their timeouts) before exit.
+        // What is queued is handled, then running actions finish (bounded
+        // by their timeouts) before exit.
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.input.send(EngineInput::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
         self.engine.wait_idle();
     }
 }
@@ -34,26 +59,29 @@ impl EventSink for RunbookSink {
 pub struct Runbooks {
     pub engine: Engine,
     pub audit: Arc<AuditLog>,
+    input: SyncSender<EngineInput>,
 }
 
 impl Runbooks {
-    pub fn sink(&self) -> RunbookSink {
-        RunbookSink { engine: self.engine.clone() }
+    pub fn sink(&self, stats: Arc<AgentStats>) -> RunbookSink {
+        RunbookSink { engine: self.engine.clone(), input: self.input.clone(), stats }
     }
 
-    /// Forwards the detector's anomalies to the engine.
+    /// Forwards the detector's anomalies and series values to the engine's
+    /// input thread (dropped and counted as `findings_dropped` when its
+    /// queue is full).
     pub fn forward_findings(
         &self,
         mut rx: tokio::sync::mpsc::Receiver<Finding>,
+        stats: Arc<AgentStats>,
     ) -> tokio::task::JoinHandle<()> {
-        let engine = self.engine.clone();
+        let input = self.input.clone();
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
-                match f {
-                    Finding::Anomaly(a) => engine.on_anomaly(&a),
-                    Finding::Metric { service, metric, value, ts } => {
-                        engine.on_metric(&service, metric, value, ts)
-                    }
+                match input.try_send(EngineInput::Finding(f)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => AgentStats::add(&stats.findings_dropped, 1),
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
             }
         })
@@ -107,6 +135,8 @@ pub enum StartError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Engine(#[from] crate::runbook::engine::EngineError),
+    #[error("cannot start the runbook input thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The engine's view of the configured services: the unit each one's
@@ -159,5 +189,24 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         dry_run = config.raw.runbooks.dry_run,
         "Runbooks loaded."
     );
-    Ok(Some(Runbooks { engine, audit }))
+    let (input, queue) = std::sync::mpsc::sync_channel(ENGINE_QUEUE);
+    let e = engine.clone();
+    std::thread::Builder::new()
+        .name("runbook-input".into())
+        .spawn(move || {
+            for i in queue {
+                match i {
+                    EngineInput::Event(ev) => e.on_event(&ev),
+                    EngineInput::Finding(Finding::Anomaly(a)) => e.on_anomaly(&a),
+                    EngineInput::Finding(Finding::Metric { service, metric, value, ts }) => {
+                        e.on_metric(&service, metric, value, ts)
+                    }
+                    EngineInput::Flush(ack) => {
+                        let _ = ack.send(());
+                    }
+                }
+            }
+        })
+        .map_err(StartError::Thread)?;
+    Ok(Some(Runbooks { engine, audit, input }))
 }
