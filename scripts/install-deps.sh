@@ -21,6 +21,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "install-deps: cargo is missing: install a Rust toolchain (1.85 or newer) first" >&2
+  echo "install-deps: cargo is missing: install a Rust toolchain (1.89 or newer) first" >&2
   exit 1
 fi

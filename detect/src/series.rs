@@ -490,7 +490,7 @@ impl SeriesDetector {
         match nn_at {
             Some(i) if dist + floor <= typical => {
                 self.mem_last_hit[i] = self.n;
-                if (self.n - 1) % self.params.stride as u64 == 0 {
+                if (self.n - 1).is_multiple_of(self.params.stride as u64) {
                     for (k, c) in ctx.iter().enumerate() {
                         let m = &mut self.memory[k * MEMORY + i];
                         *m += (c - *m) * 0.1;
@@ -498,7 +498,7 @@ impl SeriesDetector {
                 }
             }
             _ => {
-                if (self.n - 1) % self.params.stride as u64 == 0 {
+                if (self.n - 1).is_multiple_of(self.params.stride as u64) {
                     self.remember(&ctx);
                 }
             }

@@ -24,7 +24,7 @@ fn net_record(i: u64) -> Record {
     props.insert(Cow::Borrowed("dport"), Value::U16(u16::from_le_bytes(443u16.to_be_bytes())));
     Record {
         provider: KERNEL_NETWORK,
-        event_id: if i % 2 == 0 { net_event::SEND } else { net_event::RECV },
+        event_id: if i.is_multiple_of(2) { net_event::SEND } else { net_event::RECV },
         opcode: 0,
         version: 0,
         pid: 4242,

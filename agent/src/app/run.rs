@@ -38,6 +38,8 @@ pub struct RunOptions {
 
 /// Runs the agent until SIGTERM/SIGINT, or until a recording is exhausted.
 pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
+    // One agent per state dir, before anything else is opened or bound.
+    let _lock = crate::daemon::lock::acquire(&config.raw.agent.state_dir)?;
     // Service integration first, so that an early SIGTERM is not lost.
     let service = ServiceLink::start(&config, opts.daemon)?;
     let started = crate::sensor::start(&opts.source, &config).await?;

@@ -21,6 +21,7 @@
 pub mod cli;
 pub mod control;
 pub mod live;
+pub mod lock;
 pub mod logging;
 pub mod notify;
 pub mod reload;

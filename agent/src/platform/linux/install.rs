@@ -99,9 +99,9 @@ Type=notify
 # readiness or keep-alives.
 NotifyAccess=main
 ExecStart={bin} run --config {config}
-# Reload re-reads the configuration and runbooks; an invalid one is rejected
-# and logged, and the running one stays.
-ExecReload=/bin/kill -HUP $MAINPID
+# Reload re-reads the configuration and runbooks; an invalid one is rejected,
+# the running one stays, and `systemctl reload` fails with the reason.
+ExecReload={bin} reload
 # Keep-alives come from the pipeline's progress, not a timer: a hung pipeline
 # misses them and systemd kills and restarts the agent.
 WatchdogSec={watchdog}
@@ -270,6 +270,8 @@ pub enum InstallError {
     Systemd(String),
     #[error("{unit} did not become active: {state}; see `journalctl -u {unit}`")]
     NotActive { unit: String, state: String },
+    #[error("a custos agent not run by systemd{} holds {}: stop it first, then install", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .dir.display())]
+    HandRunAgent { dir: PathBuf, pid: Option<u32> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
@@ -458,6 +460,11 @@ pub fn plan_install(
     if active && changed {
         plan.push(Action::Systemctl(vec!["restart".into(), UNIT_NAME.into()]));
     } else if !active {
+        // The unit's agent would refuse to start on a state dir another
+        // agent holds, and systemd would restart it over and over.
+        if let Some(pid) = crate::daemon::lock::holder(&state_dir) {
+            return Err(InstallError::HandRunAgent { dir: state_dir, pid });
+        }
         // A unit that failed its start limit stays failed without this.
         plan.push(Action::SystemctlTolerant(vec!["reset-failed".into(), UNIT_NAME.into()]));
         plan.push(Action::Systemctl(vec!["start".into(), UNIT_NAME.into()]));
@@ -717,7 +724,7 @@ mod tests {
             "Type=notify",
             "NotifyAccess=main",
             "ExecStart=/usr/local/bin/custos run --config /etc/custos/custos.yaml",
-            "ExecReload=/bin/kill -HUP $MAINPID",
+            "ExecReload=/usr/local/bin/custos reload",
             "WatchdogSec=30",
             "Restart=on-failure",
             "RestartSec=5",
