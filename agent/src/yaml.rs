@@ -127,8 +127,12 @@ impl<'a> Problems<'a> {
         if self.errors.is_empty() {
             Ok(value)
         } else {
-            Err(LocatedErrors(self.errors))
+            Err(self.into_errors())
         }
+    }
+
+    pub fn into_errors(self) -> LocatedErrors {
+        LocatedErrors(self.errors)
     }
 }
 
