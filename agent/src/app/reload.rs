@@ -76,7 +76,7 @@ pub fn apply_reloads(
     targets: ReloadTargets,
 ) -> tokio::task::JoinHandle<()> {
     let mut services = running.clone();
-    let exporter = format!("{:?}", running.raw.exporter);
+    let exporter = running.raw.exporter.clone();
     tokio::spawn(async move {
         updates.borrow_and_update();
         while updates.changed().await.is_ok() {
@@ -114,7 +114,7 @@ pub fn apply_reloads(
                 }
                 tracing::info!(services = new.services.len(), "Applied the reloaded services.");
             }
-            if format!("{:?}", new.raw.exporter) != exporter {
+            if new.raw.exporter != exporter {
                 tracing::warn!("The exporter's settings changed; they take effect when the agent restarts.");
             }
             if let Some(l) = &targets.logging {
@@ -213,5 +213,17 @@ mod change_tests {
             &parse(API, "t").unwrap(),
             &parse("services:\n  - discover: systemd\n", "t").unwrap()
         ));
+    }
+
+    #[test]
+    fn the_exporter_compares_by_value() {
+        let otlp = |text: &str| parse(text, "t").unwrap().raw.exporter;
+        let old = otlp("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n");
+        let moved = otlp("# moved\n\nexporter: { otlp: { endpoint: \"http://127.0.0.1:4317\" } }\n");
+        assert_eq!(old, moved);
+        assert_ne!(old, otlp("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4318\" }\n"));
+        let header =
+            "exporter:\n  otlp: { endpoint: \"http://x:4317\", headers: [ { name: a, value: b } ] }\n";
+        assert_ne!(otlp(header), otlp(&header.replace("value: b", "value: c")));
     }
 }

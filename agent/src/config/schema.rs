@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 /// Where telemetry goes. Without `otlp`, OTLP/JSON files in the state dir.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExporterConfig {
     pub otlp: Option<OtlpConfig>,
@@ -87,7 +87,7 @@ pub enum Compression {
 /// One extra header sent with every export request. Exactly one of
 /// `value`, `env` (an environment variable holding the value) or `file` (a
 /// file holding it, trailing newline removed). Values are never logged.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderConfig {
     pub name: Spanned<String>,
@@ -97,7 +97,7 @@ pub struct HeaderConfig {
 }
 
 /// TLS towards the collector (`https://` endpoints).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM CA bundle to trust instead of the system roots.
@@ -119,7 +119,7 @@ pub enum OtlpProtocol {
 }
 
 /// An OTLP collector endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     pub endpoint: Spanned<String>,
@@ -155,7 +155,7 @@ fn default_otlp_timeout() -> HumanDuration {
 }
 
 /// The on-disk spool that holds telemetry while the collector is away.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Default: `<state_dir>/spool`.
@@ -170,7 +170,7 @@ impl Default for SpoolConfig {
 }
 
 /// Local OTLP/JSON files, used when no collector endpoint is configured.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesConfig {
     /// Default: `<state_dir>/otlp`.
