@@ -20,3 +20,4 @@ pub mod runbook;
 pub mod sensor;
 pub mod service_manager;
 pub mod summary;
+pub mod yaml;

@@ -47,28 +47,12 @@ pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String>
     Ok(Reloaded { config, runbooks })
 }
 
-/// The services of a configuration as far as the running agent cares: who
-/// is managed and how, and how each is probed (values only: the same
-/// configuration written on other lines is the same).
-fn services_key(config: &LoadedConfig) -> String {
-    let mut key = format!("{:?}", config.discover);
-    for s in &config.services {
-        key.push_str(&format!("|{}={:?}", s.name, s.selector));
-        if let Some(h) = &s.health {
-            key.push_str(&format!(
-                " health {:?} {:?} {:?} {:?} {:?} {} {:?} {:?}",
-                h.http.as_ref().map(|v| &v.value),
-                h.tcp.as_ref().map(|v| &v.value),
-                h.command.as_ref().map(|v| &v.value),
-                h.every.0,
-                h.timeout.0,
-                h.failures,
-                h.expect_status,
-                h.body_contains,
-            ));
-        }
-    }
-    key
+/// Whether a reload changes the services as far as the running agent
+/// cares: who is managed and how, and how each is probed. Compared by value
+/// (`Spanned` ignores places): the same configuration written on other lines
+/// is the same, and a field added to a probe counts without being listed.
+fn services_differ(old: &LoadedConfig, new: &LoadedConfig) -> bool {
+    old.discover != new.discover || old.services != new.services
 }
 
 /// What a reload acts on in the running agent.
@@ -91,18 +75,17 @@ pub fn apply_reloads(
     mut updates: watch::Receiver<Arc<Reloaded>>,
     targets: ReloadTargets,
 ) -> tokio::task::JoinHandle<()> {
-    let mut services = services_key(running);
-    let exporter = format!("{:?}", running.raw.exporter);
+    let mut services = running.clone();
+    let exporter = running.raw.exporter.clone();
     tokio::spawn(async move {
         updates.borrow_and_update();
         while updates.changed().await.is_ok() {
             let reloaded = updates.borrow_and_update().clone();
             let new = &reloaded.config;
             targets.live.set_config(new);
-            let key = services_key(new);
-            let services_changed = key != services;
+            let services_changed = services_differ(&services, new);
             if services_changed {
-                services = key;
+                services = new.clone();
                 if targets.pipeline.send(Arc::new(new.clone())).await.is_err() {
                     return; // the pipeline has stopped
                 }
@@ -131,7 +114,7 @@ pub fn apply_reloads(
                 }
                 tracing::info!(services = new.services.len(), "Applied the reloaded services.");
             }
-            if format!("{:?}", new.raw.exporter) != exporter {
+            if new.raw.exporter != exporter {
                 tracing::warn!("The exporter's settings changed; they take effect when the agent restarts.");
             }
             if let Some(l) = &targets.logging {
@@ -179,5 +162,68 @@ mod tests {
         // No runbooks directory: self-healing off, the config alone reloads.
         write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
         assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::services_differ;
+    use crate::config::parse;
+
+    const API: &str = "services:\n  - name: api\n    systemd_unit: api\n";
+
+    fn probed(health: &str) -> crate::config::LoadedConfig {
+        parse(&format!("{API}    health: {{ {health} }}\n"), "t").unwrap()
+    }
+
+    #[test]
+    fn any_health_probe_field_is_a_change() {
+        let base = "http: \"http://127.0.0.1:8080/\", every: 10s, timeout: 2s, failures: 3";
+        let old = probed(base);
+        for changed in [
+            "http: \"http://127.0.0.1:8081/\", every: 10s, timeout: 2s, failures: 3",
+            "http: \"http://127.0.0.1:8080/\", every: 11s, timeout: 2s, failures: 3",
+            "http: \"http://127.0.0.1:8080/\", every: 10s, timeout: 3s, failures: 3",
+            "http: \"http://127.0.0.1:8080/\", every: 10s, timeout: 2s, failures: 4",
+            "http: \"http://127.0.0.1:8080/\", every: 10s, timeout: 2s, failures: 3, expect_status: 204",
+            "http: \"http://127.0.0.1:8080/\", every: 10s, timeout: 2s, failures: 3, body_contains: ok",
+            "tcp: \"127.0.0.1:8080\", every: 10s, timeout: 2s, failures: 3",
+            "command: [\"/bin/true\"], every: 10s, timeout: 2s, failures: 3",
+        ] {
+            assert!(services_differ(&old, &probed(changed)), "{changed}");
+        }
+        assert!(services_differ(&old, &parse(API, "t").unwrap()), "probe removed");
+        assert!(!services_differ(&old, &probed(base)));
+        let cmd = probed("command: [\"/bin/true\"]");
+        assert!(services_differ(&cmd, &probed("command: [\"/bin/true\", \"-q\"]")));
+    }
+
+    #[test]
+    fn the_same_services_on_other_lines_are_no_change() {
+        let old = probed("tcp: \"127.0.0.1:1\"");
+        let moved = parse(
+            "# a comment\nagent: { log_level: debug }\nservices:\n\n  - systemd_unit: api\n    health: { tcp: \"127.0.0.1:1\" }\n    name: api\n",
+            "t",
+        )
+        .unwrap();
+        assert!(!services_differ(&old, &moved));
+        let other_unit = parse("services:\n  - name: api\n    systemd_unit: api2\n", "t").unwrap();
+        assert!(services_differ(&parse(API, "t").unwrap(), &other_unit));
+        assert!(services_differ(
+            &parse(API, "t").unwrap(),
+            &parse("services:\n  - discover: systemd\n", "t").unwrap()
+        ));
+    }
+
+    #[test]
+    fn the_exporter_compares_by_value() {
+        let otlp = |text: &str| parse(text, "t").unwrap().raw.exporter;
+        let old = otlp("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n");
+        let moved = otlp("# moved\n\nexporter: { otlp: { endpoint: \"http://127.0.0.1:4317\" } }\n");
+        assert_eq!(old, moved);
+        assert_ne!(old, otlp("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4318\" }\n"));
+        let header =
+            "exporter:\n  otlp: { endpoint: \"http://x:4317\", headers: [ { name: a, value: b } ] }\n";
+        assert_ne!(otlp(header), otlp(&header.replace("value: b", "value: c")));
     }
 }

@@ -114,53 +114,6 @@ fn discover_rules() {
 }
 
 #[test]
-fn environment_overrides_file_and_is_validated() {
-    let mut c = parse("agent: { log_level: info }\n", "x").unwrap();
-    apply_env(
-        &mut c,
-        [
-            ("CUSTOS_LOG_LEVEL".to_string(), "debug".to_string()),
-            ("CUSTOS_OTLP_ENDPOINT".into(), "http://10.0.0.1:4318".into()),
-            ("CUSTOS_OTLP_PROTOCOL".into(), "http".into()),
-            ("CUSTOS_SENSITIVITY".into(), "high".into()),
-            ("UNRELATED".into(), "1".into()),
-        ],
-    )
-    .unwrap();
-    assert_eq!(c.raw.agent.log_level.value, "debug");
-    let o = c.raw.exporter.otlp.as_ref().unwrap();
-    assert_eq!((o.endpoint.value.as_str(), o.protocol), ("http://10.0.0.1:4318", OtlpProtocol::Http));
-    assert_eq!(c.raw.detection.sensitivity, Sensitivity::High);
-
-    let mut c = parse("", "x").unwrap();
-    let e = apply_env(&mut c, [("CUSTOS_SENSITIVITY".to_string(), "extreme".to_string())]).unwrap_err();
-    assert!(e.to_string().contains("environment CUSTOS_SENSITIVITY: expected `low`"), "{e}");
-    let mut c = parse("", "x").unwrap();
-    let e = apply_env(&mut c, [("CUSTOS_LISTEN".to_string(), "nowhere".to_string())]).unwrap_err();
-    assert!(e.to_string().contains("agent.listen"), "{e}");
-}
-
-#[cfg(unix)]
-#[test]
-fn writable_files_are_refused() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("custos.yaml");
-    std::fs::write(&f, "").unwrap();
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let e = load(Some(&f)).unwrap_err();
-    assert!(e.to_string().contains("world-writable"), "{e}");
-    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-    assert!(load(Some(&f)).is_ok());
-}
-
-#[test]
-fn missing_file_is_a_clear_error() {
-    let e = load(Some(Path::new("/nonexistent/custos.yaml"))).unwrap_err();
-    assert!(e.to_string().starts_with("/nonexistent/custos.yaml: cannot read"), "{e}");
-}
-
-#[test]
 fn windows_service_defaults_restart_twice_then_nothing() {
     let w = parse("", "x").unwrap().raw.agent.windows;
     assert_eq!(w.service_name.value, "custos");

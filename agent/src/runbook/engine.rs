@@ -1,14 +1,16 @@
 //! The runbook engine: matches inputs (attributed events, anomalies, metric
-//! values, health and service state) against runbooks, decides which step
-//! of the ladder to run (or why not: cooldown, breaker, busy), runs it
-//! through the `ServiceManager` or as a command/webhook, verifies the
-//! service healed, and writes every step to the audit log.
+//! values, health and service state) against runbooks, asks `decide.rs`
+//! which step of the ladder to run (or why not: cooldown, breaker, busy),
+//! runs it through the `ServiceManager` or as a command/webhook, verifies
+//! the service healed, and writes every step to the audit log and the
+//! state to disk.
 //!
 //! Matching happens on the caller's thread and is cheap; actions run on a
 //! thread per execution (at most one per service at a time) so that a 30 s
 //! verification never holds up the event pipeline.
 
 use super::actions;
+use super::decide::{self, decide, refires, State, Verdict};
 use super::model::{Action, Runbook, Step};
 use super::state::{ActionSummary, RunbookState, StateStore, LAST_ACTIONS};
 use super::template::Context;
@@ -363,9 +365,9 @@ impl Engine {
             // restart) fires again once the cooldown is over, so the
             // ladder climbs; silently skipped while busy or cooling down.
             let key = self.key(rb);
-            let cooled =
-                lock(&self.inner.state).get(&key).is_none_or(|s| s.cooldown_until.is_none_or(|c| now >= c));
-            cooled && !lock(&self.inner.busy).contains(&rb.service)
+            // One lock at a time: `fire` takes busy, then state.
+            let busy = lock(&self.inner.busy).contains(&rb.service);
+            refires(&State { saved: lock(&self.inner.state).get(&key), busy }, now)
         } else {
             false
         };
@@ -376,16 +378,11 @@ impl Engine {
     }
 
     fn dry_run(&self, rb: &Runbook) -> bool {
-        self.inner.opts.dry_run || rb.dry_run
+        decide::dry_run(rb, self.inner.opts.dry_run)
     }
 
-    /// Dry-run ladders are kept apart so that turning dry-run off starts fresh.
     fn key(&self, rb: &Runbook) -> String {
-        if self.dry_run(rb) {
-            format!("dry-run:{}", rb.name)
-        } else {
-            rb.name.clone()
-        }
+        decide::state_key(rb, self.dry_run(rb))
     }
 
     fn unit(&self, service: &str) -> ServiceInfo {
@@ -432,65 +429,60 @@ impl Engine {
             json!({ "event": ctx.event }),
             dry,
         );
+        // Busy is held until the job is registered, so that two firings
+        // for one service never both run.
         let mut busy = lock(&self.inner.busy);
-        if busy.contains(&rb.service) {
+        let mut states = lock(&self.inner.state);
+        let d = decide(&rb, &State { saved: states.get(&key), busy: busy.contains(&rb.service) }, now);
+        if let Some(next) = d.next {
+            states.insert(key.clone(), next);
+        }
+        let snapshot = d.verdict.saves().then(|| states.clone());
+        drop(states);
+        if let Some(reset) = d.ladder_reset {
             self.audit(
+                AuditKind::Decision,
+                Some(&rb),
+                format!("Ladder reset: no firing for {}.", humantime::format_duration(reset)),
+                json!({ "reason": "reset_after" }),
+                dry,
+            );
+        }
+        if d.breaker_closed {
+            self.audit(
+                AuditKind::Breaker,
+                Some(&rb),
+                "Circuit breaker closed: the action window has room again.".into(),
+                json!({ "state": "closed" }),
+                dry,
+            );
+        }
+        if let Some(snapshot) = snapshot {
+            self.save(&snapshot);
+        }
+        match d.verdict {
+            Verdict::Busy => self.audit(
                 AuditKind::Suppression,
                 Some(&rb),
                 format!("Not acting: an execution for service {} is in progress.", rb.service),
                 json!({ "reason": "busy" }),
                 dry,
-            );
-            return;
-        }
-        let mut states = lock(&self.inner.state);
-        let st = states.entry(key.clone()).or_default();
-        if let Some(until) = st.cooldown_until.filter(|u| now < *u) {
-            self.audit(
+            ),
+            Verdict::CoolingDown { until } => self.audit(
                 AuditKind::Suppression,
                 Some(&rb),
                 format!("Not acting: cooling down until {}.", rfc3339(until)),
                 json!({ "reason": "cooldown", "until": rfc3339(until) }),
                 dry,
-            );
-            return;
-        }
-        if let (Some(reset), Some(last)) = (rb.reset_after, st.last_fire) {
-            if st.position > 0 && now.duration_since(last).unwrap_or_default() >= reset {
-                st.position = 0;
-                self.audit(
-                    AuditKind::Decision,
-                    Some(&rb),
-                    format!("Ladder reset: no firing for {}.", humantime::format_duration(reset)),
-                    json!({ "reason": "reset_after" }),
-                    dry,
-                );
-            }
-        }
-        if let Some(max) = rb.max_actions {
-            while st
-                .action_times
-                .front()
-                .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= max.per)
-            {
-                st.action_times.pop_front();
-            }
-            if st.action_times.len() >= max.count as usize {
-                if st.breaker_open {
-                    self.audit(
-                        AuditKind::Suppression,
-                        Some(&rb),
-                        "Not acting: the circuit breaker is open.".into(),
-                        json!({ "reason": "breaker_open" }),
-                        dry,
-                    );
-                    return;
-                }
-                st.breaker_open = true;
-                st.last_fire = Some(now);
-                let snapshot = states.clone();
-                drop(states);
-                self.save(&snapshot);
+            ),
+            Verdict::BreakerOpen => self.audit(
+                AuditKind::Suppression,
+                Some(&rb),
+                "Not acting: the circuit breaker is open.".into(),
+                json!({ "reason": "breaker_open" }),
+                dry,
+            ),
+            Verdict::OpenBreaker { max, escalate } => {
                 self.audit(
                     AuditKind::Breaker,
                     Some(&rb),
@@ -503,43 +495,25 @@ impl Engine {
                     json!({ "state": "open", "count": max.count, "per_secs": max.per.as_secs() }),
                     dry,
                 );
-                if let Some(step) = rb.escalate.clone() {
+                if let Some(step) = escalate {
                     busy.insert(rb.service.clone());
                     drop(busy);
                     self.run(Job { runbook: rb, key, step, index: None, ctx, dry_run: dry });
                 }
-                return;
             }
-            if st.breaker_open {
-                st.breaker_open = false;
+            Verdict::Run { index, step } => {
                 self.audit(
-                    AuditKind::Breaker,
+                    AuditKind::Decision,
                     Some(&rb),
-                    "Circuit breaker closed: the action window has room again.".into(),
-                    json!({ "state": "closed" }),
+                    format!("Running step {} of {}: {}.", index + 1, rb.steps.len(), step.action.describe()),
+                    json!({ "step": index + 1, "action": step.action.name(), "delay_ms": step.delay.as_millis() as u64 }),
                     dry,
                 );
+                busy.insert(rb.service.clone());
+                drop(busy);
+                self.run(Job { runbook: rb, key, step, index: Some(index), ctx, dry_run: dry });
             }
         }
-        let index = st.position.min(rb.steps.len() - 1);
-        let step = rb.steps[index].clone();
-        st.position = (index + 1).min(rb.steps.len());
-        st.last_fire = Some(now);
-        st.action_times.push_back(now);
-        st.cooldown_until = Some(now + step.delay + rb.cooldown);
-        let snapshot = states.clone();
-        drop(states);
-        self.save(&snapshot);
-        self.audit(
-            AuditKind::Decision,
-            Some(&rb),
-            format!("Running step {} of {}: {}.", index + 1, rb.steps.len(), step.action.describe()),
-            json!({ "step": index + 1, "action": step.action.name(), "delay_ms": step.delay.as_millis() as u64 }),
-            dry,
-        );
-        busy.insert(rb.service.clone());
-        drop(busy);
-        self.run(Job { runbook: rb, key, step, index: Some(index), ctx, dry_run: dry });
     }
 
     fn run(&self, job: Job) {

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod cli;
+pub mod decide;
 pub mod engine;
 pub mod graph;
 pub mod model;
