@@ -9,6 +9,7 @@ pub mod attribution;
 pub mod audit;
 pub mod command;
 pub mod config;
+pub mod counters;
 pub mod daemon;
 pub mod detect_cli;
 pub mod export;

@@ -1,8 +1,10 @@
 //! What a person sees on the terminal: one readable line per event for
-//! `custos watch`, and the periodic per-service table of `custos run`.
+//! `custos watch`, and the periodic per-service table of `custos run`, made
+//! from what the counters fold ([`crate::counters`]) hands it.
 
-use custos_event::{Event, EventBody, ExitClass, LossCounters};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::counters::{Activity, CountersConsumer, Delta};
+use custos_event::{Event, EventBody, LossCounters};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -107,48 +109,25 @@ pub fn fmt_ns(ns: u64) -> String {
     }
 }
 
-/// Counts of one service over one summary interval.
-#[derive(Debug, Default, Clone)]
-pub struct ServiceCounts {
-    pub starts: u64,
-    pub exits: u64,
-    pub failed_exits: u64,
-    pub signals: u64,
-    pub oom_kills: u64,
-    pub connects: u64,
-    pub connect_failures: u64,
-    pub accepts: u64,
-    pub bytes: u64,
-    pub health_failures: u64,
-    /// syscall name → (count, errors)
-    pub syscalls: HashMap<String, (u64, u64)>,
+/// Whether a service did nothing worth a row in this interval.
+fn is_quiet(a: &Activity) -> bool {
+    let c = &a.counts;
+    activity(a) == 0
+        && c.failed_exits + c.signals + c.oom_kills + c.connect_errors + c.bytes + c.health_failures == 0
 }
 
-impl ServiceCounts {
-    fn is_quiet(&self) -> bool {
-        self.activity() == 0
-            && self.failed_exits
-                + self.signals
-                + self.oom_kills
-                + self.connect_failures
-                + self.bytes
-                + self.health_failures
-                == 0
-    }
-
-    fn activity(&self) -> u64 {
-        self.starts
-            + self.exits
-            + self.connects
-            + self.accepts
-            + self.syscalls.values().map(|c| c.0).sum::<u64>()
-    }
+/// How busy a service was: what the rows are sorted by.
+fn activity(a: &Activity) -> u64 {
+    let c = &a.counts;
+    c.starts + c.exits + c.connects + c.accepts + a.syscalls.values().map(|c| c.0).sum::<u64>()
 }
 
 /// The live per-service table of `custos run`.
 #[derive(Debug, Default)]
 pub struct Summary {
-    services: BTreeMap<String, ServiceCounts>,
+    /// Each service's activity in this interval, added up from the
+    /// counters fold's deltas.
+    services: BTreeMap<String, Activity>,
     /// Always listed, even when quiet; other services only in the
     /// intervals they did something (a host managed whole has a row per
     /// command ever run otherwise).
@@ -180,41 +159,17 @@ impl Summary {
         }
     }
 
-    pub fn record(&mut self, e: &Event) {
-        self.events += 1;
-        let Some(service) = &e.service else { return };
-        let c = self.services.entry(service.clone()).or_default();
-        match &e.body {
-            EventBody::ProcessStart(_) => c.starts += 1,
-            EventBody::ProcessExit(x) => {
-                c.exits += 1;
-                if x.class() != ExitClass::Clean {
-                    c.failed_exits += 1;
+    /// Adds what the counters fold counted since its previous publish.
+    pub fn add(&mut self, d: &Delta) {
+        // Gap markers count as events in the rate, as they always have.
+        self.events += d.events + d.markers;
+        for (name, a) in &d.services {
+            match self.services.get_mut(name) {
+                Some(s) => s.add(a),
+                None => {
+                    self.services.insert(name.clone(), a.clone());
                 }
             }
-            EventBody::Signal(_) => c.signals += 1,
-            EventBody::OomKill(_) => c.oom_kills += 1,
-            EventBody::TcpConnect(t) => {
-                c.connects += 1;
-                if !t.result.is_ok() {
-                    c.connect_failures += 1;
-                }
-            }
-            EventBody::TcpAccept(_) => c.accepts += 1,
-            EventBody::TcpClose(t) => c.bytes += t.bytes_sent + t.bytes_received,
-            EventBody::SyscallStats(s) => {
-                for sc in &s.syscalls {
-                    let entry = c.syscalls.entry(sc.name.clone()).or_default();
-                    entry.0 += sc.count;
-                    entry.1 += sc.errors;
-                }
-            }
-            EventBody::HealthProbe(h) => {
-                if !h.ok {
-                    c.health_failures += 1
-                }
-            }
-            EventBody::Loss(_) | EventBody::Listen(_) => {}
         }
     }
 
@@ -237,11 +192,12 @@ impl Summary {
             "{:<24} {:>6} {:>6} {:>5} {:>8} {:>6} {:>7} {:>9}  TOP SYSCALLS (errors)",
             "SERVICE", "STARTS", "EXITS", "FAIL", "CONNECTS", "CFAIL", "ACCEPTS", "BYTES"
         );
-        let mut rows: Vec<(&String, &ServiceCounts)> =
-            self.services.iter().filter(|(n, c)| !c.is_quiet() || self.configured.contains(*n)).collect();
-        rows.sort_by(|a, b| b.1.activity().cmp(&a.1.activity()).then(a.0.cmp(b.0)));
-        for (name, c) in rows.iter().take(MAX_ROWS) {
-            let mut sys: Vec<(&String, &(u64, u64))> = c.syscalls.iter().collect();
+        let mut rows: Vec<(&String, &Activity)> =
+            self.services.iter().filter(|(n, a)| !is_quiet(a) || self.configured.contains(*n)).collect();
+        rows.sort_by(|a, b| activity(b.1).cmp(&activity(a.1)).then(a.0.cmp(b.0)));
+        for (name, a) in rows.iter().take(MAX_ROWS) {
+            let c = &a.counts;
+            let mut sys: Vec<(&String, &(u64, u64))> = a.syscalls.iter().collect();
             sys.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
             let top: Vec<String> = sys
                 .iter()
@@ -272,7 +228,7 @@ impl Summary {
                 c.exits,
                 c.failed_exits,
                 c.connects,
-                c.connect_failures,
+                c.connect_errors,
                 c.accepts,
                 human_bytes(c.bytes),
                 top.join(", "),
@@ -287,12 +243,22 @@ impl Summary {
         }
         let configured = &self.configured;
         self.services.retain(|n, _| configured.contains(n));
-        for c in self.services.values_mut() {
-            *c = ServiceCounts::default();
+        for a in self.services.values_mut() {
+            *a = Activity::default();
         }
         self.events = 0;
         self.since = Some(now);
         out
+    }
+}
+
+/// The table reads the per-syscall breakdown; printing is the caller's.
+impl CountersConsumer for Summary {
+    fn wants_syscalls(&self) -> bool {
+        true
+    }
+    fn on_delta(&mut self, delta: &Delta) {
+        self.add(delta);
     }
 }
 
@@ -308,8 +274,16 @@ fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::Fold;
     use custos_event::*;
     use std::time::UNIX_EPOCH;
+
+    /// One event through the counters fold into the table, as in `custos run`.
+    fn record(s: &mut Summary, e: &Event) {
+        let mut fold = Fold::new(s.wants_syscalls());
+        fold.record(e);
+        fold.publish(s);
+    }
 
     fn ev(service: &str, body: EventBody) -> Event {
         let mut e = Event::new(UNIX_EPOCH + Duration::from_secs(1_700_000_000), body);
@@ -337,25 +311,28 @@ mod tests {
     fn table_counts_per_service() {
         let mut s = Summary::new();
         s.ensure("idle");
-        s.record(&ev("api", EventBody::ProcessStart(ProcessStart::default())));
-        s.record(&ev(
-            "api",
-            EventBody::ProcessExit(ProcessExit { exit_code: Some(3), ..Default::default() }),
-        ));
-        s.record(&ev("api", connect(true)));
-        s.record(&ev("api", connect(false)));
-        s.record(&ev(
-            "api",
-            EventBody::SyscallStats(SyscallStats {
-                interval_ns: 1,
-                syscalls: vec![SyscallStat {
-                    name: "read".into(),
-                    count: 200,
-                    errors: 50,
-                    ..Default::default()
-                }],
-            }),
-        ));
+        record(&mut s, &ev("api", EventBody::ProcessStart(ProcessStart::default())));
+        record(
+            &mut s,
+            &ev("api", EventBody::ProcessExit(ProcessExit { exit_code: Some(3), ..Default::default() })),
+        );
+        record(&mut s, &ev("api", connect(true)));
+        record(&mut s, &ev("api", connect(false)));
+        record(
+            &mut s,
+            &ev(
+                "api",
+                EventBody::SyscallStats(SyscallStats {
+                    interval_ns: 1,
+                    syscalls: vec![SyscallStat {
+                        name: "read".into(),
+                        count: 200,
+                        errors: 50,
+                        ..Default::default()
+                    }],
+                }),
+            ),
+        );
         let t = s.render_and_reset(
             UNIX_EPOCH + Duration::from_secs(1_700_000_005),
             LossCounters { kernel: 2, ..Default::default() },
@@ -373,7 +350,7 @@ mod tests {
             "a quiet unconfigured service is not listed: {again}"
         );
         assert!(again.lines().any(|l| l.starts_with("idle ")), "a quiet configured one is: {again}");
-        s.record(&ev("api", connect(true)));
+        record(&mut s, &ev("api", connect(true)));
         let third =
             s.render_and_reset(UNIX_EPOCH + Duration::from_secs(1_700_000_015), LossCounters::default());
         let api = third.lines().find(|l| l.starts_with("api ")).expect(&third);

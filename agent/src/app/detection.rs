@@ -1,14 +1,16 @@
-//! Anomaly detection in the running agent: keeps each service's counters
-//! from the event stream, turns them into the per-service series once per
-//! interval (`custos_detect::derive`), feeds those to the detector bank and
-//! to the runbook engine's metric triggers, and hands what the detectors
-//! find to the exporter (log records) and to the runbook engine (signals). The detector itself (`custos_detect`) does no I/O; this is
-//! where its state is snapshotted to and restored from the state dir.
+//! Anomaly detection in the running agent: reads each service's totals from
+//! the counters fold ([`crate::counters`]), turns them into the per-service
+//! series once per interval (`custos_detect::derive`), feeds those to the
+//! detector bank and to the runbook engine's metric triggers, and hands what
+//! the detectors find to the exporter (log records) and to the runbook
+//! engine (signals). The detector itself (`custos_detect`) does no I/O;
+//! this is where its state is snapshotted to and restored from the state
+//! dir.
 
+use crate::counters::{CountersConsumer, Totals};
 use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
-use crate::pipeline::{EventSink, Tick};
+use crate::pipeline::Tick;
 use custos_detect::{Anomaly, DetectorBank, Forecast, ServiceCounters};
-use custos_event::{Event, EventBody, ExitClass};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -39,11 +41,10 @@ pub enum Finding {
     },
 }
 
-/// The pipeline sink that runs the detectors.
-pub struct DetectionSink {
+/// Runs the detectors on what the counters fold counted.
+pub struct Detection {
     /// `None` when detection is off but runbooks still want the series.
     bank: Option<DetectorBank>,
-    counters: HashMap<String, ServiceCounters>,
     /// Counters at the previous point, to derive the interval's values.
     previous: HashMap<String, (SystemTime, ServiceCounters)>,
     last_point: Option<SystemTime>,
@@ -57,13 +58,9 @@ pub struct DetectionSink {
     pub findings_dropped: u64,
     /// Whole anomalies found since start (for status and self-telemetry).
     pub anomalies: u64,
-    /// The configured services, so that a reload that removes one frees
-    /// its counters and detector series (discovered services come and go
-    /// with their own events and are left alone).
-    configured: Vec<String>,
 }
 
-impl DetectionSink {
+impl Detection {
     /// A sink over `bank`, restoring its state from `state_dir` when a
     /// snapshot is there. A snapshot that cannot be read is set aside
     /// (renamed `.corrupt`) with a warning: learning restarts, the agent runs.
@@ -78,9 +75,8 @@ impl DetectionSink {
         if let Some(bank) = bank.as_mut() {
             restore(bank, &snapshot_path);
         }
-        DetectionSink {
+        Detection {
             bank,
-            counters: HashMap::new(),
             previous: HashMap::new(),
             last_point: None,
             last_snapshot: None,
@@ -91,14 +87,7 @@ impl DetectionSink {
             stats: None,
             findings_dropped: 0,
             anomalies: 0,
-            configured: Vec::new(),
         }
-    }
-
-    /// The services configured at start (see [`EventSink::on_services`]).
-    pub fn with_configured(mut self, configured: &[String]) -> Self {
-        self.configured = configured.to_vec();
-        self
     }
 
     /// Publishes every series' score on `board` after each interval (the
@@ -115,15 +104,14 @@ impl DetectionSink {
         self.bank.as_ref()
     }
 
-    fn observe_all(&mut self, now: SystemTime) {
-        let services: Vec<(String, ServiceCounters)> =
-            self.counters.iter().map(|(s, c)| (s.clone(), *c)).collect();
-        for (service, c) in services {
+    fn observe_all(&mut self, totals: &Totals, now: SystemTime) {
+        for (service, counts) in &totals.services {
+            let c = counts.detector();
             let Some((t0, c0)) = self.previous.insert(service.clone(), (now, c)) else { continue };
             let secs = now.duration_since(t0).unwrap_or_default().as_secs_f64();
             for (metric, value) in custos_detect::derive(&c0, &c, secs) {
                 if let Some(bank) = self.bank.as_mut() {
-                    let signal = bank.observe_signals(&service, metric, now, value);
+                    let signal = bank.observe_signals(service, metric, now, value);
                     if let Some(a) = signal.anomaly {
                         self.anomalies += 1;
                         if let Some(stats) = &self.stats {
@@ -251,58 +239,22 @@ fn restore(bank: &mut DetectorBank, path: &std::path::Path) {
     }
 }
 
-impl EventSink for DetectionSink {
-    fn on_event(&mut self, e: &Event) {
-        let Some(service) = &e.service else { return };
-        let c = self.counters.entry(service.clone()).or_default();
-        match &e.body {
-            EventBody::ProcessExit(x) => {
-                c.exits += 1;
-                if x.class() != ExitClass::Clean {
-                    c.crashes += 1;
-                }
-            }
-            EventBody::TcpConnect(t) => {
-                c.connects += 1;
-                if !t.result.is_ok() {
-                    c.connect_errors += 1;
-                }
-                c.connect_seconds += t.latency_ns as f64 / 1e9;
-            }
-            EventBody::TcpAccept(_) => c.accepts += 1,
-            EventBody::TcpClose(t) => c.bytes += t.bytes_sent + t.bytes_received,
-            EventBody::SyscallStats(s) => {
-                for sc in &s.syscalls {
-                    c.syscalls += sc.count;
-                    c.syscall_errors += sc.errors;
-                    // The histogram's mean is not kept; p50 × count is a
-                    // robust stand-in for the total time.
-                    c.syscall_seconds += sc.p50_ns as f64 * sc.count as f64 / 1e9;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn on_services(&mut self, configured: &[String]) {
-        let removed: Vec<String> =
-            self.configured.iter().filter(|s| !configured.contains(s)).cloned().collect();
-        for service in &removed {
-            self.counters.remove(service);
+impl CountersConsumer for Detection {
+    fn on_services(&mut self, _configured: &[String], removed: &[String]) {
+        for service in removed {
             self.previous.remove(service);
             let freed = self.bank.as_mut().map(|b| b.remove_service(service)).unwrap_or(0);
             tracing::info!(service = %service, series = freed, "Freed the detector state of a removed service.");
         }
-        self.configured = configured.to_vec();
     }
 
-    fn on_tick(&mut self, tick: &Tick) {
+    fn on_tick(&mut self, totals: &Totals, tick: &Tick) {
         let due = self
             .last_point
             .is_none_or(|last| tick.now.duration_since(last).unwrap_or_default() >= DETECTION_INTERVAL);
         if due {
             self.last_point = Some(tick.now);
-            self.observe_all(tick.now);
+            self.observe_all(totals, tick.now);
         }
         let last_snapshot = *self.last_snapshot.get_or_insert(tick.now);
         if tick.now.duration_since(last_snapshot).unwrap_or_default() >= SNAPSHOT_EVERY {
@@ -311,7 +263,7 @@ impl EventSink for DetectionSink {
         }
     }
 
-    fn on_finish(&mut self, _tick: &Tick) {
+    fn on_finish(&mut self, _totals: &Totals, _tick: &Tick) {
         self.snapshot(true);
     }
 }
@@ -320,6 +272,9 @@ impl EventSink for DetectionSink {
 mod tests {
     use super::*;
     use crate::config::Sensitivity;
+    use crate::counters::CountersSink;
+    use crate::pipeline::EventSink;
+    use custos_event::{Event, EventBody};
     use custos_event::{LossCounters, ProcessExit};
     use std::time::UNIX_EPOCH;
 
@@ -333,28 +288,31 @@ mod tests {
     #[test]
     fn snapshot_survives_a_restart_and_a_corrupt_one_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink =
-            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
+        let mut sink = CountersSink::new(Detection::new(
+            Some(DetectorBank::new(Sensitivity::Medium)),
+            dir.path(),
+            None,
+            None,
+        ));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..50u64 {
             let now = t0 + DETECTION_INTERVAL * i as u32;
             sink.on_event(&crash("api", now));
             sink.on_tick(&Tick { now, loss: LossCounters::default() });
         }
-        let learned = sink.bank().unwrap().len();
+        let learned = sink.consumer().bank().unwrap().len();
         assert!(learned > 0, "series were created");
         sink.on_finish(&Tick { now: t0, loss: LossCounters::default() });
-        let restored =
-            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
+        let restored = Detection::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
         assert_eq!(restored.bank().unwrap().len(), learned);
         assert_eq!(
             restored.bank().unwrap().snapshot(),
-            sink.bank().unwrap().snapshot(),
+            sink.consumer().bank().unwrap().snapshot(),
             "same state after restore"
         );
 
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"garbage").unwrap();
-        let fresh = DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
+        let fresh = Detection::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
         assert_eq!(fresh.bank().unwrap().len(), 0);
         assert!(dir.path().join("detector.snapshot.corrupt").exists());
     }
@@ -362,9 +320,13 @@ mod tests {
     #[test]
     fn a_reload_that_removes_a_service_frees_its_series() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink =
-            DetectionSink::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None)
-                .with_configured(&["api".into(), "db".into()]);
+        let mut sink = CountersSink::new(Detection::new(
+            Some(DetectorBank::new(Sensitivity::Medium)),
+            dir.path(),
+            None,
+            None,
+        ))
+        .with_configured(&["api".into(), "db".into()]);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..5u64 {
             let now = t0 + DETECTION_INTERVAL * i as u32;
@@ -373,8 +335,8 @@ mod tests {
             }
             sink.on_tick(&Tick { now, loss: LossCounters::default() });
         }
-        let of = |sink: &DetectionSink, svc: &str| {
-            sink.bank().unwrap().scores().filter(|(s, _, _)| *s == svc).count()
+        let of = |sink: &CountersSink<Detection>, svc: &str| {
+            sink.consumer().bank().unwrap().scores().filter(|(s, _, _)| *s == svc).count()
         };
         assert!(of(&sink, "db") > 0 && of(&sink, "api") > 0 && of(&sink, "discovered") > 0);
         sink.on_services(&["api".into()]);
@@ -387,7 +349,7 @@ mod tests {
     fn without_detection_the_series_still_feed_metric_triggers() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::channel(64);
-        let mut sink = DetectionSink::new(None, dir.path(), None, Some(tx));
+        let mut sink = CountersSink::new(Detection::new(None, dir.path(), None, Some(tx)));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         sink.on_tick(&Tick { now: t0, loss: LossCounters::default() });
         for _ in 0..5 {
@@ -416,8 +378,12 @@ mod tests {
     fn a_crash_burst_becomes_a_finding_for_the_runbooks() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::channel(100_000);
-        let mut sink =
-            DetectionSink::new(Some(DetectorBank::new(Sensitivity::High)), dir.path(), None, Some(tx));
+        let mut sink = CountersSink::new(Detection::new(
+            Some(DetectorBank::new(Sensitivity::High)),
+            dir.path(),
+            None,
+            Some(tx),
+        ));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         // A quiet week-long-enough history with an occasional exit, then a
         // burst of crashes in one interval.
@@ -447,6 +413,6 @@ mod tests {
                 && (a.metric.contains("crash") || a.metric.contains("exits")))
         };
         assert!(found.iter().any(crash_anomaly), "{found:?}");
-        assert!(sink.anomalies >= 1);
+        assert!(sink.consumer().anomalies >= 1);
     }
 }

@@ -9,7 +9,8 @@
 //!   operators (notifications, control socket, `custos status` providers).
 //! - [`reload`]: one ordered reload, applied whole or not at all.
 //! - [`runbooks`]: the runbook engine's sink, its findings and audit export.
-//! - [`detection`]: the detection sink (counters → series → detectors).
+//! - [`detection`]: detection (the counters fold's totals → series →
+//!   detectors).
 //! - [`watchers`]: health probes and the service state poller.
 
 pub mod detection;

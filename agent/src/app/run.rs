@@ -4,10 +4,10 @@
 //! ```text
 //! service link (signals, control socket, reload)
 //! sensor ─▶ pipeline (attribution) ─▶ exporter
-//!                                   ├▶ runbook engine ◀─ findings ─┐
-//!                                   ├▶ detection ───────────────────┘
-//!                                   ├▶ terminal summary (optional)
-//!                                   └▶ status
+//!                                   ├▶ runbook engine ◀─ findings ────────┐
+//!                                   └▶ counters fold ─▶ detection ──────────┘
+//!                                                     ├▶ terminal summary (optional)
+//!                                                     └▶ status
 //! watchers (probes, state poller) ─▶ side input, engine, status
 //! ```
 
@@ -17,6 +17,7 @@ use super::watch::SummaryPrinter;
 use super::watchers::ServiceWatchers;
 use crate::attribution::Attributor;
 use crate::config::LoadedConfig;
+use crate::counters::{CountersConsumer, CountersSink};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::sensor::{host_view, Source};
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());
         service.attach_runbooks(rb.engine.clone());
     }
+    // Detection, the terminal table and status read one fold of the events
+    // into per-service counters, in this order at each tick.
+    let mut counted: Vec<Box<dyn CountersConsumer>> = Vec::new();
     // The per-service series feed the detectors and the runbooks' metric
     // triggers; anomalies and series values reach the engine through a
     // bounded channel.
@@ -70,15 +74,14 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             rb.forward_findings(rx, exporter.stats().clone());
             tx
         });
-        let sink = super::detection::DetectionSink::new(
+        let detection = super::detection::Detection::new(
             bank,
             &config.raw.agent.state_dir,
             Some(exporter.log_sender()),
             findings,
         )
-        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone())
-        .with_configured(&pipeline.configured_services());
-        pipeline.add_sink(Box::new(sink));
+        .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
+        counted.push(Box::new(detection));
     }
     // Health probes and the service state poller run with or without
     // runbooks; a reload that changes the services replaces them.
@@ -100,10 +103,12 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             logging: service.logging(),
         },
     );
+    let services = pipeline.configured_services();
     if let Some(every) = opts.summary {
-        let services = pipeline.configured_services();
-        pipeline.add_sink(Box::new(SummaryPrinter::new(every, &services)));
+        counted.push(Box::new(SummaryPrinter::new(every, &services)));
     }
+    counted.push(service.live().consumer());
+    pipeline.add_sink(Box::new(CountersSink::new(counted).with_configured(&services)));
     service.add_sinks(&mut pipeline);
     tracing::info!(
         services = config.services.len(),

@@ -102,9 +102,9 @@ impl ServiceLink {
         self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine)));
     }
 
-    /// The status sink, and the stall test hook when armed.
+    /// The stall test hook, when armed. (Status is fed by the counters
+    /// fold, through [`live`](Self::live).)
     pub fn add_sinks(&self, pipeline: &mut Pipeline) {
-        pipeline.add_sink(self.live.sink());
         if let Some(stall) = StallSink::from_env() {
             pipeline.add_sink(Box::new(stall));
         }

@@ -4,6 +4,7 @@
 
 use crate::attribution::Attributor;
 use crate::config::LoadedConfig;
+use crate::counters::{CountersConsumer, Delta, Totals};
 use crate::pipeline::{EventSink, Pipeline, PipelineStats, Tick};
 use crate::sensor::{host_view, Source};
 use crate::summary::{event_line, Summary};
@@ -110,17 +111,22 @@ impl SummaryPrinter {
     }
 }
 
-impl EventSink for SummaryPrinter {
-    fn on_event(&mut self, e: &Event) {
-        self.summary.record(e);
+/// Fed by the counters fold: adds each delta to the table, prints it every
+/// `every` and once more at the end.
+impl CountersConsumer for SummaryPrinter {
+    fn wants_syscalls(&self) -> bool {
+        self.summary.wants_syscalls()
     }
-    fn on_services(&mut self, configured: &[String]) {
+    fn on_delta(&mut self, delta: &Delta) {
+        self.summary.add(delta);
+    }
+    fn on_services(&mut self, configured: &[String], _removed: &[String]) {
         self.summary.set_configured(configured);
     }
-    fn on_finish(&mut self, tick: &Tick) {
+    fn on_finish(&mut self, _totals: &Totals, tick: &Tick) {
         self.print(tick.now, tick.loss);
     }
-    fn on_tick(&mut self, tick: &Tick) {
+    fn on_tick(&mut self, _totals: &Totals, tick: &Tick) {
         let last = *self.last.get_or_insert(tick.now);
         if tick.now.duration_since(last).unwrap_or_default() >= self.every {
             self.last = Some(tick.now);

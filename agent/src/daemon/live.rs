@@ -1,11 +1,12 @@
 //! The pipeline's live figures for `custos status` and systemd `STATUS=`:
-//! a sink that counts events per service and follows the loss counters, and
-//! the provider that turns them into a [`StatusSnapshot`] part.
+//! a consumer of the counters fold that keeps the events per service and
+//! follows the loss counters, and the provider that turns them into a
+//! [`StatusSnapshot`] part.
 
 use super::status::{Drops, ServiceHealth, StatusProvider, StatusSnapshot};
 use crate::config::{LoadedConfig, Selector};
-use crate::pipeline::{EventSink, Tick};
-use custos_event::{Event, EventKind};
+use crate::counters::{CountersConsumer, Delta, Totals};
+use crate::pipeline::Tick;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -83,9 +84,9 @@ impl LiveStatus {
         }
     }
 
-    /// The sink to add to the pipeline.
-    pub fn sink(&self) -> Box<dyn EventSink> {
-        Box::new(LiveSink { shared: self.clone(), pending: 0, pending_services: BTreeMap::new() })
+    /// What the counters fold feeds.
+    pub fn consumer(&self) -> Box<dyn CountersConsumer> {
+        Box::new(LiveCounts { shared: self.clone() })
     }
 }
 
@@ -126,64 +127,49 @@ impl Inner {
     }
 }
 
-/// Counts locally and publishes at each tick and flush, so the lock is not
-/// taken per event.
-struct LiveSink {
+/// Takes the fold's deltas, which come at each tick and drained channel,
+/// so the lock is taken per publish and not per event. Keeps its own
+/// per-service sums: a service a reload removed stays listed with what it
+/// did, while the fold forgets it.
+struct LiveCounts {
     shared: LiveStatus,
-    pending: u64,
-    pending_services: BTreeMap<String, u64>,
 }
 
-impl LiveSink {
-    fn publish(&mut self, tick: Option<&Tick>) {
+impl CountersConsumer for LiveCounts {
+    fn on_delta(&mut self, d: &Delta) {
         let Ok(mut g) = self.shared.0.lock() else { return };
-        g.total += self.pending;
-        self.pending = 0;
-        for (k, v) in std::mem::take(&mut self.pending_services) {
-            *g.per_service.entry(k).or_default() += v;
-        }
-        if let Some(t) = tick {
-            let now = Instant::now();
-            if let Some((then, count)) = g.last_tick {
-                let secs = now.duration_since(then).as_secs_f64();
-                if secs > 0.0 {
-                    g.rate = (g.total - count) as f64 / secs;
-                }
-            }
-            g.last_tick = Some((now, g.total));
-            g.drops.kernel = t.loss.kernel;
-            g.drops.user = t.loss.channel + t.loss.platform;
-        }
-    }
-}
-
-impl EventSink for LiveSink {
-    fn on_event(&mut self, e: &Event) {
-        if e.kind() == EventKind::Loss {
-            return;
-        }
-        self.pending += 1;
-        if let Some(s) = &e.service {
-            match self.pending_services.get_mut(s) {
-                Some(n) => *n += 1,
+        g.total += d.events;
+        for (name, a) in &d.services {
+            match g.per_service.get_mut(name) {
+                Some(n) => *n += a.counts.events,
                 None => {
-                    self.pending_services.insert(s.clone(), 1);
+                    g.per_service.insert(name.clone(), a.counts.events);
                 }
             }
         }
     }
-    fn on_tick(&mut self, tick: &Tick) {
-        self.publish(Some(tick));
-    }
-    fn flush(&mut self) {
-        self.publish(None);
+
+    fn on_tick(&mut self, _totals: &Totals, t: &Tick) {
+        let Ok(mut g) = self.shared.0.lock() else { return };
+        let now = Instant::now();
+        if let Some((then, count)) = g.last_tick {
+            let secs = now.duration_since(then).as_secs_f64();
+            if secs > 0.0 {
+                g.rate = (g.total - count) as f64 / secs;
+            }
+        }
+        g.last_tick = Some((now, g.total));
+        g.drops.kernel = t.loss.kernel;
+        g.drops.user = t.loss.channel + t.loss.platform;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_event::{EventBody, LossCounters, ProcessStart};
+    use crate::counters::CountersSink;
+    use crate::pipeline::EventSink;
+    use custos_event::{Event, EventBody, LossCounters, ProcessStart};
     use std::time::{SystemTime, UNIX_EPOCH};
 
     fn ev(service: &str) -> Event {
@@ -196,7 +182,7 @@ mod tests {
     fn counts_events_per_service_and_losses() {
         let cfg = crate::config::parse("services:\n  - name: api\n    systemd_unit: api\n", "t").unwrap();
         let live = LiveStatus::new(&cfg);
-        let mut sink = live.sink();
+        let mut sink = CountersSink::new(live.consumer());
         for _ in 0..3 {
             sink.on_event(&ev("api"));
         }
