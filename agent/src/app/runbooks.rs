@@ -7,7 +7,7 @@
 
 use super::detection::Finding;
 use crate::audit::{AuditKind, AuditLog, AuditRecord};
-use crate::config::{LoadedConfig, Selector};
+use crate::config::LoadedConfig;
 use crate::export::{AgentStats, AttrValue, LogRecord, LogSender, Severity};
 use crate::pipeline::{EventSink, Tick};
 use crate::runbook::engine::{Engine, EngineOptions, ServiceInfo, SystemClock};
@@ -145,12 +145,7 @@ pub enum StartError {
 pub fn service_infos(config: &LoadedConfig) -> HashMap<String, ServiceInfo> {
     let mut services = HashMap::new();
     for s in &config.services {
-        let unit = match &s.selector {
-            Selector::SystemdUnit(u) => u.clone(),
-            Selector::WindowsService(n) => n.clone(),
-            Selector::Exe(_) | Selector::Cgroup(_) => crate::config::normalize_unit(&s.name),
-        };
-        services.insert(s.name.clone(), ServiceInfo { unit, has_probe: s.health.is_some() });
+        services.insert(s.name.clone(), ServiceInfo { unit: s.action_unit(), has_probe: s.health.is_some() });
     }
     services
 }

@@ -50,7 +50,6 @@ fn start_state_poller(
     engine: Option<crate::runbook::Engine>,
     live: crate::daemon::LiveStatus,
 ) -> Option<crate::service_manager::StatePoller> {
-    use crate::config::Selector;
     let (manager, services) = match &engine {
         Some(e) => {
             let units =
@@ -61,12 +60,7 @@ fn start_state_poller(
             let units: Vec<(String, String)> = config
                 .services
                 .iter()
-                .filter_map(|s| match &s.selector {
-                    Selector::SystemdUnit(u) | Selector::WindowsService(u) => {
-                        Some((s.name.clone(), u.clone()))
-                    }
-                    Selector::Exe(_) | Selector::Cgroup(_) => None,
-                })
+                .filter_map(|s| Some((s.name.clone(), s.selected_unit()?.to_string())))
                 .collect();
             if units.is_empty() {
                 return None;

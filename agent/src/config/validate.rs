@@ -27,6 +27,22 @@ pub struct ServiceSpec {
     pub health: Option<HealthConfig>,
 }
 
+impl ServiceSpec {
+    /// The systemd unit or Windows service this service is selected by.
+    pub fn selected_unit(&self) -> Option<&str> {
+        match &self.selector {
+            Selector::SystemdUnit(u) | Selector::WindowsService(u) => Some(u),
+            Selector::Exe(_) | Selector::Cgroup(_) => None,
+        }
+    }
+
+    /// The unit service actions and state queries go to: the selected one,
+    /// else the one its name suggests (for `exe:` and `cgroup:` selectors).
+    pub fn action_unit(&self) -> String {
+        self.selected_unit().map(str::to_string).unwrap_or_else(|| normalize_unit(&self.name))
+    }
+}
+
 /// A configuration that passed validation, with what it was read from.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {

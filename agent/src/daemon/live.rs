@@ -4,7 +4,7 @@
 //! [`StatusSnapshot`] part.
 
 use super::status::{Drops, ServiceHealth, StatusProvider, StatusSnapshot};
-use crate::config::{LoadedConfig, Selector};
+use crate::config::LoadedConfig;
 use crate::counters::{CountersConsumer, Delta, Totals};
 use crate::pipeline::Tick;
 use std::collections::BTreeMap;
@@ -47,13 +47,7 @@ impl LiveStatus {
             g.configured = config
                 .services
                 .iter()
-                .map(|s| {
-                    let unit = match &s.selector {
-                        Selector::SystemdUnit(u) | Selector::WindowsService(u) => Some(u.clone()),
-                        _ => None,
-                    };
-                    (s.name.clone(), unit)
-                })
+                .map(|s| (s.name.clone(), s.selected_unit().map(str::to_string)))
                 .collect();
             g.config_path = config.path.as_ref().map(|p| p.display().to_string());
         }
