@@ -146,6 +146,34 @@ fn ready_watchdog_status_reload_and_stop_are_announced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("custos is not running"));
 }
 
+/// Two agents on one state dir would act on the same services and break
+/// the audit chain; the second refuses to start and names the first.
+#[test]
+fn a_second_agent_on_the_same_state_dir_refuses_to_start() {
+    let agent = Agent::start(&[]);
+    agent.expect("READY=1", Duration::from_secs(20));
+    let other_socket = agent.socket.with_file_name("second.sock");
+    let mut second = Command::new(custos_bin())
+        .args(["run", "--summary", "never", "--replay", "/dev/null", "--config"])
+        .arg(&agent.config)
+        .arg("--socket")
+        .arg(&other_socket)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("CUSTOS_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the second agent");
+    let status = wait_exit(&mut second, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the second agent ran: {err}");
+    assert!(err.contains(&format!("pid {}", agent.child.id())), "the holder is named: {err}");
+    assert!(!other_socket.exists(), "it refused before opening anything");
+    // The first one is unaffected.
+    assert_eq!(agent.status()["state"], "running");
+}
+
 #[test]
 fn a_stalled_pipeline_stops_the_keep_alives() {
     let agent = Agent::start(&[("CUSTOS_TEST_STALL_AFTER", "1")]);
