@@ -29,18 +29,24 @@ fn custos(args: &[&str]) -> std::process::Output {
     Command::new(custos_bin()).args(args).env_remove("CUSTOS_CONFIG").output().expect("run custos")
 }
 
+/// `custos <command> [extra...] --config CFG --replay REC`.
+fn over_recording(
+    command: &str,
+    extra: &[&str],
+    cfg: &tempfile::NamedTempFile,
+    rec: &tempfile::NamedTempFile,
+) -> std::process::Output {
+    let mut args = vec![command];
+    args.extend_from_slice(extra);
+    args.extend(["--config", cfg.path().to_str().unwrap(), "--replay", rec.path().to_str().unwrap()]);
+    custos(&args)
+}
+
 #[test]
 fn watch_json_round_trips_through_replay() {
     let rec = recording();
     let cfg = config("");
-    let first = custos(&[
-        "watch",
-        "--json",
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--replay",
-        rec.path().to_str().unwrap(),
-    ]);
+    let first = over_recording("watch", &["--json"], &cfg, &rec);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let out = String::from_utf8(first.stdout).unwrap();
     assert_eq!(out.lines().count(), 5, "{out}");
@@ -50,14 +56,7 @@ fn watch_json_round_trips_through_replay() {
 
     // What watch printed replays to the same lines.
     let again = config(&out);
-    let second = custos(&[
-        "watch",
-        "--json",
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--replay",
-        again.path().to_str().unwrap(),
-    ]);
+    let second = over_recording("watch", &["--json"], &cfg, &again);
     assert_eq!(String::from_utf8(second.stdout).unwrap(), out);
 
     let v: serde_json::Value = serde_json::from_str(out.lines().nth(1).unwrap()).unwrap();
@@ -74,14 +73,7 @@ fn a_replayed_loss_line_is_one_loss_event_under_no_service() {
     let rec = config("{\"kind\":\"loss\",\"ts\":\"2024-01-01T00:00:00Z\",\"stage\":\"kernel\",\"lost\":7}\n");
     for services in ["", "services:\n  - name: api\n    exe: /usr/bin/api\n"] {
         let cfg = config(services);
-        let out = custos(&[
-            "watch",
-            "--json",
-            "--config",
-            cfg.path().to_str().unwrap(),
-            "--replay",
-            rec.path().to_str().unwrap(),
-        ]);
+        let out = over_recording("watch", &["--json"], &cfg, &rec);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -97,15 +89,7 @@ fn a_replayed_loss_line_is_one_loss_event_under_no_service() {
 fn watch_filters_by_service_and_prints_readable_lines() {
     let rec = recording();
     let cfg = config("");
-    let out = custos(&[
-        "watch",
-        "--service",
-        "db",
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--replay",
-        rec.path().to_str().unwrap(),
-    ]);
+    let out = over_recording("watch", &["--service", "db"], &cfg, &rec);
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("process_exit") && text.contains("code=0"), "{text}");
@@ -117,15 +101,7 @@ fn watch_filters_by_service_and_prints_readable_lines() {
 fn run_prints_the_service_table() {
     let rec = recording();
     let cfg = config("");
-    let out = custos(&[
-        "run",
-        "--summary",
-        "always",
-        "--config",
-        cfg.path().to_str().unwrap(),
-        "--replay",
-        rec.path().to_str().unwrap(),
-    ]);
+    let out = over_recording("run", &["--summary", "always"], &cfg, &rec);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let api = text.lines().find(|l| l.starts_with("api ")).unwrap_or_else(|| panic!("{text}"));

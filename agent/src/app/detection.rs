@@ -285,15 +285,19 @@ mod tests {
         e
     }
 
+    /// The fold over detection with a detector bank of `sensitivity`.
+    fn detecting(
+        sensitivity: Sensitivity,
+        state_dir: &std::path::Path,
+        findings: Option<mpsc::Sender<Finding>>,
+    ) -> CountersSink<Detection> {
+        CountersSink::new(Detection::new(Some(DetectorBank::new(sensitivity)), state_dir, None, findings))
+    }
+
     #[test]
     fn snapshot_survives_a_restart_and_a_corrupt_one_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = CountersSink::new(Detection::new(
-            Some(DetectorBank::new(Sensitivity::Medium)),
-            dir.path(),
-            None,
-            None,
-        ));
+        let mut sink = detecting(Sensitivity::Medium, dir.path(), None);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..50u64 {
             let now = t0 + DETECTION_INTERVAL * i as u32;
@@ -320,13 +324,8 @@ mod tests {
     #[test]
     fn a_reload_that_removes_a_service_frees_its_series() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = CountersSink::new(Detection::new(
-            Some(DetectorBank::new(Sensitivity::Medium)),
-            dir.path(),
-            None,
-            None,
-        ))
-        .with_configured(&["api".into(), "db".into()]);
+        let mut sink =
+            detecting(Sensitivity::Medium, dir.path(), None).with_configured(&["api".into(), "db".into()]);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         for i in 0..5u64 {
             let now = t0 + DETECTION_INTERVAL * i as u32;
@@ -378,12 +377,7 @@ mod tests {
     fn a_crash_burst_becomes_a_finding_for_the_runbooks() {
         let dir = tempfile::tempdir().unwrap();
         let (tx, mut rx) = mpsc::channel(100_000);
-        let mut sink = CountersSink::new(Detection::new(
-            Some(DetectorBank::new(Sensitivity::High)),
-            dir.path(),
-            None,
-            Some(tx),
-        ));
+        let mut sink = detecting(Sensitivity::High, dir.path(), Some(tx));
         let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         // A quiet week-long-enough history with an occasional exit, then a
         // burst of crashes in one interval.

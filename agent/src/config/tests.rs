@@ -256,7 +256,7 @@ fn syscall_latency_sample_is_bounded_and_located() {
 
 #[test]
 fn the_detection_section_sets_up_the_bank() {
-    use custos_detect::{params_for, DetectorBank, Params};
+    use custos_detect::{BankConfig, MetricOverride};
     let yaml = r#"
 detection:
   sensitivity: low
@@ -267,19 +267,32 @@ detection:
   forecast_horizon: 10m
 "#;
     let c = parse(yaml, "x").unwrap();
-    let bc = c.raw.detection.bank_config();
-    assert_eq!(bc.forecast_horizon, std::time::Duration::from_secs(600));
-    assert_eq!(bc.max_series, DetectorBank::DEFAULT_MAX_SERIES);
-    let b = DetectorBank::from_config(&bc);
-    assert!(!b.watches("custos.process.crashes"));
-    assert!(!b.watches("custos.tcp.bytes"));
-    assert!(b.watches("custos.tcp.connect.duration"));
-    let s = b.settings("custos.tcp.connect.duration");
-    assert_eq!(s.params, Params { warmup: 300, ..params_for(Sensitivity::High) });
-    assert_eq!(s.threshold, Some(0.5));
-    assert_eq!(b.settings("custos.tcp.accepts").params, params_for(Sensitivity::Low));
+    // What the bank makes of these settings is the detector's to test
+    // (custos-detect: overrides_and_series_selection_apply); here, that the
+    // section arrives as those settings.
+    let expected = BankConfig {
+        sensitivity: Sensitivity::Low,
+        series: Some(vec!["custos.process.crashes".into(), "custos.tcp.connect.duration".into()]),
+        overrides: vec![
+            MetricOverride {
+                metric: "custos.tcp.connect.duration".into(),
+                sensitivity: Some(Sensitivity::High),
+                warmup: Some(300),
+                threshold: Some(0.5),
+                ..Default::default()
+            },
+            MetricOverride {
+                metric: "custos.process.crashes".into(),
+                enabled: Some(false),
+                ..Default::default()
+            },
+        ],
+        forecast_horizon: std::time::Duration::from_secs(600),
+        ..BankConfig::default()
+    };
+    assert_eq!(c.raw.detection.bank_config(), expected);
     // An empty section is the detector's own default bank.
-    assert_eq!(DetectionConfig::default().bank_config(), custos_detect::BankConfig::default());
+    assert_eq!(DetectionConfig::default().bank_config(), BankConfig::default());
 }
 
 #[test]
