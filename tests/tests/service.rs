@@ -155,7 +155,12 @@ fn custos_as_a_systemd_service() {
         format!("agent: {{ state_dir: {PREFIX}/var/lib/custos }}\nservices:\n  - name: api\n    exe: /usr/bin/api\n    bogus: 1\n"),
     )
     .unwrap();
-    sd.systemctl(&["reload", UNIT]).unwrap();
+    // ExecReload is `custos reload`, which waits for the agent's answer: a
+    // rejected configuration fails `systemctl reload` with the reason, and
+    // the unit stays up on the configuration it had.
+    let rejected = sd.systemctl(&["reload", UNIT]).expect_err("a rejected configuration reloaded");
+    assert!(rejected.contains("failed"), "{rejected}");
+    sd.systemctl(&["is-active", UNIT]).expect("the agent stays active after a rejected reload");
     wait_for("invalid reload rejected", Duration::from_secs(20), || {
         status_json(&sd, &bin)["last_reload"]["ok"] == false
     });
