@@ -85,6 +85,32 @@ fn drain(rx: &Receiver<AuditRecord>) -> Vec<AuditRecord> {
 const CRASHY: &str = "[Service]\nExecStart=/bin/sh -c 'sleep 1; exit 3'\n";
 
 #[test]
+fn systemd_jobs_are_followed_and_sync_waits_for_their_signals() {
+    use custos::platform::linux::systemd::JobWatcher;
+    use custos::service_manager::ManagerJobs;
+    use custos_event::ExitCause;
+    let Some(sd) = sandbox_or_skip("systemd_jobs_are_followed_and_sync_waits_for_their_signals") else {
+        return;
+    };
+    sd.write_unit("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+    let jobs = JobWatcher::start(Some(&sd.system_bus_address())).unwrap();
+    let before = SystemTime::now();
+    sd.systemctl(&["start", "sleeper.service"]).unwrap();
+    sd.systemctl(&["restart", "sleeper.service"]).unwrap();
+    sd.systemctl(&["stop", "sleeper.service"]).unwrap();
+    // After a sync, every job systemd announced before it is known, ended.
+    let through = jobs.sync(Duration::from_secs(5)).expect("systemd answered the ping");
+    assert!(through >= before);
+    let seen = jobs.jobs("sleeper.service");
+    // What each job did to the unit, whatever type systemd still reported
+    // when asked (these jobs last a few milliseconds).
+    let causes: Vec<Option<ExitCause>> = seen.iter().map(|j| j.cause()).collect();
+    assert_eq!(causes, [None, Some(ExitCause::RestartRequested), Some(ExitCause::StopRequested)], "{seen:?}");
+    assert!(seen.iter().all(|j| j.ended.is_some() && j.seen >= before), "{seen:?}");
+    assert!(jobs.jobs("other.service").is_empty());
+}
+
+#[test]
 fn systemd_service_manager_reports_units() {
     let Some(sd) = sandbox_or_skip("systemd_service_manager_reports_units") else { return };
     sd.write_unit("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
