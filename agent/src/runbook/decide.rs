@@ -59,6 +59,10 @@ pub struct StepOutcome {
     /// The action succeeded (or there was nothing to do).
     pub ok: bool,
     pub health: Health,
+    /// When the action was done: firings held from before then are the
+    /// failure it answered (one crash is often several firings: the OOM
+    /// kill and the exit); firings after it are failures despite it.
+    pub acted_at: SystemTime,
 }
 
 /// What is known about the service's health after a step.
@@ -225,36 +229,43 @@ pub fn step_ended(
             Decision::new(Verdict::Settled(Settlement::Exhausted), st)
         };
     };
-    let failing_during = st.pending.is_some();
+    // What fired before the action is the failure it answered.
+    let mut folded = 0;
+    if st.pending.as_ref().is_some_and(|p| p.last < outcome.acted_at) {
+        folded = st.pending.take().map(|p| p.count).unwrap_or(0);
+    }
+    let failed_since = st.pending.is_some();
     let unhealed = !outcome.ok
         || match outcome.health {
             Health::Healed => false,
             Health::NotHealed => true,
-            Health::Unverified { failing } => failing || failing_during,
+            Health::Unverified { failing } => failing || failed_since,
         };
-    if unhealed {
+    // Unhealed until shown otherwise.
+    st.phase = Phase::Open { since: now };
+    let mut d = if unhealed {
         // The next step at once; what fired during the step is part of it.
-        let folded = st.pending.take().map(|p| p.count).unwrap_or(0);
-        let mut d = next_step(rb, st, now, true);
-        d.folded += folded;
-        return d;
-    }
-    if outcome.health == Health::Healed {
+        folded += st.pending.take().map(|p| p.count).unwrap_or(0);
+        next_step(rb, st, now, true)
+    } else if outcome.health == Health::Healed {
         st.phase = Phase::Healed { at: now };
         st.cooldown_until = None;
-        // A firing during a step that healed is a new failure: act on it.
-        if let Some(p) = st.pending.take() {
-            st.last_fire = Some(p.last);
-            let mut d = next_step(rb, st, now, false);
-            d.folded = p.count;
-            return d;
+        match st.pending.take() {
+            // A firing after the action, though it healed: a new failure.
+            Some(p) => {
+                st.last_fire = Some(p.last);
+                folded += p.count;
+                next_step(rb, st, now, false)
+            }
+            None => Decision::new(Verdict::Settled(Settlement::Healed), st),
         }
-        return Decision::new(Verdict::Settled(Settlement::Healed), st);
-    }
-    let until = now + rb.cooldown;
-    st.phase = Phase::Open { since: now };
-    st.cooldown_until = Some(until);
-    Decision::new(Verdict::Settled(Settlement::Open { cooldown_until: until }), st)
+    } else {
+        let until = now + rb.cooldown;
+        st.cooldown_until = Some(until);
+        Decision::new(Verdict::Settled(Settlement::Open { cooldown_until: until }), st)
+    };
+    d.folded += folded;
+    d
 }
 
 /// Time passed: the ladder resets after a quiet `reset_after`, a held
@@ -482,8 +493,9 @@ reset_after: 10m
         }
     }
 
+    /// A step whose action was done at the start of the test.
     fn ended(step: Option<usize>, health: Health) -> StepOutcome {
-        StepOutcome { step, performed: true, ok: true, health }
+        StepOutcome { step, performed: true, ok: true, health, acted_at: at(0) }
     }
 
     /// A test driver: the state carried from decision to decision.
@@ -523,7 +535,13 @@ reset_after: 10m
         // Not healed at +2 s: step 2 at once, no firing needed, no cooldown.
         assert_eq!(ran(&i.end(2, ended(Some(0), Health::NotHealed))), Some(Some(1)));
         // Its action failed: step 3 at once.
-        let failed = StepOutcome { step: Some(1), performed: true, ok: false, health: Health::NotHealed };
+        let failed = StepOutcome {
+            step: Some(1),
+            performed: true,
+            ok: false,
+            health: Health::NotHealed,
+            acted_at: at(3),
+        };
         assert_eq!(ran(&i.end(15, failed)), Some(Some(2)));
         // No verification, but the service is down: step 4 at once.
         assert_eq!(ran(&i.end(16, ended(Some(2), Health::Unverified { failing: true }))), Some(Some(3)));
@@ -572,12 +590,21 @@ reset_after: 10m
     }
 
     #[test]
-    fn a_firing_during_a_step_that_healed_is_a_new_failure() {
+    fn a_firing_after_the_action_of_a_step_that_healed_is_a_new_failure() {
         let mut i = Incident::new(LADDER);
         i.fire(0);
         i.fire(1);
         let d = i.end(5, ended(Some(0), Health::Healed));
         assert_eq!((ran(&d), d.folded), (Some(Some(1)), 1));
+        // The same failure firing twice (the OOM kill and the exit) before
+        // the action: one incident, healed.
+        let mut i = Incident::new(LADDER);
+        i.fire(10);
+        i.fire(10);
+        let outcome = StepOutcome { acted_at: at(11), ..ended(Some(0), Health::Healed) };
+        let d = i.end(12, outcome);
+        assert_eq!((d.verdict, d.folded), (Verdict::Settled(Settlement::Healed), 1));
+        assert_eq!(i.st.pending, None);
     }
 
     #[test]
@@ -657,7 +684,14 @@ reset_after: 10m
         for n in 0..10 {
             let s = n * 100;
             assert_eq!(ran(&i.fire(s)), Some(Some(0)), "firing {n}");
-            i.end(s + 1, StepOutcome { step: Some(0), performed: false, ok: true, health: Health::Healed });
+            let noop = StepOutcome {
+                step: Some(0),
+                performed: false,
+                ok: true,
+                health: Health::Healed,
+                acted_at: at(s),
+            };
+            i.end(s + 1, noop);
         }
         assert!(i.st.action_times.is_empty());
         assert!(!i.st.breaker_open);

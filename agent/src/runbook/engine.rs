@@ -960,7 +960,7 @@ impl Engine {
             Verdict::Settled(Settlement::Open { cooldown_until }) => notes.push(Note {
                 kind: AuditKind::Decision,
                 message: format!(
-                    "{} looks up but no verification showed it healed: the next firing runs step {} of {steps}, not before {}.",
+                    "No verification showed {} healed, and it is not down: the next firing runs step {} of {steps}, not before {}.",
                     rb.service,
                     (d.next.position + 1).min(steps),
                     rfc3339(*cooldown_until)
@@ -1232,6 +1232,7 @@ impl Engine {
             );
             (performed, ok, detail)
         };
+        let acted_at = clock.now();
         let health = match job.step.verify {
             Some(v) if job.dry_run => {
                 self.audit(
@@ -1302,7 +1303,7 @@ impl Engine {
                 st.last_actions.pop_front();
             }
         }
-        StepOutcome { step: job.index, performed, ok, health }
+        StepOutcome { step: job.index, performed, ok, health, acted_at }
     }
 
     /// Whether the service is down or failed right now (after a step with
