@@ -53,7 +53,8 @@ fn every_example_runbook_validates() {
 #[test]
 fn crash_loop_climbs_the_ladder_to_an_alert() {
     let out = run("crash-loop.yaml", "crash.json", 5);
-    let steps: Vec<&str> = out.lines().filter(|l| l.contains("decision") && l.contains("running step")).collect();
+    let steps: Vec<&str> =
+        out.lines().filter(|l| l.contains("decision") && l.contains("running step")).collect();
     assert_eq!(steps.len(), 5, "{out}");
     assert!(steps[0].contains("step 1 of 4 (restart)"), "{out}");
     assert!(steps[1].contains("step 2 of 4 (restart)"), "{out}");
@@ -62,7 +63,8 @@ fn crash_loop_climbs_the_ladder_to_an_alert() {
     assert!(steps[4].contains("step 4 of 4"), "{out}");
     assert!(out.contains(r#""argv":["/usr/bin/journalctl","--unit","api.service","#), "{out}");
     assert!(
-        out.contains(r#""severity":"P1""#) && out.contains("api keeps crashing (last exit code 1, signal , unrequested)"),
+        out.contains(r#""severity":"P1""#)
+            && out.contains("api keeps crashing (last exit code 1, signal , unrequested)"),
         "{out}"
     );
 }
