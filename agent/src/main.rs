@@ -66,7 +66,26 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Show the last N runbook actions of the host (default 10).
+        #[arg(long, value_name = "N")]
+        actions: Option<usize>,
         /// Control socket of the agent (default /run/custos/control.sock).
+        #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+        socket: Option<PathBuf>,
+    },
+    /// Maintenance: the service's runbooks keep deciding and auditing, and act on nothing, until `custos resume` (or for a while). Kept across agent restarts.
+    Pause {
+        /// The managed service (its name in the configuration or runbooks).
+        service: String,
+        /// End the pause by itself after this long (`30m`, `2h`).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
+        socket: Option<PathBuf>,
+    },
+    /// End a service's maintenance pause: its runbooks act again.
+    Resume {
+        service: String,
         #[arg(long, env = "CUSTOS_CONTROL_SOCKET")]
         socket: Option<PathBuf>,
     },
@@ -260,7 +279,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             custos::platform::uninstall(purge, dry_run, prefix.as_deref(), unit_dir.as_deref())
                 .map_err(anyhow::Error::msg)
         }
-        Command::Status { json, socket } => Ok(custos::daemon::cli::status(socket.as_deref(), json)),
+        Command::Status { json, actions, socket } => {
+            Ok(custos::daemon::cli::status(socket.as_deref(), json, actions))
+        }
+        Command::Pause { service, duration, socket } => {
+            Ok(custos::daemon::cli::pause(socket.as_deref(), &service, duration))
+        }
+        Command::Resume { service, socket } => Ok(custos::daemon::cli::resume(socket.as_deref(), &service)),
         Command::Reload { socket } => Ok(custos::daemon::cli::reload(socket.as_deref())),
         Command::Runbook(cmd) => {
             let dir = custos::config::load(None).map(|c| c.raw.runbooks.dir).unwrap_or_default();

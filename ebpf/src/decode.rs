@@ -73,6 +73,7 @@ pub fn decode(bytes: &[u8], clock: &Clock, opts: &DecodeOptions) -> Result<Event
                 lifetime_ns: e.lifetime_ns,
                 ppid: e.ppid,
                 oom_killed: false,
+                exit_cause: None,
             })
         }
         wire::EV_SIGNAL => {

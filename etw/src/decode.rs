@@ -217,6 +217,7 @@ impl Decoder {
                     lifetime_ns,
                     ppid,
                     oom_killed: false,
+                    exit_cause: None,
                 });
                 Ok(Decoded::Event(Box::new(event(ts, body, pid, rec.tid, comm))))
             }

@@ -219,9 +219,21 @@ pub struct ProcessExit {
     /// the same pid preceded the exit); set by the sensor or attribution.
     #[serde(default, skip_serializing_if = "is_false")]
     pub oom_killed: bool,
+    /// Whether someone asked the service manager for this exit (a stop or
+    /// a restart of the process's unit) or nobody did; set by the runbook
+    /// engine, which asks the service manager, and absent when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_cause: Option<ExitCause>,
 }
 
 impl ProcessExit {
+    /// Whether the process died of a fault (SIGSEGV, SIGABRT, SIGBUS...)
+    /// or the OOM killer: a crash, whatever the service manager was asked
+    /// at the time.
+    pub fn is_fault(&self) -> bool {
+        self.oom_killed || self.signal.is_some_and(|s| FAULT_SIGNALS.contains(&s.0))
+    }
+
     /// The class of this exit, as used by metrics (`exit.class`) and runbooks.
     pub fn class(&self) -> ExitClass {
         if self.oom_killed {
@@ -232,6 +244,42 @@ impl ProcessExit {
             (None, Some(0)) | (None, None) => ExitClass::Clean,
             (None, Some(_)) => ExitClass::Error,
         }
+    }
+}
+
+/// Signals only a fault sends: the process crashed whoever was stopping it.
+const FAULT_SIGNALS: [i32; 7] = [4, 5, 6, 7, 8, 11, 31];
+
+/// Why a process exited, as far as the service manager knows: a stop or
+/// restart asked of it (by an operator's `systemctl`, another tool, or
+/// custos itself), or nothing asked of it (a crash, or the process ending
+/// by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitCause {
+    /// Nobody asked the service manager to stop or restart the unit.
+    Unrequested,
+    /// A stop of the unit was asked for (`systemctl stop`, SCM stop).
+    StopRequested,
+    /// A restart of the unit was asked for (`systemctl restart`, a deploy).
+    RestartRequested,
+}
+
+impl ExitCause {
+    pub const ALL: [ExitCause; 3] =
+        [ExitCause::Unrequested, ExitCause::StopRequested, ExitCause::RestartRequested];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Unrequested => "unrequested",
+            ExitCause::StopRequested => "stop_requested",
+            ExitCause::RestartRequested => "restart_requested",
+        }
+    }
+
+    /// Whether an operator's (or a tool's) request caused the exit.
+    pub fn requested(self) -> bool {
+        self != ExitCause::Unrequested
     }
 }
 

@@ -18,6 +18,7 @@ fn process_exit_by_signal_has_the_documented_keys() {
             lifetime_ns: 1_500,
             ppid: 1,
             oom_killed: false,
+            exit_cause: None,
         }),
     );
     e.pid = 42;
@@ -34,6 +35,7 @@ fn process_exit_by_signal_has_the_documented_keys() {
     assert_eq!(v["service"], "api");
     assert_eq!(v["cgroup_id"], 7);
     assert!(v.get("exit_code").is_none(), "absent keys are omitted: {v}");
+    assert!(v.get("exit_cause").is_none(), "an unknown cause is omitted: {v}");
     assert_eq!(Event::from_json_line(&e.to_json_line()).unwrap(), e);
     assert_eq!(
         match &e.body {
@@ -42,6 +44,37 @@ fn process_exit_by_signal_has_the_documented_keys() {
         },
         ExitClass::Signal
     );
+}
+
+#[test]
+fn exit_cause_is_a_snake_case_key_and_faults_are_never_requested() {
+    let exit = |signal: Option<i32>, cause| ProcessExit {
+        signal: signal.map(Signal),
+        exit_cause: cause,
+        ..Default::default()
+    };
+    let mut e = Event::new(at(1), EventBody::ProcessExit(exit(Some(15), Some(ExitCause::StopRequested))));
+    e.pid = 9;
+    let v: serde_json::Value = serde_json::from_str(&e.to_json_line()).unwrap();
+    assert_eq!(v["exit_cause"], "stop_requested");
+    assert_eq!(Event::from_json_line(&e.to_json_line()).unwrap(), e);
+    let names: Vec<&str> = ExitCause::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(names, ["unrequested", "stop_requested", "restart_requested"]);
+    for c in ExitCause::ALL {
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(json, format!("\"{}\"", c.as_str()));
+        assert_eq!(c.requested(), c != ExitCause::Unrequested);
+    }
+    // SIGSEGV, SIGABRT, SIGBUS and the OOM killer are faults; the signals a
+    // stop sends (SIGTERM, SIGKILL, SIGHUP) are not.
+    for s in [11, 6, 7, 4, 8, 31, 5] {
+        assert!(exit(Some(s), None).is_fault(), "signal {s}");
+    }
+    for s in [15, 9, 1, 2, 3] {
+        assert!(!exit(Some(s), None).is_fault(), "signal {s}");
+    }
+    assert!(ProcessExit { oom_killed: true, ..Default::default() }.is_fault());
+    assert!(!exit(None, None).is_fault());
 }
 
 #[test]

@@ -85,6 +85,32 @@ fn drain(rx: &Receiver<AuditRecord>) -> Vec<AuditRecord> {
 const CRASHY: &str = "[Service]\nExecStart=/bin/sh -c 'sleep 1; exit 3'\n";
 
 #[test]
+fn systemd_jobs_are_followed_and_sync_waits_for_their_signals() {
+    use custos::platform::linux::systemd::JobWatcher;
+    use custos::service_manager::ManagerJobs;
+    use custos_event::ExitCause;
+    let Some(sd) = sandbox_or_skip("systemd_jobs_are_followed_and_sync_waits_for_their_signals") else {
+        return;
+    };
+    sd.write_unit("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+    let jobs = JobWatcher::start(Some(&sd.system_bus_address())).unwrap();
+    let before = SystemTime::now();
+    sd.systemctl(&["start", "sleeper.service"]).unwrap();
+    sd.systemctl(&["restart", "sleeper.service"]).unwrap();
+    sd.systemctl(&["stop", "sleeper.service"]).unwrap();
+    // After a sync, every job systemd announced before it is known, ended.
+    let through = jobs.sync(Duration::from_secs(5)).expect("systemd answered the ping");
+    assert!(through >= before);
+    let seen = jobs.jobs("sleeper.service");
+    // What each job did to the unit, whatever type systemd still reported
+    // when asked (these jobs last a few milliseconds).
+    let causes: Vec<Option<ExitCause>> = seen.iter().map(|j| j.cause()).collect();
+    assert_eq!(causes, [None, Some(ExitCause::RestartRequested), Some(ExitCause::StopRequested)], "{seen:?}");
+    assert!(seen.iter().all(|j| j.ended.is_some() && j.seen >= before), "{seen:?}");
+    assert!(jobs.jobs("other.service").is_empty());
+}
+
+#[test]
 fn systemd_service_manager_reports_units() {
     let Some(sd) = sandbox_or_skip("systemd_service_manager_reports_units") else { return };
     sd.write_unit("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
@@ -202,7 +228,8 @@ cooldown: 0s
     let v = rs.iter().find(|r| r.kind == AuditKind::Verification).expect("verification record");
     assert_eq!(v.details["healed"], true, "{v:?}");
 
-    // The agent restarts mid-ladder: firing 2 runs step 2 with the state kept.
+    // The agent restarts mid-ladder: firing 2 runs step 2 with the state
+    // kept, and since the unit stays failed after it, step 3 at once.
     drop(rig);
     wait_state(&sd, "crashy.service", "failed");
     let rig = engine(&sd, state.path(), &yaml, false);
@@ -211,7 +238,9 @@ cooldown: 0s
     rig.engine.on_event(&exit_event(&sd, "crashy", injection));
     rig.engine.wait_idle();
     let rs = drain(&rig.audit);
-    let out = rs.iter().find(|r| r.kind == AuditKind::Outcome).expect("exec outcome");
+    let outcomes: Vec<&AuditRecord> = rs.iter().filter(|r| r.kind == AuditKind::Outcome).collect();
+    assert_eq!(outcomes.len(), 2, "{rs:#?}");
+    let out = outcomes[0];
     assert_eq!(out.details["ok"], true, "{out:?}");
     assert_eq!(out.details["result"]["stdout"], format!("{injection}|crashy.service"), "{out:?}");
     assert!(!Path::new("/tmp/custos-pwned").exists(), "a shell ran the event's text");
@@ -221,20 +250,25 @@ cooldown: 0s
         "exec did not touch the unit"
     );
 
-    // Firing 3: the webhook, with the secret header and the rendered alert.
-    rig.engine.on_event(&exit_event(&sd, "crashy", "sh"));
-    rig.engine.wait_idle();
+    // Step 3: the webhook, with the secret header and the rendered alert.
     let got = recv.requests.recv_timeout(Duration::from_secs(10)).expect("webhook received");
     assert_eq!(got.method, "POST");
     assert_eq!(got.path, "/hook");
     assert_eq!(got.headers.get("authorization").map(String::as_str), Some("Bearer s3cret"));
     let body = got.json();
     assert_eq!(body["severity"], "P0");
-    assert_eq!(body["summary"], "crashy exited 3");
-    let rs = drain(&rig.audit);
-    let out = rs.iter().find(|r| r.kind == AuditKind::Outcome).unwrap();
-    assert_eq!(out.details["ok"], true, "{out:?}");
+    assert_eq!(body["summary"], format!("crashy exited 3"));
+    assert_eq!(outcomes[1].details["ok"], true, "{:?}", outcomes[1]);
     assert!(!serde_json::to_string(&rs).unwrap().contains("s3cret"), "secrets stay out of the audit log");
+
+    // The ladder is climbed and the unit still dead: a further crash runs
+    // nothing, and says why.
+    rig.engine.on_event(&exit_event(&sd, "crashy", "sh"));
+    rig.engine.wait_idle();
+    let rs = drain(&rig.audit);
+    assert!(rs.iter().all(|r| r.kind != AuditKind::Outcome), "{rs:#?}");
+    assert!(rs.iter().any(|r| r.details["reason"] == "ladder_exhausted"), "{rs:#?}");
+    assert!(recv.requests.recv_timeout(Duration::from_millis(300)).is_err(), "paged once");
     custos::audit::verify(&state.path().join("audit")).unwrap();
 }
 
@@ -349,4 +383,38 @@ fn dry_run_cooldown_and_breaker_hold_on_a_real_unit() {
     assert_eq!(rs.iter().filter(|r| r.kind == AuditKind::Breaker).count(), 1);
     assert!(rs.iter().any(|r| r.kind == AuditKind::Suppression && r.details["reason"] == "breaker_open"));
     assert!(rig.engine.status()[0].breaker_open);
+}
+
+#[test]
+fn a_restart_left_to_systemd_does_not_count_toward_the_breaker() {
+    let Some(sd) = sandbox_or_skip("a_restart_left_to_systemd_does_not_count_toward_the_breaker") else {
+        return;
+    };
+    let state = tempfile::tempdir().unwrap();
+    sd.write_unit(
+        "auto.service",
+        "[Service]\nExecStart=/bin/sh -c 'exit 1'\nRestart=always\nRestartSec=30s\n",
+    )
+    .unwrap();
+    sd.systemctl(&["start", "auto.service"]).unwrap();
+    wait_sub_state(&sd, "auto.service", "auto-restart");
+    let before = invocation(&sd, "auto.service");
+    let rig = engine(
+        &sd,
+        state.path(),
+        "name: auto\nservice: auto\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\ncooldown: 0s\nmax_actions: { count: 3, per: 1h }\nescalate: { log: { message: \"giving up\" } }\n",
+        false,
+    );
+    // Ten crashes while systemd is already restarting the unit: ten
+    // decisions to stay out of its way, none of them an action.
+    for _ in 0..10 {
+        rig.engine.on_event(&exit_event(&sd, "auto", "sh"));
+        rig.engine.wait_idle();
+    }
+    let rs = drain(&rig.audit);
+    let skipped = rs.iter().filter(|r| r.details["result"]["skipped"] == "manager_restarting").count();
+    assert_eq!(skipped, 10, "{rs:#?}");
+    assert!(rs.iter().all(|r| r.kind != AuditKind::Breaker), "{rs:#?}");
+    assert!(!rig.engine.status()[0].breaker_open);
+    assert_eq!(invocation(&sd, "auto.service"), before);
 }

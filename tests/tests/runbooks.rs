@@ -53,25 +53,42 @@ fn every_example_runbook_validates() {
 #[test]
 fn crash_loop_climbs_the_ladder_to_an_alert() {
     let out = run("crash-loop.yaml", "crash.json", 5);
-    let steps: Vec<&str> = out.lines().filter(|l| l.contains("decision")).collect();
+    let steps: Vec<&str> =
+        out.lines().filter(|l| l.contains("decision") && l.contains("running step")).collect();
     assert_eq!(steps.len(), 5, "{out}");
-    assert!(steps[0].contains("step 1 of 4: restart"), "{out}");
-    assert!(steps[1].contains("step 2 of 4: restart"), "{out}");
-    assert!(steps[2].contains("step 3 of 4: exec"), "{out}");
-    assert!(steps[3].contains("step 4 of 4: POST"), "{out}");
+    assert!(steps[0].contains("step 1 of 4 (restart)"), "{out}");
+    assert!(steps[1].contains("step 2 of 4 (restart)"), "{out}");
+    assert!(steps[2].contains("step 3 of 4 (exec)"), "{out}");
+    assert!(steps[3].contains("step 4 of 4 (webhook): POST"), "{out}");
     assert!(steps[4].contains("step 4 of 4"), "{out}");
     assert!(out.contains(r#""argv":["/usr/bin/journalctl","--unit","api.service","#), "{out}");
     assert!(
-        out.contains(r#""severity":"P1""#) && out.contains("api keeps crashing (last exit code 1"),
+        out.contains(r#""severity":"P1""#)
+            && out.contains("api keeps crashing (last exit code 1, signal , unrequested)"),
         "{out}"
     );
 }
 
 #[test]
+fn crash_loop_ignores_exits_someone_asked_for() {
+    for cause in ["stop_requested", "restart_requested"] {
+        let mut ev = event("crash.json");
+        if let custos_event::EventBody::ProcessExit(x) = &mut ev.body {
+            x.exit_code = None;
+            x.signal = Some(custos_event::Signal(15));
+            x.exit_cause = serde_json::from_value(serde_json::json!(cause)).unwrap();
+        }
+        let rb = load_file(&example("crash-loop.yaml")).unwrap();
+        let out = simulate(rb, ev, 2).unwrap();
+        assert!(out.contains("did not fire") && !out.contains("running step"), "{cause}: {out}");
+    }
+}
+
+#[test]
 fn oom_restarts_then_alerts() {
     let out = run("oom.yaml", "oom.json", 2);
-    assert!(out.contains("step 1 of 2: restart"), "{out}");
-    assert!(out.contains("step 2 of 2: POST"), "{out}");
+    assert!(out.contains("step 1 of 2 (restart)"), "{out}");
+    assert!(out.contains("step 2 of 2 (webhook): POST"), "{out}");
     assert!(out.contains("was killed for lack of memory again (pid 4242)"), "{out}");
 }
 

@@ -51,7 +51,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
     service.add_exporter_status(&config, exporter.stats().clone());
-    let runbooks = super::runbooks::start(&config)?;
+    let runbooks = super::runbooks::start(&config, exporter.stats().clone())?;
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink(exporter.stats().clone())));
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());

@@ -150,11 +150,16 @@ pub fn service_infos(config: &LoadedConfig) -> HashMap<String, ServiceInfo> {
     services
 }
 
+/// How often the engine's timers are looked at (held firings, cooldowns,
+/// pauses, ladder resets).
+const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Starts the engine from the configuration: runbooks from `runbooks.dir`
-/// (bad files are logged and skipped), audit and state in `agent.state_dir`,
-/// health probe threads for services with `health:`. `None` when the
-/// runbooks directory does not exist.
-pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
+/// (bad files are logged, skipped, and shown by status), audit and state in
+/// `agent.state_dir`, the service manager's job watcher (what tells a stop
+/// asked of it from a crash). `None` when the runbooks directory does not
+/// exist.
+pub fn start(config: &LoadedConfig, stats: Arc<AgentStats>) -> Result<Option<Runbooks>, StartError> {
     let dir = &config.raw.runbooks.dir;
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
@@ -167,17 +172,21 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     let state_dir = &config.raw.agent.state_dir;
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit"), crate::audit::DEFAULT_MAX_FILE_BYTES)?);
     let services = service_infos(config);
+    let manager = crate::platform::service_manager();
     let mut opts = EngineOptions::new(state_dir);
     opts.dry_run = config.raw.runbooks.dry_run;
     opts.services = services;
+    opts.stats = stats;
+    opts.jobs = crate::platform::manager_jobs(&manager);
     let count = report.runbooks.len();
-    let engine = Engine::new(
-        report.runbooks,
-        crate::platform::service_manager(),
-        audit.clone(),
-        Arc::new(SystemClock),
-        opts,
-    )?;
+    let engine = Engine::new(report.runbooks, manager, audit.clone(), Arc::new(SystemClock), opts)?;
+    engine.set_skipped(
+        report
+            .errors
+            .iter()
+            .map(|e| crate::runbook::engine::Skipped { source: e.source.clone(), error: e.to_string() })
+            .collect(),
+    );
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),
@@ -189,16 +198,23 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     std::thread::Builder::new()
         .name("runbook-input".into())
         .spawn(move || {
-            for i in queue {
-                match i {
-                    EngineInput::Event(ev) => e.on_event(&ev),
-                    EngineInput::Finding(Finding::Anomaly(a)) => e.on_anomaly(&a),
-                    EngineInput::Finding(Finding::Metric { service, metric, value, ts }) => {
+            let mut ticked = std::time::Instant::now();
+            loop {
+                match queue.recv_timeout(TICK) {
+                    Ok(EngineInput::Event(ev)) => e.on_event(&ev),
+                    Ok(EngineInput::Finding(Finding::Anomaly(a))) => e.on_anomaly(&a),
+                    Ok(EngineInput::Finding(Finding::Metric { service, metric, value, ts })) => {
                         e.on_metric(&service, metric, value, ts)
                     }
-                    EngineInput::Flush(ack) => {
+                    Ok(EngineInput::Flush(ack)) => {
                         let _ = ack.send(());
                     }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                if ticked.elapsed() >= TICK {
+                    ticked = std::time::Instant::now();
+                    e.tick();
                 }
             }
         })

@@ -97,9 +97,12 @@ impl ServiceLink {
         self.logging.clone()
     }
 
-    /// `custos status` shows the runbooks' ladder positions and last actions.
+    /// `custos status` shows the runbooks' incidents, counts and last
+    /// actions and each service's pause and last exit; `custos pause`,
+    /// `resume` and `status --actions` reach the engine.
     pub fn attach_runbooks(&self, engine: crate::runbook::Engine) {
-        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine)));
+        self.daemon.add_status_provider(Arc::new(RunbookStatusProvider(engine.clone())));
+        self.daemon.set_maintenance(Arc::new(EngineMaintenance(engine)));
     }
 
     /// The stall test hook, when armed. (Status is fed by the counters
@@ -140,19 +143,78 @@ impl ServiceLink {
     }
 }
 
+fn secs(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn counts(c: crate::runbook::engine::Counts) -> crate::daemon::status::RunbookCounts {
+    crate::daemon::status::RunbookCounts {
+        firings: c.firings,
+        actions: c.actions,
+        failures: c.failures,
+        not_healed: c.not_healed,
+        held: c.held,
+        suppressions: c.suppressions,
+        breaker_openings: c.breaker_openings,
+    }
+}
+
+/// `step 2 of 4 (restart): verifying until 12:00:03Z (last: activating (start))`.
+fn progress(p: &crate::runbook::engine::Progress) -> String {
+    use crate::runbook::engine::Stage;
+    let at = |t| humantime::format_rfc3339_seconds(t);
+    let stage = match &p.stage {
+        Stage::Waiting { until } => format!("waiting for its delay until {}", at(*until)),
+        Stage::Acting => "acting".to_string(),
+        Stage::Verifying { until } => format!("verifying until {}", at(*until)),
+    };
+    let mut s = format!("{} of {}: {stage}", p.label(), p.runbook);
+    if !p.last.is_empty() {
+        s.push_str(&format!(" (last: {})", p.last));
+    }
+    s
+}
+
+/// One past action as status shows it.
+fn action_record(
+    runbook: &str,
+    service: &str,
+    steps: usize,
+    a: &crate::runbook::state::ActionSummary,
+) -> crate::daemon::status::ActionRecord {
+    let outcome = match (a.dry_run, a.ok, a.healed) {
+        (true, _, _) => "dry_run".to_string(),
+        (false, false, _) => format!("failed: {}", a.detail),
+        (false, true, Some(true)) => "ok, healed".into(),
+        (false, true, Some(false)) => "ok, not healed".into(),
+        (false, true, None) if a.detail.contains("not acting on top") => format!("skipped: {}", a.detail),
+        (false, true, None) => "ok".into(),
+    };
+    let step = (a.step > 0).then(|| a.step - 1);
+    crate::daemon::status::ActionRecord {
+        at: secs(a.ts),
+        runbook: runbook.to_string(),
+        service: service.to_string(),
+        action: crate::runbook::engine::step_label(step, steps, &a.action),
+        outcome,
+    }
+}
+
 /// The runbooks' part of the status, from the engine.
 struct RunbookStatusProvider(crate::runbook::Engine);
 
 impl crate::daemon::StatusProvider for RunbookStatusProvider {
     fn fill(&self, s: &mut crate::daemon::StatusSnapshot) {
-        let secs = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-        };
         let now = std::time::SystemTime::now();
-        let mut actions = Vec::new();
         for r in self.0.status() {
-            let state = if r.breaker_open {
+            let state = if r.paused {
+                "paused"
+            } else if r.in_progress.is_some() {
+                "running"
+            } else if r.breaker_open {
                 "circuit_open"
+            } else if r.phase == "exhausted" {
+                "exhausted"
             } else if r.cooldown_until.is_some_and(|t| t > now) {
                 "cooldown"
             } else if r.dry_run {
@@ -166,27 +228,64 @@ impl crate::daemon::StatusProvider for RunbookStatusProvider {
                 ladder_position: r.next_step.saturating_sub(1) as u32,
                 ladder_steps: r.steps as u32,
                 state: state.into(),
+                next_action: r.next_action.clone(),
+                in_progress: r.in_progress.as_ref().map(progress),
+                held: r.held,
+                counts: counts(r.counts),
             });
-            for a in &r.last_actions {
-                let outcome = match (a.dry_run, a.ok, a.healed) {
-                    (true, _, _) => "dry_run".to_string(),
-                    (false, false, _) => format!("failed: {}", a.detail),
-                    (false, true, Some(true)) => "ok, healed".into(),
-                    (false, true, Some(false)) => "ok, not healed".into(),
-                    (false, true, None) => "ok".into(),
-                };
-                actions.push(crate::daemon::status::ActionRecord {
-                    at: secs(a.ts),
-                    runbook: r.name.clone(),
-                    service: r.service.clone(),
-                    action: format!("{} (step {})", a.action, a.step),
-                    outcome,
-                });
-            }
         }
-        actions.sort_by_key(|a| std::cmp::Reverse(a.at));
-        actions.truncate(10);
-        s.last_actions = actions;
+        s.runbook_counts = counts(self.0.totals());
+        s.last_actions = history(&self.0, 10);
+        s.skipped_runbooks = self
+            .0
+            .skipped()
+            .into_iter()
+            .map(|k| crate::daemon::status::SkippedRunbook { source: k.source, error: k.error })
+            .collect();
+        for v in self.0.services_status() {
+            let i = match s.services.iter().position(|x| x.name == v.name) {
+                Some(i) => i,
+                None => {
+                    s.services.push(crate::daemon::status::ServiceHealth {
+                        name: v.name.clone(),
+                        ..Default::default()
+                    });
+                    s.services.len() - 1
+                }
+            };
+            let h = &mut s.services[i];
+            h.paused = v.paused.is_some();
+            h.paused_until = v.paused.as_ref().and_then(|p| p.until).map(secs);
+            h.stopped_on_request = v.stopped_on_request;
+            h.in_progress = v.in_progress.as_ref().map(progress);
+            h.last_exit = v.last_exit.map(|e| crate::daemon::status::ExitStatus {
+                at: secs(e.at),
+                pid: e.pid,
+                code: e.code,
+                signal: e.signal,
+                cause: e.cause.map(|c| c.as_str().to_string()),
+            });
+        }
+    }
+}
+
+/// The last `limit` actions of the host, newest first.
+fn history(engine: &crate::runbook::Engine, limit: usize) -> Vec<crate::daemon::status::ActionRecord> {
+    engine.history(limit).iter().map(|h| action_record(&h.runbook, &h.service, h.steps, &h.action)).collect()
+}
+
+/// `custos pause`, `resume` and `status --actions`, on the engine.
+struct EngineMaintenance(crate::runbook::Engine);
+
+impl crate::daemon::Maintenance for EngineMaintenance {
+    fn pause(&self, service: &str, duration: Option<std::time::Duration>) -> Result<Option<u64>, String> {
+        self.0.pause(service, duration).map(|p| p.until.map(secs))
+    }
+    fn resume(&self, service: &str) -> Result<bool, String> {
+        self.0.resume(service)
+    }
+    fn actions(&self, limit: usize) -> Vec<crate::daemon::status::ActionRecord> {
+        history(&self.0, limit)
     }
 }
 

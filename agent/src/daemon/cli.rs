@@ -7,12 +7,28 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// `custos status [--json]`: exit 0 when the agent answered, 3 (as
-/// `systemctl status` does for a stopped unit) when it is not running,
-/// 1 on other errors.
-pub fn status(socket: Option<&Path>, json: bool) -> ExitCode {
+/// `custos status [--json] [--actions N]`: exit 0 when the agent answered,
+/// 3 (as `systemctl status` does for a stopped unit) when it is not
+/// running, 1 on other errors. `--actions N` shows the host's last N
+/// runbook actions instead of 10.
+pub fn status(socket: Option<&Path>, json: bool, actions: Option<usize>) -> ExitCode {
     let path = control::socket_path(socket);
-    match control::request(&path, &Request::Status, Duration::from_secs(10)) {
+    let answer = control::request(&path, &Request::Status, Duration::from_secs(10));
+    let answer = match (answer, actions) {
+        (Ok(Response::Status { mut status }), Some(limit)) => {
+            match control::request(&path, &Request::Actions { limit }, Duration::from_secs(10)) {
+                Ok(Response::Actions { actions }) => {
+                    status.last_actions = actions;
+                    Ok(Response::Status { status })
+                }
+                Ok(Response::Error { error }) => Ok(Response::Error { error }),
+                Ok(other) => Ok(other),
+                Err(e) => Err(e),
+            }
+        }
+        (other, _) => other,
+    };
+    match answer {
         Ok(Response::Status { status }) => {
             if json {
                 match serde_json::to_string_pretty(&status) {
@@ -27,6 +43,52 @@ pub fn status(socket: Option<&Path>, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        other => failure(other, json),
+    }
+}
+
+/// `custos pause SERVICE [--for DURATION]`.
+pub fn pause(socket: Option<&Path>, service: &str, duration: Option<Duration>) -> ExitCode {
+    let path = control::socket_path(socket);
+    let req = Request::Pause { service: service.to_string(), for_secs: duration.map(|d| d.as_secs().max(1)) };
+    match control::request(&path, &req, Duration::from_secs(10)) {
+        Ok(Response::Paused { service, until }) => {
+            match until {
+                Some(u) => println!(
+                    "{service} paused until {}: its runbooks decide and audit, and act on nothing",
+                    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(u))
+                ),
+                None => println!(
+                    "{service} paused until `custos resume {service}`: its runbooks decide and audit, and act on nothing"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        other => failure(other, false),
+    }
+}
+
+/// `custos resume SERVICE`.
+pub fn resume(socket: Option<&Path>, service: &str) -> ExitCode {
+    let path = control::socket_path(socket);
+    match control::request(&path, &Request::Resume { service: service.to_string() }, Duration::from_secs(10))
+    {
+        Ok(Response::Resumed { service, was_paused: true }) => {
+            println!("{service} resumed: its runbooks act again");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Resumed { service, was_paused: false }) => {
+            println!("{service} was not paused");
+            ExitCode::SUCCESS
+        }
+        other => failure(other, false),
+    }
+}
+
+/// Reports an answer that is not the one asked for: the agent's refusal
+/// (1), no agent (3), anything else (1).
+fn failure(answer: Result<Response, ClientError>, json: bool) -> ExitCode {
+    match answer {
         Ok(Response::Error { error }) => {
             eprintln!("custos: the agent refused: {error}");
             ExitCode::FAILURE

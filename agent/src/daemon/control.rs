@@ -30,16 +30,52 @@ pub enum Request {
     Status,
     /// The same as SIGHUP.
     Reload,
+    /// Maintenance: the service's runbooks decide and audit, and act on
+    /// nothing, for `for_secs` (or until `resume`).
+    Pause {
+        service: String,
+        #[serde(default)]
+        for_secs: Option<u64>,
+    },
+    /// Ends a pause.
+    Resume {
+        service: String,
+    },
+    /// The last `limit` runbook actions of the whole host, newest first.
+    Actions {
+        limit: usize,
+    },
 }
 
 /// A response on the control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Pong { version: String },
-    Status { status: Box<StatusSnapshot> },
-    Reloaded { ok: bool, error: Option<String> },
-    Error { error: String },
+    Pong {
+        version: String,
+    },
+    Status {
+        status: Box<StatusSnapshot>,
+    },
+    Reloaded {
+        ok: bool,
+        error: Option<String>,
+    },
+    /// `until`: seconds since the Unix epoch; `None` until `resume`.
+    Paused {
+        service: String,
+        until: Option<u64>,
+    },
+    Resumed {
+        service: String,
+        was_paused: bool,
+    },
+    Actions {
+        actions: Vec<super::status::ActionRecord>,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Answers requests; implemented by the daemon.
@@ -226,6 +262,11 @@ mod tests {
                     status: Box::new(StatusSnapshot { version: "t".into(), pid: 7, ..Default::default() }),
                 },
                 Request::Reload => Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()) },
+                Request::Pause { service, for_secs } => {
+                    Response::Paused { service, until: for_secs.map(|s| 1_700_000_000 + s) }
+                }
+                Request::Resume { service } => Response::Resumed { service, was_paused: true },
+                Request::Actions { limit } => Response::Actions { actions: vec![Default::default(); limit] },
             }
         }
     }
@@ -236,6 +277,22 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(), Request::Reload);
         let r = Response::Reloaded { ok: true, error: None };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"result":"reloaded","ok":true,"error":null}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"pause","service":"api","for_secs":600}"#).unwrap(),
+            Request::Pause { service: "api".into(), for_secs: Some(600) }
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"pause","service":"api"}"#).unwrap(),
+            Request::Pause { service: "api".into(), for_secs: None }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Resume { service: "api".into() }).unwrap(),
+            r#"{"cmd":"resume","service":"api"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Actions { limit: 50 }).unwrap(),
+            r#"{"cmd":"actions","limit":50}"#
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

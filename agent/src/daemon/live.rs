@@ -22,6 +22,8 @@ struct Inner {
     /// Configured services and their unit, in configuration order.
     configured: Vec<(String, Option<String>)>,
     config_path: Option<String>,
+    /// No services configured: every service on the host is managed.
+    manage_everything: bool,
     /// The last health verdict of services with a probe, and the probe's
     /// result.
     health: BTreeMap<String, (bool, String)>,
@@ -50,6 +52,7 @@ impl LiveStatus {
                 .map(|s| (s.name.clone(), s.selected_unit().map(str::to_string)))
                 .collect();
             g.config_path = config.path.as_ref().map(|p| p.display().to_string());
+            g.manage_everything = config.manages_everything();
         }
     }
 
@@ -92,6 +95,7 @@ impl StatusProvider for LiveStatus {
         s.drops.kernel = g.drops.kernel;
         s.drops.user = g.drops.user;
         s.config_path = g.config_path.clone();
+        s.manage_everything = g.manage_everything;
         let mut services: Vec<ServiceHealth> =
             g.configured.iter().map(|(name, unit)| g.service(name, unit.clone())).collect();
         // Services found without configuration (discovery, manage-everything).
@@ -117,6 +121,7 @@ impl Inner {
                 Some((_, probe)) => format!("{events}, {probe}"),
                 None => events,
             }),
+            ..ServiceHealth::default()
         }
     }
 }

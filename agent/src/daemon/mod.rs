@@ -35,6 +35,7 @@ pub use notify::{Notifier, NotifyState};
 pub use reload::{Loader, Reloader};
 pub use shutdown::{ShutdownPlan, ShutdownReport, StepOutcome, STOP_BUDGET, STOP_MARGIN};
 pub use status::{AgentState, StatusProvider, StatusSnapshot};
+
 pub use watchdog::{Liveness, StallSink};
 
 use status::{unix_now, ReloadRecord};
@@ -48,6 +49,19 @@ use tokio::task::JoinHandle;
 
 /// `WatchdogSec=` written into the unit: keep-alives go every half of it.
 pub const WATCHDOG_SEC: Duration = Duration::from_secs(30);
+
+/// What the control socket asks of the runbook engine: maintenance pauses
+/// (`custos pause`, `custos resume`) and the host's action history
+/// (`custos status --actions N`). Implemented in the wiring; without it
+/// the requests are answered with an error (no runbooks).
+pub trait Maintenance: Send + Sync + 'static {
+    /// Returns when the pause ends (seconds since the Unix epoch), `None`
+    /// for "until resumed".
+    fn pause(&self, service: &str, duration: Option<Duration>) -> Result<Option<u64>, String>;
+    /// Whether the service was paused.
+    fn resume(&self, service: &str) -> Result<bool, String>;
+    fn actions(&self, limit: usize) -> Vec<status::ActionRecord>;
+}
 
 /// Something that can reload; implemented by [`Reloader`].
 pub trait Reload: Send + Sync + 'static {
@@ -114,6 +128,7 @@ struct Shared {
     state: Mutex<AgentState>,
     providers: Mutex<Vec<Arc<dyn StatusProvider>>>,
     reloader: Mutex<Option<Arc<dyn Reload>>>,
+    maintenance: Mutex<Option<Arc<dyn Maintenance>>>,
     notifier: Notifier,
 }
 
@@ -177,8 +192,35 @@ impl ControlHandler for Handler {
                 Ok(()) => Response::Reloaded { ok: true, error: None },
                 Err(e) => Response::Reloaded { ok: false, error: Some(e) },
             },
+            Request::Pause { .. } | Request::Resume { .. } | Request::Actions { .. } => {
+                let m = self.0.maintenance.lock().ok().and_then(|g| g.clone());
+                let Some(m) = m else {
+                    return Response::Error {
+                        error: "self-healing is off in this agent (no runbooks directory)".into(),
+                    };
+                };
+                // Pauses write the state file and the audit log: off the
+                // control socket's task.
+                tokio::task::spawn_blocking(move || maintain(&*m, request))
+                    .await
+                    .unwrap_or_else(|e| Response::Error { error: e.to_string() })
+            }
         }
     }
+}
+
+fn maintain(m: &dyn Maintenance, request: Request) -> Response {
+    let result = match request {
+        Request::Pause { service, for_secs } => m
+            .pause(&service, for_secs.map(Duration::from_secs))
+            .map(|until| Response::Paused { service, until }),
+        Request::Resume { service } => {
+            m.resume(&service).map(|was_paused| Response::Resumed { service, was_paused })
+        }
+        Request::Actions { limit } => Ok(Response::Actions { actions: m.actions(limit) }),
+        other => Err(format!("not a maintenance request: {other:?}")),
+    };
+    result.unwrap_or_else(|error| Response::Error { error })
 }
 
 /// The running daemon part of the agent. Dropping it stops its tasks and
@@ -203,6 +245,7 @@ impl Daemon {
             state: Mutex::new(AgentState::Starting),
             providers: Mutex::new(Vec::new()),
             reloader: Mutex::new(None),
+            maintenance: Mutex::new(None),
             notifier: notifier.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -313,6 +356,13 @@ impl Daemon {
     pub fn add_status_provider(&self, p: Arc<dyn StatusProvider>) {
         if let Ok(mut g) = self.shared.providers.lock() {
             g.push(p);
+        }
+    }
+
+    /// Enables `custos pause`, `resume` and `status --actions`.
+    pub fn set_maintenance(&self, m: Arc<dyn Maintenance>) {
+        if let Ok(mut g) = self.shared.maintenance.lock() {
+            *g = Some(m);
         }
     }
 

@@ -50,9 +50,16 @@ pub struct StatusSnapshot {
     pub drops: Drops,
     pub exporter: ExporterStatus,
     pub runbooks: Vec<RunbookStatus>,
+    /// Runbook files not loaded at start, and why.
+    pub skipped_runbooks: Vec<SkippedRunbook>,
+    /// Every runbook's counts since the agent started.
+    pub runbook_counts: RunbookCounts,
     /// Most recent first.
     pub last_actions: Vec<ActionRecord>,
     pub last_reload: Option<ReloadRecord>,
+    /// No `services:`: every service on the host is managed (`services`
+    /// lists those seen so far).
+    pub manage_everything: bool,
 }
 
 /// One managed service.
@@ -68,6 +75,45 @@ pub struct ServiceHealth {
     pub healthy: Option<bool>,
     /// Why it is unhealthy, or the last probe's result.
     pub detail: Option<String>,
+    /// Its last process exit (of the main process, or a failure).
+    pub last_exit: Option<ExitStatus>,
+    /// In maintenance: runbooks decide and audit, and act on nothing.
+    pub paused: bool,
+    /// When the pause ends (seconds since the Unix epoch); `None` while
+    /// paused: until `custos resume`.
+    pub paused_until: Option<u64>,
+    /// Down because a stop was asked of the service manager.
+    pub stopped_on_request: bool,
+    /// The runbook step running for it, and where it is.
+    pub in_progress: Option<String>,
+}
+
+/// A process exit, for status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExitStatus {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<String>,
+    /// `unrequested`, `stop_requested`, `restart_requested`.
+    pub cause: Option<String>,
+}
+
+impl ExitStatus {
+    /// `code 3, unrequested` / `SIGTERM, stop_requested`.
+    pub fn describe(&self) -> String {
+        let how = match (&self.signal, self.code) {
+            (Some(s), _) => s.clone(),
+            (None, Some(c)) => format!("code {c}"),
+            (None, None) => "exited".into(),
+        };
+        match &self.cause {
+            Some(c) => format!("{how}, {c}"),
+            None => how,
+        }
+    }
 }
 
 /// Events lost, by where they were lost.
@@ -102,8 +148,53 @@ pub struct RunbookStatus {
     /// Steps already taken in the current escalation (0: none).
     pub ladder_position: u32,
     pub ladder_steps: u32,
-    /// `armed`, `cooldown`, `circuit_open`, `dry_run`...
+    /// `armed`, `cooldown`, `circuit_open`, `dry_run`, `paused`,
+    /// `running`, `exhausted`...
     pub state: String,
+    /// The action of the step the next incident runs (`restart`).
+    pub next_action: String,
+    /// The step running and where it is (`step 2 of 4 (restart): verifying
+    /// until ...`).
+    pub in_progress: Option<String>,
+    /// A firing is held until the step running or the cooldown ends.
+    pub held: bool,
+    pub counts: RunbookCounts,
+}
+
+/// What runbooks did since the agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunbookCounts {
+    pub firings: u64,
+    pub actions: u64,
+    pub failures: u64,
+    pub not_healed: u64,
+    pub held: u64,
+    pub suppressions: u64,
+    pub breaker_openings: u64,
+}
+
+impl RunbookCounts {
+    fn describe(&self) -> String {
+        format!(
+            "fired {}, acted {}, failed {}, not healed {}, held {}, suppressed {}, breaker opened {}",
+            self.firings,
+            self.actions,
+            self.failures,
+            self.not_healed,
+            self.held,
+            self.suppressions,
+            self.breaker_openings
+        )
+    }
+}
+
+/// A runbook file that was not loaded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SkippedRunbook {
+    pub source: String,
+    pub error: String,
 }
 
 /// One action a runbook took.
@@ -171,9 +262,9 @@ impl StatusSnapshot {
     /// The one-line summary sent as systemd `STATUS=`.
     pub fn summary_line(&self) -> String {
         let mut s = format!(
-            "{}: {} services, {:.0} events/s, drops {} kernel {} user, exporter {}",
+            "{}: {}, {:.0} events/s, drops {} kernel {} user, exporter {}",
             self.state.as_str(),
-            self.services.len(),
+            self.services_count(),
             self.events_per_sec,
             self.drops.kernel,
             self.drops.user,
@@ -183,6 +274,15 @@ impl StatusSnapshot {
             let _ = write!(s, " (spool {})", fmt_bytes(self.exporter.spool_bytes));
         }
         s
+    }
+
+    /// `3 services`, or `all services (3 seen)` when every service is managed.
+    fn services_count(&self) -> String {
+        if self.manage_everything {
+            format!("all services ({} seen)", self.services.len())
+        } else {
+            format!("{} services", self.services.len())
+        }
     }
 
     /// The human-readable `custos status`.
@@ -224,7 +324,15 @@ impl StatusSnapshot {
         }
         o.push('\n');
 
-        let _ = writeln!(o, "\nServices ({}):", self.services.len());
+        if self.manage_everything {
+            let _ = writeln!(
+                o,
+                "\nServices (every service on the host is managed; {} seen):",
+                self.services.len()
+            );
+        } else {
+            let _ = writeln!(o, "\nServices ({}):", self.services.len());
+        }
         if self.services.is_empty() {
             o.push_str("  (none)\n");
         }
@@ -242,6 +350,30 @@ impl StatusSnapshot {
                 let _ = write!(o, "  {d}");
             }
             o.push('\n');
+            if s.paused {
+                let until = s.paused_until.map(fmt_time).unwrap_or_else(|| "`custos resume`".into());
+                let _ = writeln!(
+                    o,
+                    "  {:<20} PAUSED until {until}: runbooks decide and audit, act on nothing",
+                    ""
+                );
+            }
+            if s.stopped_on_request {
+                let _ = writeln!(o, "  {:<20} stopped on request: service_down leaves it so", "");
+            }
+            if let Some(e) = &s.last_exit {
+                let _ = writeln!(
+                    o,
+                    "  {:<20} last exit {} (pid {}) at {}",
+                    "",
+                    e.describe(),
+                    e.pid,
+                    fmt_time(e.at)
+                );
+            }
+            if let Some(p) = &s.in_progress {
+                let _ = writeln!(o, "  {:<20} now: {p}", "");
+            }
         }
 
         let _ = writeln!(o, "\nRunbooks ({}):", self.runbooks.len());
@@ -249,7 +381,7 @@ impl StatusSnapshot {
             o.push_str("  (none)\n");
         }
         for r in &self.runbooks {
-            let _ = writeln!(
+            let _ = write!(
                 o,
                 "  {:<24} service {:<16} step {}/{}  {}",
                 r.name,
@@ -258,6 +390,28 @@ impl StatusSnapshot {
                 r.ladder_steps,
                 if r.state.is_empty() { "armed" } else { &r.state }
             );
+            if !r.next_action.is_empty() {
+                let _ = write!(o, "  next: {}", r.next_action);
+            }
+            if r.held {
+                o.push_str("  (a firing is held)");
+            }
+            o.push('\n');
+            if let Some(p) = &r.in_progress {
+                let _ = writeln!(o, "  {:<24} now: {p}", "");
+            }
+            if r.counts != RunbookCounts::default() {
+                let _ = writeln!(o, "  {:<24} {}", "", r.counts.describe());
+            }
+        }
+        if !self.skipped_runbooks.is_empty() {
+            let _ = writeln!(o, "\nRunbooks skipped at start ({}):", self.skipped_runbooks.len());
+            for k in &self.skipped_runbooks {
+                let _ = writeln!(o, "  {}", k.error.replace('\n', "; "));
+            }
+        }
+        if !self.runbooks.is_empty() {
+            let _ = writeln!(o, "\nRunbook totals: {}", self.runbook_counts.describe());
         }
 
         let _ = writeln!(o, "\nLast actions ({}):", self.last_actions.len());
@@ -298,6 +452,17 @@ mod tests {
                     state: Some("active".into()),
                     healthy: Some(true),
                     detail: None,
+                    last_exit: Some(ExitStatus {
+                        at: 1_700_002_500,
+                        pid: 77,
+                        code: None,
+                        signal: Some("SIGTERM".into()),
+                        cause: Some("restart_requested".into()),
+                    }),
+                    paused: true,
+                    paused_until: Some(1_700_005_000),
+                    stopped_on_request: false,
+                    in_progress: Some("step 2 of 4 (restart) of api-crash-loop: verifying until x".into()),
                 },
                 ServiceHealth {
                     name: "db".into(),
@@ -305,6 +470,7 @@ mod tests {
                     state: Some("failed".into()),
                     healthy: Some(false),
                     detail: Some("http 503".into()),
+                    ..Default::default()
                 },
             ],
             events_per_sec: 12.5,
@@ -322,7 +488,17 @@ mod tests {
                 ladder_position: 2,
                 ladder_steps: 4,
                 state: "cooldown".into(),
+                next_action: "exec".into(),
+                in_progress: None,
+                held: true,
+                counts: RunbookCounts { firings: 5, actions: 2, suppressions: 3, ..Default::default() },
             }],
+            skipped_runbooks: vec![SkippedRunbook {
+                source: "/etc/custos/runbooks/bad.yaml".into(),
+                error: "/etc/custos/runbooks/bad.yaml:3:1: unknown field `stpes`".into(),
+            }],
+            runbook_counts: RunbookCounts { firings: 5, actions: 2, suppressions: 3, ..Default::default() },
+            manage_everything: false,
             last_actions: vec![ActionRecord {
                 at: 1_700_003_000,
                 runbook: "api-crash-loop".into(),
@@ -360,8 +536,33 @@ mod tests {
             t.contains("db                   failed             UNHEALTHY  [db.service]  http 503"),
             "{t}"
         );
-        assert!(t.contains("api-crash-loop           service api              step 2/4  cooldown"), "{t}");
+        assert!(
+            t.contains("api-crash-loop           service api              step 2/4  cooldown  next: exec  (a firing is held)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("fired 5, acted 2, failed 0, not healed 0, held 0, suppressed 3, breaker opened 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("PAUSED until 2023-11-14T23:36:40Z: runbooks decide and audit, act on nothing"),
+            "{t}"
+        );
+        assert!(t.contains("last exit SIGTERM, restart_requested (pid 77) at 2023-11-14T22:55:00Z"), "{t}");
+        assert!(t.contains("now: step 2 of 4 (restart) of api-crash-loop: verifying"), "{t}");
+        assert!(
+            t.contains("Runbooks skipped at start (1):\n  /etc/custos/runbooks/bad.yaml:3:1: unknown field"),
+            "{t}"
+        );
         assert!(t.contains("2023-11-14T23:03:20Z  api"), "{t}");
+    }
+
+    #[test]
+    fn manage_everything_counts_the_services_seen() {
+        let mut s = sample();
+        s.manage_everything = true;
+        assert!(s.summary_line().starts_with("running: all services (2 seen),"), "{}", s.summary_line());
+        assert!(s.render_text().contains("Services (every service on the host is managed; 2 seen):"));
     }
 
     #[test]

@@ -102,10 +102,20 @@ agent_stats! {
     audit_export_dropped: Counter, "{record}";
     /// Events not handed to the runbook engine because its queue was full.
     runbook_inputs_dropped: Counter, "{event}";
-    /// Runbook actions started.
+    /// Runbook triggers that fired.
+    runbook_firings: Counter, "{firing}";
+    /// Actions runbooks performed on the host (not those left to systemd, dry runs or paused services).
     runbook_actions: Counter, "{action}";
     /// Runbook actions that failed.
     runbook_action_failures: Counter, "{action}";
+    /// Verifications that found the service not healed after an action.
+    runbook_not_healed: Counter, "{verification}";
+    /// Firings held to be acted on later (a step running, a cooldown).
+    runbook_firings_held: Counter, "{firing}";
+    /// Firings not acted on (circuit breaker open, ladder exhausted, service paused).
+    runbook_suppressions: Counter, "{firing}";
+    /// Times a runbook's circuit breaker opened.
+    runbook_breaker_openings: Counter, "{event}";
 }
 
 impl AgentStats {

@@ -13,7 +13,7 @@
 pub mod linux;
 pub mod windows;
 
-use crate::service_manager::ServiceManager;
+use crate::service_manager::{ManagerJobs, ServiceManager};
 #[cfg(not(any(windows, custos_windows_typecheck)))]
 use crate::service_manager::{ServiceError, ServiceStatus};
 use std::path::{Path, PathBuf};
@@ -79,6 +79,34 @@ pub fn service_manager() -> Arc<dyn ServiceManager> {
     #[cfg(not(any(target_os = "linux", windows, custos_windows_typecheck)))]
     {
         Arc::new(Unavailable("no service manager for this platform".into()))
+    }
+}
+
+/// What tells the runbook engine that a stop or restart was asked of the
+/// service manager: systemd's job signals (on the bus of
+/// [`SYSTEMD_BUS_ENV`] when set), or the SCM's states. `None`, logged, when
+/// the platform has neither: every exit then counts as unrequested.
+pub fn manager_jobs(manager: &Arc<dyn ServiceManager>) -> Option<Arc<dyn ManagerJobs>> {
+    #[cfg(all(target_os = "linux", not(custos_windows_typecheck)))]
+    {
+        let _ = manager;
+        let address = std::env::var(SYSTEMD_BUS_ENV).ok();
+        match linux::systemd::JobWatcher::start(address.as_deref()) {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot follow systemd's jobs: stops and restarts asked of systemd will look like crashes.");
+                None
+            }
+        }
+    }
+    #[cfg(any(windows, custos_windows_typecheck))]
+    {
+        Some(Arc::new(crate::service_manager::StateJobs::new(manager.clone())))
+    }
+    #[cfg(not(any(target_os = "linux", windows, custos_windows_typecheck)))]
+    {
+        let _ = manager;
+        None
     }
 }
 

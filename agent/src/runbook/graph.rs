@@ -12,13 +12,16 @@ fn label(s: &str) -> String {
 pub fn mermaid(rb: &Runbook) -> String {
     let mut g = String::from("flowchart TD\n");
     let _ = writeln!(g, "  T[{}]", label(&format!("trigger: {}", rb.trigger.describe())));
-    let mut gate = format!("cooldown {}", humantime::format_duration(rb.cooldown));
-    if let Some(m) = rb.max_actions {
-        let _ = write!(gate, ", breaker {} per {}", m.count, humantime::format_duration(m.per));
-    }
+    let m = rb.max_actions;
+    let gate = format!("breaker {} per {}", m.count, humantime::format_duration(m.per));
     let _ = writeln!(g, "  G{{{}}}", label(&gate));
     let _ = writeln!(g, "  T --> G");
-    let _ = writeln!(g, "  G -- cooling down --> S([{}])", label("suppressed, audited"));
+    let _ = writeln!(
+        g,
+        "  G -- {} --> S([{}])",
+        label("a step runs, or cooling down"),
+        label(&format!("held: acted on when it ends (cooldown {})", humantime::format_duration(rb.cooldown)))
+    );
     let n = rb.steps.len();
     for (i, step) in rb.steps.iter().enumerate() {
         let mut text = format!("step {}: {}", i + 1, step.action.describe());
@@ -36,29 +39,26 @@ pub fn mermaid(rb: &Runbook) -> String {
             );
             let _ = writeln!(g, "  S{i} --> V{i}");
             let _ = writeln!(g, "  V{i} -- yes --> H([healed])");
-            let next = if i + 1 < n { format!("S{}", i + 1) } else { format!("S{i}") };
-            let _ = writeln!(g, "  V{i} -. not healed: next firing .-> {next}");
+            let next = if i + 1 < n { format!("S{}", i + 1) } else { "X".to_string() };
+            let _ = writeln!(g, "  V{i} -- not healed: at once --> {next}");
         }
     }
-    if let Some(m) = rb.max_actions {
-        let esc = rb
-            .escalate
-            .as_ref()
-            .map(|s| format!("breaker open: {}", s.action.describe()))
-            .unwrap_or_else(|| "breaker open: stop acting, audit".into());
-        let _ = writeln!(g, "  E[{}]", label(&esc));
-        let _ = writeln!(
-            g,
-            "  G -- {} --> E",
-            label(&format!("{} actions within {}", m.count, humantime::format_duration(m.per)))
-        );
-    }
-    if let Some(r) = rb.reset_after {
-        let _ = writeln!(
-            g,
-            "  H -. {} .-> T",
-            label(&format!("quiet {}: ladder resets", humantime::format_duration(r)))
-        );
-    }
+    let esc = rb
+        .escalate
+        .as_ref()
+        .map(|s| format!("escalation: {}", s.action.describe()))
+        .unwrap_or_else(|| "no escalation".into());
+    let _ = writeln!(g, "  X[{}]", label(&format!("ladder exhausted; {esc}")));
+    let _ = writeln!(g, "  E[{}]", label(&format!("breaker open: stop acting; {esc}")));
+    let _ = writeln!(
+        g,
+        "  G -- {} --> E",
+        label(&format!("{} actions within {}", m.count, humantime::format_duration(m.per)))
+    );
+    let _ = writeln!(
+        g,
+        "  H -. {} .-> T",
+        label(&format!("quiet {}: ladder resets", humantime::format_duration(rb.reset_after)))
+    );
     g
 }

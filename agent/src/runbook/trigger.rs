@@ -5,7 +5,6 @@
 //! instantaneous match, or a level becoming true.
 
 use super::model::{FieldCondition, Op, Trigger};
-use crate::service_manager::ActiveState;
 use custos_detect::Anomaly;
 use custos_event::EventKind;
 use std::collections::VecDeque;
@@ -28,9 +27,11 @@ pub enum Input<'a> {
     Health {
         healthy: bool,
     },
+    /// The service manager's view of the service: `down` when it failed,
+    /// or is inactive without anyone having asked for that, and its
+    /// manager is not restarting it.
     State {
-        state: ActiveState,
-        manager_restarting: bool,
+        down: bool,
     },
 }
 
@@ -88,6 +89,9 @@ pub fn evaluate(t: &Trigger, st: &mut TriggerState, input: &Input<'_>, now: Syst
             if kind != k || !conditions.iter().all(|c| condition_holds(c, fields)) {
                 return Eval::default();
             }
+            if !cause_allowed(*kind, conditions, fields) {
+                return Eval::default();
+            }
             if *count <= 1 {
                 return Eval { active: true, edge: true };
             }
@@ -138,9 +142,7 @@ pub fn evaluate(t: &Trigger, st: &mut TriggerState, input: &Input<'_>, now: Syst
             _ => None,
         }),
         (Trigger::ServiceDown, TriggerState::Level { active }) => level(active, input, |i| match i {
-            Input::State { state, manager_restarting } => {
-                Some(matches!(state, ActiveState::Inactive | ActiveState::Failed) && !manager_restarting)
-            }
+            Input::State { down } => Some(*down),
             _ => None,
         }),
         (Trigger::All(ts), TriggerState::Group(sts)) => {
@@ -168,6 +170,53 @@ fn level(active: &mut bool, input: &Input<'_>, f: impl Fn(&Input<'_>) -> Option<
             Eval { active: now_active, edge }
         }
         None => Eval { active: *active, edge: false },
+    }
+}
+
+/// The field that says whether an exit was asked for.
+pub const EXIT_CAUSE: &str = "exit_cause";
+
+/// Whether an event may fire a trigger as far as its exit cause goes: a
+/// `process_exit` trigger that says nothing of `exit_cause` is about
+/// failures, so exits someone asked for (a stop, a restart) do not match
+/// it; one that names `exit_cause` gets what it names.
+fn cause_allowed(
+    kind: EventKind,
+    conditions: &[FieldCondition],
+    fields: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    if kind != EventKind::ProcessExit || conditions.iter().any(|c| c.field == EXIT_CAUSE) {
+        return true;
+    }
+    fields
+        .get(EXIT_CAUSE)
+        .and_then(|v| v.as_str())
+        .is_none_or(|c| c == custos_event::ExitCause::Unrequested.as_str())
+}
+
+/// Whether `fields` (an exit whose cause is not known yet) would fire a
+/// `process_exit` leaf of `t` if nobody had asked for the exit: then it is
+/// worth asking the service manager.
+pub fn would_match_unrequested(t: &Trigger, fields: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match t {
+        Trigger::Event { kind: EventKind::ProcessExit, conditions, .. } => {
+            conditions.iter().filter(|c| c.field != EXIT_CAUSE).all(|c| condition_holds(c, fields))
+        }
+        Trigger::All(ts) | Trigger::Any(ts) => ts.iter().any(|t| would_match_unrequested(t, fields)),
+        _ => false,
+    }
+}
+
+/// Whether `t` is a level that holds now, as far as its state knows (a
+/// failing probe, the service down, a metric held over its bound); an
+/// event or anomaly never holds between inputs.
+pub fn holds(t: &Trigger, st: &TriggerState) -> bool {
+    match (t, st) {
+        (Trigger::HealthFailing | Trigger::ServiceDown, TriggerState::Level { active }) => *active,
+        (Trigger::Metric { .. }, TriggerState::Metric { active, .. }) => *active,
+        (Trigger::All(ts), TriggerState::Group(sts)) => ts.iter().zip(sts).all(|(t, s)| holds(t, s)),
+        (Trigger::Any(ts), TriggerState::Group(sts)) => ts.iter().zip(sts).any(|(t, s)| holds(t, s)),
+        _ => false,
     }
 }
 

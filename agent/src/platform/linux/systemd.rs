@@ -208,3 +208,231 @@ impl ServiceManager for Systemd {
             .map_err(|e| map_err(e, "kill", unit))
     }
 }
+
+/// systemd's jobs as they come and go, from the manager's `JobNew` and
+/// `JobRemoved` signals on a connection of its own: what tells an
+/// operator's `systemctl stop` or `restart` (or custos's own) from a crash.
+///
+/// systemd announces a job before it runs it, so the announcement of the
+/// stop that sent a SIGTERM leaves systemd before the process exits; it
+/// may still reach custos after the kernel's exit event. [`sync`] closes
+/// that race: a `Ping` sent on the same connection is answered after
+/// every signal systemd sent before it, so once the watcher has read the
+/// answer, every job created before the ping is in the log.
+///
+/// [`sync`]: crate::service_manager::ManagerJobs::sync
+pub struct JobWatcher {
+    log: std::sync::Arc<crate::service_manager::JobLog>,
+    conn: Connection,
+    sync: std::sync::Arc<(std::sync::Mutex<PingState>, std::sync::Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct PingState {
+    /// Pings whose answer the watcher has read, by serial.
+    answered: std::collections::HashSet<u32>,
+    /// The watcher's thread has ended (the connection broke).
+    gone: bool,
+}
+
+const PEER: &str = "org.freedesktop.DBus.Peer";
+/// Where systemd puts its unit objects (`.../unit/api_2eservice`).
+const UNIT_PATHS: &str = "/org/freedesktop/systemd1/unit";
+const JOB: &str = "org.freedesktop.systemd1.Job";
+
+impl JobWatcher {
+    /// Subscribes to systemd's job signals on the system bus, or on the bus
+    /// at `address` (another namespace's, in tests), and follows them on a
+    /// thread of its own until the connection breaks.
+    pub fn start(address: Option<&str>) -> Result<JobWatcher, ServiceError> {
+        let unavailable = |e: zbus::Error| ServiceError::Unavailable(format!("job signals: {e}"));
+        let connect = || match address {
+            Some(a) => zbus::blocking::connection::Builder::address(a)
+                .and_then(|b| b.method_timeout(Duration::from_secs(5)).build()),
+            None => Connection::system(),
+        };
+        let conn = connect().map_err(unavailable)?;
+        // Job types are read on a second connection, so that the watcher
+        // never waits for an answer behind the signals it has not read.
+        let query = connect().map_err(unavailable)?;
+        let manager_signals = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(DEST)
+            .and_then(|b| b.interface(MANAGER))
+            .and_then(|b| b.path(PATH))
+            .map_err(unavailable)?
+            .build();
+        // Each unit's ActiveState changes: what a job does to its unit.
+        let unit_changes = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(DEST)
+            .and_then(|b| b.interface(PROPS))
+            .and_then(|b| b.member("PropertiesChanged"))
+            .and_then(|b| b.path_namespace(UNIT_PATHS))
+            .and_then(|b| b.add_arg(UNIT))
+            .map_err(unavailable)?
+            .build();
+        let bus = zbus::blocking::fdo::DBusProxy::new(&conn).map_err(unavailable)?;
+        for rule in [manager_signals, unit_changes] {
+            bus.add_match_rule(rule).map_err(|e| unavailable(e.into()))?;
+        }
+        // Every message the connection receives, in order: the signals and
+        // the answers to pings.
+        let messages = zbus::blocking::MessageIterator::from(&conn);
+        // systemd sends job signals on the bus only while someone subscribed.
+        conn.call_method(Some(DEST), PATH, Some(MANAGER), "Subscribe", &()).map_err(unavailable)?;
+        let log = std::sync::Arc::new(crate::service_manager::JobLog::default());
+        let sync =
+            std::sync::Arc::new((std::sync::Mutex::new(PingState::default()), std::sync::Condvar::new()));
+        let (l, s) = (log.clone(), sync.clone());
+        std::thread::Builder::new()
+            .name("systemd-jobs".into())
+            .spawn(move || follow_jobs(messages, &query, &l, &s))
+            .map_err(|e| ServiceError::Unavailable(format!("job signals: {e}")))?;
+        Ok(JobWatcher { log, conn, sync })
+    }
+}
+
+/// Reads the watcher's connection until it breaks: jobs into the log, ping
+/// answers into the sync state.
+fn follow_jobs(
+    messages: zbus::blocking::MessageIterator,
+    query: &Connection,
+    log: &crate::service_manager::JobLog,
+    sync: &(std::sync::Mutex<PingState>, std::sync::Condvar),
+) {
+    use crate::service_manager::JobKind;
+    for msg in messages {
+        let Ok(msg) = msg else { break };
+        let header = msg.header();
+        match msg.message_type() {
+            zbus::message::Type::Signal => {
+                let member = header.member().map(|m| m.as_str().to_string()).unwrap_or_default();
+                let seen = std::time::SystemTime::now();
+                if member == "JobNew" {
+                    let Ok((id, job, unit)) = msg.body().deserialize::<(u32, OwnedObjectPath, String)>()
+                    else {
+                        continue;
+                    };
+                    log.job_new(&unit, u64::from(id), JobKind::Unknown, seen);
+                    // The type as long as the job exists (a short job is
+                    // gone already; its unit's changes tell what it did).
+                    let kind = query
+                        .call_method(Some(DEST), job.as_str(), Some(PROPS), "Get", &(JOB, "JobType"))
+                        .ok()
+                        .and_then(|m| m.body().deserialize::<OwnedValue>().ok())
+                        .map(|v| JobKind::from_systemd(&as_string(v)));
+                    tracing::debug!(unit = %unit, job = id, ?kind, "systemd job started.");
+                    if let Some(kind) = kind {
+                        log.job_kind(&unit, u64::from(id), kind);
+                    }
+                } else if member == "JobRemoved" {
+                    if let Ok((id, _job, unit, result)) =
+                        msg.body().deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    {
+                        tracing::debug!(unit = %unit, job = id, result = %result, "systemd job ended.");
+                        log.job_removed(&unit, u64::from(id), seen);
+                    }
+                } else if member == "PropertiesChanged" {
+                    let Some(unit) = header.path().and_then(|p| unit_of_path(p.as_str())) else { continue };
+                    let Ok((_iface, changed, _invalidated)) = msg.body().deserialize::<(
+                        String,
+                        std::collections::HashMap<String, OwnedValue>,
+                        Vec<String>,
+                    )>() else {
+                        continue;
+                    };
+                    if let Some(state) = changed.get("ActiveState").and_then(|v| v.try_clone().ok()) {
+                        log.unit_state(&unit, &as_string(state), seen);
+                    }
+                }
+            }
+            zbus::message::Type::MethodReturn | zbus::message::Type::Error => {
+                if let Some(serial) = header.reply_serial() {
+                    let (state, cv) = sync;
+                    let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.answered.len() > 1024 {
+                        // Answers nobody waited for (pings that timed out).
+                        g.answered.clear();
+                    }
+                    g.answered.insert(serial.get());
+                    cv.notify_all();
+                }
+            }
+            zbus::message::Type::MethodCall => {}
+        }
+    }
+    tracing::warn!("The systemd job signal connection ended: stops can no longer be told from crashes.");
+    let (state, cv) = sync;
+    state.lock().unwrap_or_else(|e| e.into_inner()).gone = true;
+    cv.notify_all();
+}
+
+impl crate::service_manager::ManagerJobs for JobWatcher {
+    fn jobs(&self, unit: &str) -> Vec<crate::service_manager::ManagerJob> {
+        self.log.jobs(unit)
+    }
+
+    fn sync(&self, timeout: Duration) -> Option<std::time::SystemTime> {
+        let sent = std::time::SystemTime::now();
+        let ping = zbus::Message::method_call(PATH, "Ping")
+            .and_then(|b| b.destination(DEST))
+            .and_then(|b| b.interface(PEER))
+            .and_then(|b| b.build(&()))
+            .ok()?;
+        let serial = ping.primary_header().serial_num().get();
+        self.conn.send(&ping).ok()?;
+        let (state, cv) = &*self.sync;
+        let deadline = Instant::now() + timeout;
+        let mut g = state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.answered.remove(&serial) {
+                return Some(sent);
+            }
+            let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+            let left = left.filter(|_| !g.gone)?;
+            g = cv.wait_timeout(g, left).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+/// The unit a systemd unit object path names: the last element with
+/// systemd's escaping undone (`api_2eservice` is `api.service`: every
+/// byte but ASCII letters and digits is `_` and two hex digits).
+fn unit_of_path(path: &str) -> Option<String> {
+    let label = path.strip_prefix(UNIT_PATHS)?.strip_prefix('/')?;
+    if label.is_empty() || label.contains('/') {
+        return None;
+    }
+    let bytes = label.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unit_of_path;
+
+    #[test]
+    fn unit_object_paths_are_unescaped() {
+        let at = |label: &str| unit_of_path(&format!("/org/freedesktop/systemd1/unit/{label}"));
+        assert_eq!(at("api_2eservice").as_deref(), Some("api.service"));
+        assert_eq!(at("getty_40tty1_2eservice").as_deref(), Some("getty@tty1.service"));
+        assert_eq!(at("_31password_2dagent_2eservice").as_deref(), Some("1password-agent.service"));
+        assert_eq!(at("bad_2"), None);
+        assert_eq!(at("bad_zz"), None);
+        assert_eq!(unit_of_path("/org/freedesktop/systemd1/job/12"), None);
+        assert_eq!(unit_of_path("/org/freedesktop/systemd1/unit"), None);
+    }
+}

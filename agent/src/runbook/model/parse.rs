@@ -218,9 +218,9 @@ fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runboo
         dry_run: raw.dry_run,
         trigger,
         steps: steps?,
-        reset_after: raw.reset_after.map(|d| d.0),
+        reset_after: raw.reset_after.map(|d| d.0).unwrap_or(DEFAULT_RESET_AFTER),
         cooldown: raw.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
-        max_actions,
+        max_actions: max_actions.unwrap_or(DEFAULT_MAX_ACTIONS),
         escalate,
     })
 }

@@ -22,11 +22,15 @@ pub struct Runbook {
     pub dry_run: bool,
     pub trigger: Trigger,
     pub steps: Vec<Step>,
-    /// No firing for this long resets the ladder to step 1.
-    pub reset_after: Option<Duration>,
-    /// After an action, firings within this time are suppressed.
+    /// Quiet (no firing, healed or the incident left) for this long sends
+    /// the ladder back to step 1.
+    pub reset_after: Duration,
+    /// After a step that could not show whether the service healed (no
+    /// verification), the next firing waits this long; it is held, not
+    /// dropped.
     pub cooldown: Duration,
-    pub max_actions: Option<MaxActions>,
+    /// The circuit breaker: at most this many actions per window.
+    pub max_actions: MaxActions,
     /// Run once when the circuit breaker opens.
     pub escalate: Option<Step>,
 }
@@ -149,6 +153,11 @@ pub use crate::command::DEFAULT_RUN_AS;
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
+/// When a runbook does not say: quiet for an hour is a new start.
+pub const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(3600);
+/// When a runbook does not say: ten actions an hour on one service is
+/// more than any ladder should need; past that custos stops and escalates.
+pub const DEFAULT_MAX_ACTIONS: MaxActions = MaxActions { count: 10, per: Duration::from_secs(3600) };
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecAction {
@@ -184,9 +193,16 @@ pub(super) const COMMON_FIELDS: &[&str] = &["kind", "service", "pid", "tid", "co
 pub fn event_fields(kind: EventKind) -> &'static [&'static str] {
     match kind {
         EventKind::ProcessStart => &["ppid", "uid", "gid", "exe", "argv", "argv_truncated"],
-        EventKind::ProcessExit => {
-            &["exit_code", "signal", "core_dumped", "lifetime_ns", "ppid", "oom_killed", "exit_class"]
-        }
+        EventKind::ProcessExit => &[
+            "exit_code",
+            "signal",
+            "core_dumped",
+            "lifetime_ns",
+            "ppid",
+            "oom_killed",
+            "exit_class",
+            "exit_cause",
+        ],
         EventKind::Signal => &["signal", "sender_pid", "code"],
         EventKind::OomKill => &["rss_bytes", "memcg"],
         EventKind::TcpConnect => &["family", "saddr", "sport", "daddr", "dport", "result", "latency_ns"],
