@@ -268,6 +268,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Audit(cmd) => {
             let dir = custos::config::load(None).map(|c| c.raw.agent.state_dir).unwrap_or_default();
+            let audit = cmd.dir(&dir.join("audit"));
+            // Sealing writes the chain: one writer, so not while an agent runs.
+            let _lock = match (&cmd, audit.parent()) {
+                (custos::runbook::cli::AuditCommand::Seal { .. }, Some(state)) => {
+                    Some(custos::daemon::lock::acquire(state).map_err(|e| {
+                        anyhow::anyhow!("{e}; the audit log can be sealed only while no agent writes it")
+                    })?)
+                }
+                _ => None,
+            };
             custos::runbook::cli::run_audit(cmd, &dir.join("audit"))
         }
         Command::Detect(args) => custos::detect_cli::run(args),

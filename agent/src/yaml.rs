@@ -35,6 +35,20 @@ impl<T> Spanned<T> {
     }
 }
 
+/// A located value reads as its value: `interval.0`, `*capacity`.
+impl<T> std::ops::Deref for Spanned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Default> Default for Spanned<T> {
+    fn default() -> Self {
+        Spanned::unlocated(T::default())
+    }
+}
+
 impl<T: PartialEq> PartialEq for Spanned<T> {
     fn eq(&self, other: &Self) -> bool {
         self.value == other.value

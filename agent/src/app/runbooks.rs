@@ -89,7 +89,8 @@ impl Runbooks {
 
     /// Exports every audit record from now on as an OTLP log record
     /// (`custos.runbook.<kind>`), and the records the export could not keep
-    /// up with as `audit_export_dropped`.
+    /// up with as `audit_export_dropped`; and the records that could not be
+    /// written as `audit_write_failures`.
     pub fn export_audit(&self, logs: LogSender, stats: Arc<AgentStats>) {
         let rx = self.audit.subscribe(4096);
         let audit = self.audit.clone();
@@ -100,6 +101,7 @@ impl Runbooks {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
             AgentStats::set(&stats.audit_export_dropped, audit.dropped());
+            AgentStats::set(&stats.audit_write_failures, audit.write_failures());
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "Audit export thread could not start.");
@@ -165,7 +167,8 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         tracing::error!(error = %e, "Runbook skipped.");
     }
     let state_dir = &config.raw.agent.state_dir;
-    let audit = Arc::new(AuditLog::open(&state_dir.join("audit"), crate::audit::DEFAULT_MAX_FILE_BYTES)?);
+    let audit =
+        Arc::new(AuditLog::open_with(&state_dir.join("audit"), config.raw.runbooks.audit.retention())?);
     let services = service_infos(config);
     let mut opts = EngineOptions::new(state_dir);
     opts.dry_run = config.raw.runbooks.dry_run;

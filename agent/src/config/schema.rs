@@ -299,11 +299,50 @@ pub struct RunbooksConfig {
     pub dir: PathBuf,
     /// Decide and audit, but change nothing on the host.
     pub dry_run: bool,
+    /// The audit log's size and retention (`<state_dir>/audit`).
+    pub audit: AuditConfig,
 }
 
 impl Default for RunbooksConfig {
     fn default() -> Self {
-        RunbooksConfig { dir: default_config_dir().join("runbooks"), dry_run: false }
+        RunbooksConfig {
+            dir: default_config_dir().join("runbooks"),
+            dry_run: false,
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// How much audit log is kept: its own budget, apart from the spool's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Size at which the current file is rotated.
+    pub max_file_bytes: Spanned<ByteSize>,
+    /// The whole log; beyond it the oldest rotated files are deleted.
+    pub max_bytes: Spanned<ByteSize>,
+    /// Rotated files older than this are deleted (`0`: kept until `max_bytes`).
+    pub max_age: Spanned<HumanDuration>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_file_bytes: Spanned::unlocated(ByteSize::mib(16)),
+            max_bytes: Spanned::unlocated(ByteSize::mib(256)),
+            max_age: Spanned::unlocated(HumanDuration::default()),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The audit log's retention.
+    pub fn retention(&self) -> crate::audit::Retention {
+        crate::audit::Retention {
+            max_file_bytes: self.max_file_bytes.0,
+            max_total_bytes: self.max_bytes.0,
+            max_age: (!self.max_age.0.is_zero()).then_some(self.max_age.0),
+        }
     }
 }
 

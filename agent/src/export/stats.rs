@@ -100,6 +100,8 @@ agent_stats! {
     findings_dropped: Counter, "{finding}";
     /// Audit records not exported as log records because the export queue was full (the audit file keeps them).
     audit_export_dropped: Counter, "{record}";
+    /// Audit records (and anchor updates) that could not be written, e.g. on a full disk.
+    audit_write_failures: Counter, "{record}";
     /// Events not handed to the runbook engine because its queue was full.
     runbook_inputs_dropped: Counter, "{event}";
     /// Runbook actions started.
