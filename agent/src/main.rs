@@ -117,6 +117,9 @@ impl SourceArgs {
 struct RunArgs {
     #[command(flatten)]
     source: SourceArgs,
+    /// With --replay: let runbooks act on this host. Without it a replay only decides and audits (dry-run).
+    #[arg(long, requires = "replay")]
+    act: bool,
     /// When to print the per-service summary table: auto (when stdout is a terminal), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     summary: String,
@@ -194,7 +197,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 logging: logging.handle,
                 external_stop: None,
             };
-            let opts = custos::app::run::RunOptions { source: args.source.source(), summary, daemon };
+            let opts =
+                custos::app::run::RunOptions { source: args.source.source(), act: args.act, summary, daemon };
             #[cfg(windows)]
             {
                 // Under the SCM: the dispatcher, status reports and its stop

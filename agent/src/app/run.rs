@@ -30,6 +30,10 @@ const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// Options of `custos run` beyond the configuration.
 pub struct RunOptions {
     pub source: Source,
+    /// With a recording: let runbooks act on this host. Without it a replay
+    /// decides and audits as dry-run, whatever the configuration says: a
+    /// recorded crash must not restart the live unit of the same name.
+    pub act: bool,
     /// Print the per-service table this often (None: never).
     pub summary: Option<Duration>,
     /// Service integration: control socket path, and the logger whose level
@@ -51,7 +55,11 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
     service.add_exporter_status(&config, exporter.stats().clone());
-    let runbooks = super::runbooks::start(&config)?;
+    let replay_dry_run = matches!(opts.source, Source::Replay { .. }) && !opts.act;
+    if replay_dry_run {
+        tracing::info!("Replaying a recording: runbooks decide and audit as dry-run and change nothing on this host (--act to let them act).");
+    }
+    let runbooks = super::runbooks::start(&config, replay_dry_run)?;
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink(exporter.stats().clone())));
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());

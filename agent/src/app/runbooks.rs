@@ -155,8 +155,9 @@ pub fn service_infos(config: &LoadedConfig) -> HashMap<String, ServiceInfo> {
 /// Starts the engine from the configuration: runbooks from `runbooks.dir`
 /// (bad files are logged and skipped), audit and state in `agent.state_dir`,
 /// health probe threads for services with `health:`. `None` when the
-/// runbooks directory does not exist.
-pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
+/// runbooks directory does not exist. `dry_run` forces dry-run over the
+/// configuration (a replay without `--act`).
+pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, StartError> {
     let dir = &config.raw.runbooks.dir;
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
@@ -171,9 +172,10 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
         Arc::new(AuditLog::open_with(&state_dir.join("audit"), config.raw.runbooks.audit.retention())?);
     let services = service_infos(config);
     let mut opts = EngineOptions::new(state_dir);
-    opts.dry_run = config.raw.runbooks.dry_run;
+    opts.dry_run = config.raw.runbooks.dry_run || dry_run;
     opts.services = services;
     let count = report.runbooks.len();
+    let opts_dry_run = opts.dry_run;
     let engine = Engine::new(
         report.runbooks,
         crate::platform::service_manager(),
@@ -184,7 +186,7 @@ pub fn start(config: &LoadedConfig) -> Result<Option<Runbooks>, StartError> {
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),
-        dry_run = config.raw.runbooks.dry_run,
+        dry_run = opts_dry_run,
         "Runbooks loaded."
     );
     let (input, queue) = std::sync::mpsc::sync_channel(ENGINE_QUEUE);
