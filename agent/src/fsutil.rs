@@ -222,6 +222,199 @@ impl WriteFailures {
     }
 }
 
+/// Reads at most `max` bytes of a regular file, refusing anything else: a
+/// FIFO (which would block the reader until someone writes), a device
+/// (`/dev/zero` never ends), a directory. The open does not block and the
+/// check is made on the open descriptor, so what is checked is what is read.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let f = open_nonblocking(path, false)?;
+    read_regular(f, path, max)
+}
+
+fn read_regular(mut f: File, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file ({})", path.display(), file_kind(&md)),
+        ));
+    }
+    if md.len() > max {
+        return Err(too_large(path, max));
+    }
+    let mut out = Vec::with_capacity(md.len() as usize);
+    Read::by_ref(&mut f).take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(too_large(path, max));
+    }
+    Ok(out)
+}
+
+fn too_large(path: &Path, max: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{} is larger than {max} bytes", path.display()))
+}
+
+fn file_kind(md: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = md.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if md.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path, no_follow: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
+    if no_follow {
+        flags |= libc::O_NOFOLLOW;
+    }
+    OpenOptions::new().read(true).custom_flags(flags).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path, _no_follow: bool) -> io::Result<File> {
+    File::open(path)
+}
+
+/// Why a file that could make root act was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Untrusted(pub String);
+
+/// Reads a file whose content can make custos (root) run commands: the
+/// configuration, a runbook. Only what root (or the agent's own user)
+/// alone controls is read:
+///
+/// - every directory from `/` down to the file, through symlinks, is owned
+///   by root or this user and writable by no one else (a world-writable
+///   directory with the sticky bit, such as /tmp, is accepted: others can
+///   neither rename nor delete what they do not own in it), so no other
+///   user can swap a path component between the check and the open;
+/// - the file is opened without following a final symlink (its target was
+///   resolved and checked first) and without blocking, then checked on the
+///   open descriptor: a regular file, owned by root or this user, writable
+///   by no one else;
+/// - at most `max` bytes are read.
+///
+/// Windows: directories under %ProgramData% inherit an ACL writable by
+/// administrators only (the installer sets it); only the file's kind and
+/// size are checked there.
+pub fn read_trusted(path: &Path, max: u64) -> Result<Vec<u8>, Untrusted> {
+    let shown = path.display();
+    let err = |m: String| Untrusted(m);
+    #[cfg(unix)]
+    {
+        check_ancestors(path)?;
+        let real = std::fs::canonicalize(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+        if real != path {
+            check_ancestors(&real)?;
+        }
+        let f = open_nonblocking(&real, true).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => err(format!("{shown} changed into a symlink while it was read: refused")),
+            _ => err(format!("cannot read {shown}: {e}")),
+        })?;
+        let md = f.metadata().map_err(|e| err(format!("cannot read {shown}: {e}")))?;
+        if !md.is_file() {
+            return Err(err(format!("{shown} is {}, not a regular file: refused", file_kind(&md))));
+        }
+        check_owner_and_mode(&md, path, "file")?;
+        read_regular(f, path, max).map_err(|e| err(format!("cannot read {shown}: {e}")))
+    }
+    #[cfg(not(unix))]
+    {
+        read_bounded(path, max).map_err(|e| err(format!("cannot read {shown}: {e}")))
+    }
+}
+
+/// Checks that a directory whose files can make root act, and every
+/// directory above it, only root or this user can change (see
+/// [`read_trusted`]).
+pub fn check_trusted_dir(dir: &Path) -> Result<(), Untrusted> {
+    #[cfg(unix)]
+    {
+        let real = std::fs::canonicalize(dir)
+            .map_err(|e| Untrusted(format!("cannot read the directory {}: {e}", dir.display())))?;
+        check_dir_chain(dir)?;
+        if real != dir {
+            check_dir_chain(&real)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn check_ancestors(path: &Path) -> Result<(), Untrusted> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => check_dir_chain(p),
+        _ => check_dir_chain(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))),
+    }
+}
+
+/// `dir` and each directory above it (as written; symlinked ones are
+/// followed to what they name).
+#[cfg(unix)]
+fn check_dir_chain(dir: &Path) -> Result<(), Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir().map(|c| c.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+    };
+    for d in absolute.ancestors() {
+        let md = std::fs::metadata(d)
+            .map_err(|e| Untrusted(format!("cannot read the directory {}: {e}", d.display())))?;
+        if !md.is_dir() {
+            return Err(Untrusted(format!("{} is not a directory", d.display())));
+        }
+        let sticky = md.mode() & 0o1000 != 0;
+        if sticky && md.mode() & 0o002 != 0 && md.uid() == 0 {
+            // /tmp-like: others cannot replace what they do not own in it,
+            // and what is below is checked for its owner.
+            continue;
+        }
+        check_owner_and_mode(&md, d, "directory")?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn check_owner_and_mode(md: &std::fs::Metadata, path: &Path, what: &str) -> Result<(), Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let shown = path.display();
+    if md.uid() != 0 && md.uid() != euid {
+        return Err(Untrusted(format!(
+            "{what} {shown} is owned by uid {}, not by root: refusing it because custos runs commands as root (chown root {shown})",
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(Untrusted(format!(
+            "{what} {shown} is group- or world-writable (mode {:o}): refusing it because custos runs commands as root (chmod go-w {shown})",
+            md.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// Makes the directory's entries durable.
 #[cfg(unix)]
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

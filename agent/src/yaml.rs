@@ -65,6 +65,47 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     }
 }
 
+/// An argument list (`exec.argv`, `health.command`): a YAML sequence. A
+/// single string is refused with a hint rather than split: custos runs
+/// commands without a shell, so `"/bin/x --flag"` would be one program
+/// name with a space in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv<T>(pub Vec<T>);
+
+impl<T> std::ops::Deref for Argv<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Argv<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Argv<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of arguments")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let words: Vec<String> = v.split_whitespace().map(|w| format!("{w:?}")).collect();
+                Err(E::custom(format!(
+                    "expected a list of arguments, found the string {v:?}: commands run without a shell, so write each argument as an item of a list, such as [{}]",
+                    words.join(", ")
+                )))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    out.push(x);
+                }
+                Ok(Argv(out))
+            }
+        }
+        deserializer.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 /// One problem in a YAML source (or the environment, or a flag), with its
 /// place when it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +279,24 @@ mod tests {
         assert_eq!(a.port, b.port);
         assert_eq!(a.name, Spanned::unlocated("api".to_string()));
         assert_ne!(a.name, Spanned::unlocated("db".to_string()));
+    }
+
+    #[test]
+    fn an_argument_list_written_as_a_string_gets_a_hint_and_one_location() {
+        #[derive(Debug, Deserialize)]
+        struct Step {
+            #[allow(dead_code)]
+            argv: Spanned<Argv<Spanned<String>>>,
+        }
+        let ok: Step = from_str("argv: [\"/bin/echo\", hi]\n", "s.yaml").unwrap();
+        assert_eq!(ok.argv.value.len(), 2);
+        assert_eq!(ok.argv.value[1].referenced.line(), 1);
+        for text in ["argv: /bin/echo hi\n", "argv: \"/bin/echo hi\"\n"] {
+            let e = from_str::<Step>(text, "s.yaml").unwrap_err().to_string();
+            assert!(e.starts_with("s.yaml:1:"), "{e}");
+            assert!(e.contains("without a shell") && e.contains(r#"["/bin/echo", "hi"]"#), "{e}");
+            assert_eq!(e.matches("line").count(), 0, "the location is given once: {e}");
+        }
     }
 
     #[test]

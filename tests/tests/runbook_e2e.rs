@@ -157,3 +157,47 @@ fn a_replay_restarts_nothing_without_act() {
     }
     assert_ne!(sd.property("replayed.service", "InvocationID").unwrap(), before, "--act did not act");
 }
+
+/// A misspelled unit validated `ok` and showed as `-` in status forever; a
+/// runbook for a service nobody configured loaded and stayed armed. Asked
+/// of a real systemd, both are errors at their line and column.
+#[test]
+fn validate_refuses_a_unit_systemd_does_not_know() {
+    let Some(sd) = sandbox_or_skip("validate_refuses_a_unit_systemd_does_not_know") else { return };
+    sd.write_unit("known.service", "[Service]\nExecStart=/bin/sleep infinity\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let rb = runbooks.join("other.yaml");
+    std::fs::write(
+        &rb,
+        "name: other\nservice: other\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rb, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("custos.yaml");
+    let write = |units: &str| {
+        std::fs::write(&cfg, format!("services:\n{units}runbooks: {{ dir: {} }}\n", runbooks.display()))
+            .unwrap()
+    };
+    let validate = || {
+        Command::new(custos_bin())
+            .args(["validate", "--config", cfg.to_str().unwrap()])
+            .env("CUSTOS_SYSTEMD_BUS", sd.system_bus_address())
+            .output()
+            .unwrap()
+    };
+    write("  - name: known\n    systemd_unit: known\n  - name: other\n    systemd_unit: konwn.service\n");
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a unit systemd does not know validated: {err}");
+    assert!(err.contains(&format!("{}:5:19:", cfg.display())) && err.contains("`konwn.service`"), "{err}");
+    write("  - name: known\n    systemd_unit: known\n");
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a runbook for an unconfigured service validated: {err}");
+    assert!(err.contains(&format!("{}:2:10:", rb.display())) && err.contains("`other`"), "{err}");
+    write("  - name: known\n    systemd_unit: known\n  - name: other\n    systemd_unit: known.service\n");
+    let out = validate();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -32,10 +32,24 @@ pub struct Reloaded {
 /// invalid runbook rejects the whole reload (at start-up a bad runbook is
 /// skipped; on reload, keeping the running set is the safer choice).
 pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String> {
+    let units = crate::service_manager::UnitLookup::new(crate::platform::service_manager());
+    load_reloaded_with(path, &units)
+}
+
+/// [`load_reloaded`] with the service manager's view of units given.
+pub fn load_reloaded_with(
+    path: Option<&std::path::Path>,
+    units: &crate::service_manager::UnitLookup,
+) -> Result<Reloaded, String> {
     let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    let unknown = crate::config::check_units(&config, units);
+    if !unknown.is_empty() {
+        return Err(crate::yaml::LocatedErrors(unknown).to_string());
+    }
     let dir = &config.raw.runbooks.dir;
     let runbooks = if dir.is_dir() {
-        let report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        let mut report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        crate::runbook::model::check_against(&mut report, &config, units);
         if !report.errors.is_empty() {
             let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
             return Err(errors.join("\n"));
@@ -159,6 +173,26 @@ mod tests {
         write(&rb_dir.join("b.yaml"), "name: broken\nservice: api\ntrigger: { nonsense: 1 }\nsteps: []\n");
         let err = load_reloaded(Some(&cfg)).err().expect("a broken runbook was accepted");
         assert!(err.contains(&rb_dir.join("b.yaml").display().to_string()), "{err}");
+        std::fs::remove_file(rb_dir.join("b.yaml")).unwrap();
+        // A unit the service manager does not know, a runbook for a service
+        // that is not configured: rejected, each at its place.
+        let units = |known| {
+            crate::service_manager::UnitLookup::new(Arc::new(crate::service_manager::KnownUnits(known)))
+        };
+        let base = format!(
+            "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {} }}\n",
+            rb_dir.display(),
+            dir.path().display()
+        );
+        write(&cfg, &format!("services:\n  - name: api\n    systemd_unit: apo\n{base}"));
+        let err =
+            load_reloaded_with(Some(&cfg), &units(vec!["api.service"])).err().expect("unknown unit accepted");
+        assert!(err.contains(":3:19:") && err.contains("knows no unit `apo.service`"), "{err}");
+        write(&cfg, &format!("services:\n  - name: web\n    systemd_unit: web\n{base}"));
+        let err = load_reloaded_with(Some(&cfg), &units(vec!["web.service"]))
+            .err()
+            .expect("runbook for api accepted");
+        assert!(err.contains("a.yaml:") && err.contains("not one of the configured services (web)"), "{err}");
         // No runbooks directory: self-healing off, the config alone reloads.
         write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
         assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());

@@ -55,6 +55,14 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
     service.add_exporter_status(&config, exporter.stats().clone());
+    // A unit the service manager does not know may be installed later:
+    // said loudly, not fatal (`validate` and `reload` refuse it).
+    if matches!(opts.source, Source::Kernel) {
+        let units = crate::service_manager::UnitLookup::new(crate::platform::service_manager());
+        for e in crate::config::check_units(&config, &units) {
+            tracing::error!(error = %e, "Configured unit not found; its service is watched once it exists.");
+        }
+    }
     let replay_dry_run = matches!(opts.source, Source::Replay { .. }) && !opts.act;
     if replay_dry_run {
         tracing::info!("Replaying a recording: runbooks decide and audit as dry-run and change nothing on this host (--act to let them act).");

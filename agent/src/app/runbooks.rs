@@ -163,7 +163,13 @@ pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, S
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
         return Ok(None);
     }
-    let report = crate::runbook::load_paths(std::slice::from_ref(dir));
+    let manager = crate::platform::service_manager();
+    let mut report = crate::runbook::load_paths(std::slice::from_ref(dir));
+    crate::runbook::model::check_against(
+        &mut report,
+        config,
+        &crate::service_manager::UnitLookup::new(manager.clone()),
+    );
     for e in &report.errors {
         tracing::error!(error = %e, "Runbook skipped.");
     }
@@ -176,13 +182,7 @@ pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, S
     opts.services = services;
     let count = report.runbooks.len();
     let opts_dry_run = opts.dry_run;
-    let engine = Engine::new(
-        report.runbooks,
-        crate::platform::service_manager(),
-        audit.clone(),
-        Arc::new(SystemClock),
-        opts,
-    )?;
+    let engine = Engine::new(report.runbooks, manager, audit.clone(), Arc::new(SystemClock), opts)?;
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),

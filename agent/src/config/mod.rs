@@ -13,15 +13,19 @@
 //! detector crate's `BankConfig`, and the detector owns their meaning.
 
 mod env;
+mod host;
 mod load;
 mod schema;
+mod secret;
 mod units;
 mod validate;
 
 pub use crate::yaml::{LocatedError as ConfigError, LocatedErrors as ConfigErrors};
 pub use env::{apply_env, ENV_OVERRIDES};
-pub use load::{check_file_permissions, load, parse};
+pub use host::check_units;
+pub use load::{load, parse, read_trusted_text, MAX_CONFIG_BYTES};
 pub use schema::*;
+pub use secret::{read_secret, SecretSource};
 pub use units::{ByteSize, HumanDuration};
 pub use validate::{normalize_unit, LoadedConfig, Selector, ServiceSpec};
 // The detector owns what a sensitivity means; configuration only reads it.

@@ -4,7 +4,7 @@
 //! must point at a line are `Spanned`.
 
 use super::{ByteSize, DetectionConfig, HumanDuration};
-use crate::yaml::Spanned;
+use crate::yaml::{Argv, Spanned};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -224,7 +224,7 @@ pub struct HealthConfig {
     /// `host:port` to connect to.
     pub tcp: Option<Spanned<String>>,
     /// Command to run, argv form, no shell; healthy on exit code 0.
-    pub command: Option<Spanned<Vec<String>>>,
+    pub command: Option<Spanned<Argv<String>>>,
     #[serde(default = "default_probe_every")]
     pub every: HumanDuration,
     #[serde(default = "default_probe_timeout")]

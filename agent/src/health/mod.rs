@@ -42,7 +42,7 @@ impl Probe {
         } else if let Some(t) = &h.tcp {
             ProbeKind::Tcp { addr: t.value.clone() }
         } else if let Some(c) = &h.command {
-            ProbeKind::Command { argv: c.value.clone() }
+            ProbeKind::Command { argv: c.value.0.clone() }
         } else {
             return None;
         };

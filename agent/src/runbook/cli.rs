@@ -56,12 +56,23 @@ impl AuditCommand {
     }
 }
 
-/// Runs a `runbook` subcommand; `default_dir` is the configured runbooks dir.
-pub fn run_runbook(cmd: RunbookCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
+/// Runs a `runbook` subcommand; `default_dir` is the configured runbooks
+/// dir, `host` the configuration runbooks are checked against and the
+/// service manager's view of units.
+pub fn run_runbook(
+    cmd: RunbookCommand,
+    default_dir: &Path,
+    host: Option<(&crate::config::LoadedConfig, &crate::service_manager::UnitLookup)>,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         RunbookCommand::Validate { paths } => {
             let paths = if paths.is_empty() { vec![default_dir.to_path_buf()] } else { paths };
-            let report = load_paths(&paths);
+            let mut report = load_paths(&paths);
+            let mut unreachable = None;
+            if let Some((c, units)) = host {
+                super::model::check_against(&mut report, c, units);
+                unreachable = units.unreachable();
+            }
             for rb in &report.runbooks {
                 println!(
                     "{}: ok (runbook {}, service {}, {} steps)",
@@ -72,7 +83,10 @@ pub fn run_runbook(cmd: RunbookCommand, default_dir: &Path) -> anyhow::Result<Ex
                 );
             }
             for e in &report.errors {
-                eprintln!("{e}");
+                eprintln!("{}", crate::terminal::printable(&e.to_string()));
+            }
+            if let Some(why) = unreachable {
+                eprintln!("note: services were not checked against the service manager: {why}");
             }
             Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -5,7 +5,7 @@
 use super::shape::*;
 use crate::config::HumanDuration;
 use crate::runbook::template::{JsonTemplate, Template};
-use crate::yaml::{LocatedErrors, Problems, Spanned};
+use crate::yaml::{Argv, LocatedErrors, Problems, Spanned};
 use custos_detect::{catalogue, Severity};
 use custos_event::EventKind;
 use serde::Deserialize;
@@ -100,7 +100,7 @@ struct RawSignal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExec {
-    argv: Spanned<Vec<Spanned<String>>>,
+    argv: Spanned<Argv<Spanned<String>>>,
     #[serde(default)]
     timeout: Option<HumanDuration>,
     #[serde(default)]
@@ -222,7 +222,17 @@ fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runboo
         cooldown: raw.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
         max_actions,
         escalate,
+        places: Places { service: raw.service.referenced, health: health_place(&raw.trigger) },
     })
+}
+
+/// Where the first `health:` trigger is written, nested ones included.
+fn health_place(t: &Spanned<RawTrigger>) -> Option<crate::yaml::Location> {
+    let r = &t.value;
+    if let Some(h) = &r.health {
+        return Some(h.referenced);
+    }
+    r.all.iter().chain(&r.any).flat_map(|l| &l.value).find_map(health_place)
 }
 
 fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trigger> {
@@ -427,6 +437,25 @@ fn normalize_scalar(field: &str, v: &serde_json::Value) -> Result<serde_json::Va
                 || format!("`result` expects `ok` or an errno name such as ECONNREFUSED, found {v}"),
             )
         }
+        "exit_class" => {
+            const CLASSES: [custos_event::ExitClass; 4] = [
+                custos_event::ExitClass::Clean,
+                custos_event::ExitClass::Error,
+                custos_event::ExitClass::Signal,
+                custos_event::ExitClass::Oom,
+            ];
+            match v.as_str().and_then(|s| CLASSES.iter().find(|c| c.as_str() == s)) {
+                Some(c) => Ok(serde_json::Value::String(c.as_str().into())),
+                None => Err(format!(
+                    "`exit_class` expects one of {}, found {v}: no exit is of that class, so the condition would never hold",
+                    CLASSES.map(|c| c.as_str()).join(", ")
+                )),
+            }
+        }
+        "family" => match v.as_str() {
+            Some("ipv4" | "ipv6") => Ok(v.clone()),
+            _ => Err(format!("`family` expects ipv4 or ipv6, found {v}")),
+        },
         _ => Ok(v.clone()),
     }
 }
@@ -569,6 +598,16 @@ fn compile_webhook(
                 continue;
             }
         };
+        // Checked now, so that `validate` and `reload` find a variable missing
+        // from the agent's environment, not the first alert that needed it.
+        let source = match &v {
+            HeaderValue::Literal(_) => None,
+            HeaderValue::Env(var) => Some(crate::config::SecretSource::Env(var)),
+            HeaderValue::File(f) => Some(crate::config::SecretSource::File(f)),
+        };
+        if let Some(Err(e)) = source.map(crate::config::read_secret) {
+            p.at(h.referenced, format!("header `{name}`: {e}"));
+        }
         headers.push((name.clone(), v));
     }
     let body = match (&w.preset, &w.body) {
