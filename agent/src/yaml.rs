@@ -15,7 +15,7 @@ pub use serde_saphyr::Location;
 /// A value with the place it was written. Equal when the values are equal,
 /// wherever they were written: a reload compares configurations, and the
 /// same setting moved to another line is the same setting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Spanned<T> {
     pub value: T,
     /// Where the value is used (an alias's place for an anchored value).
@@ -40,6 +40,12 @@ impl<T> std::ops::Deref for Spanned<T> {
     type Target = T;
     fn deref(&self) -> &T {
         &self.value
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Spanned<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
     }
 }
 
@@ -175,6 +181,17 @@ impl<'a> Problems<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// A problem at `v`'s place unless `min <= v <= max`. Every number and
+    /// duration of the configuration and the runbooks goes through here: a
+    /// value that parses can still make the agent panic (a queue of 2^64
+    /// slots), spin (probes every 0s) or stop working (an interval of 500
+    /// billion years).
+    pub fn within<T: PartialOrd + fmt::Display>(&mut self, key: &str, v: &Spanned<T>, min: T, max: T) {
+        if v.value < min || v.value > max {
+            self.at(v.referenced, format!("`{key}` expects {min} to {max}, found {}", v.value));
+        }
     }
 
     /// `value` when no problem was found, else every problem.

@@ -177,7 +177,7 @@ pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, S
     let audit =
         Arc::new(AuditLog::open_with(&state_dir.join("audit"), config.raw.runbooks.audit.retention())?);
     let services = service_infos(config);
-    let mut opts = EngineOptions::new(state_dir);
+    let mut opts = EngineOptions::new(state_dir.to_path_buf());
     opts.dry_run = config.raw.runbooks.dry_run || dry_run;
     opts.services = services;
     let count = report.runbooks.len();

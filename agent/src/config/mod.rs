@@ -47,9 +47,9 @@ pub struct DetectionConfig {
     /// Per-metric settings over the defaults.
     pub overrides: Vec<MetricOverride>,
     /// How far ahead a forecast toward a threshold fires.
-    pub forecast_horizon: HumanDuration,
+    pub forecast_horizon: Spanned<HumanDuration>,
     /// At most this many series are kept (about 10 KiB each).
-    pub max_series: usize,
+    pub max_series: Spanned<usize>,
 }
 
 impl Default for DetectionConfig {
@@ -62,8 +62,8 @@ impl Default for DetectionConfig {
             sensitivity: d.sensitivity,
             series: None,
             overrides: Vec::new(),
-            forecast_horizon: HumanDuration(d.forecast_horizon),
-            max_series: d.max_series,
+            forecast_horizon: Spanned::unlocated(HumanDuration(d.forecast_horizon)),
+            max_series: Spanned::unlocated(d.max_series),
         }
     }
 }
@@ -87,7 +87,7 @@ impl DetectionConfig {
                 })
                 .collect(),
             forecast_horizon: self.forecast_horizon.0,
-            max_series: self.max_series,
+            max_series: *self.max_series,
         }
     }
 }
@@ -137,8 +137,20 @@ fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
             p.at(o.metric.referenced, format!("`threshold` of `{}` must be a finite number", o.metric.value));
         }
     }
-    if d.max_series == 0 {
-        p.at(crate::yaml::Location::UNKNOWN, "`detection.max_series` must be at least 1");
+    p.within("detection.max_series", &d.max_series, 1, 1_000_000);
+    p.within(
+        "detection.forecast_horizon",
+        &d.forecast_horizon,
+        HumanDuration::default(),
+        HumanDuration::secs(30 * 24 * 3600),
+    );
+    for o in &d.overrides {
+        if o.warmup.is_some_and(|w| w > 1_000_000) {
+            p.at(
+                o.metric.referenced,
+                format!("`warmup` of `{}` expects 0 to 1000000 points", o.metric.value),
+            );
+        }
     }
 }
 

@@ -131,7 +131,7 @@ impl Exporter {
             }
             None => {
                 let sink =
-                    FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, ex.files.max_files as usize)?;
+                    FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, *ex.files.max_files as usize)?;
                 (Sink::Files(sink), None)
             }
         };
@@ -160,18 +160,18 @@ impl Exporter {
             };
             identities.insert(s.name.clone(), id);
         }
-        let mut aggregator = Aggregator::new(SystemTime::now(), ex.syscall_top_n);
+        let mut aggregator = Aggregator::new(SystemTime::now(), *ex.syscall_top_n);
         for (name, id) in &identities {
             aggregator.declare(name, id.clone());
         }
-        let (events_tx, events_rx) = mpsc::channel(ex.queue_capacity);
+        let (events_tx, events_rx) = mpsc::channel(*ex.queue_capacity);
         let (logs_tx, logs_rx) = mpsc::channel(LOG_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
         let scores = AnomalyScores::default();
         let main = MainLoop {
             scores: scores.clone(),
             aggregator,
-            limiter: RateLimiter::new(ex.log_rate_limit.max, ex.log_rate_limit.per.0),
+            limiter: RateLimiter::new(*ex.log_rate_limit.max, ex.log_rate_limit.per.0),
             identities,
             host,
             stats: stats.clone(),

@@ -36,7 +36,7 @@ impl Probe {
         let kind = if let Some(u) = &h.http {
             ProbeKind::Http {
                 url: u.value.clone(),
-                expect_status: h.expect_status,
+                expect_status: h.expect_status.map(|s| s.value),
                 body_contains: h.body_contains.clone(),
             }
         } else if let Some(t) = &h.tcp {

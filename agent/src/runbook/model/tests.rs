@@ -140,3 +140,39 @@ fn a_header_secret_missing_at_load_is_an_error_at_its_header() {
     assert!(e.contains("rb.yaml:8:") && e.contains("CUSTOS_TEST_UNSET_ALERT_TOKEN is not set"), "{e}");
     assert!(e.contains("rb.yaml:9:") && e.contains("/nonexistent/key"), "{e}");
 }
+
+#[test]
+fn numbers_and_durations_out_of_range_are_refused_at_their_place() {
+    let e = parse(
+        "name: x
+service: api
+trigger: { event: process_exit, count: 0, within: 0s }
+steps:
+  - exec: { argv: [\"/bin/true\"], timeout: 0s }
+    verify: { healthy_within: 0s }
+  - webhook: { url: \"http://127.0.0.1:1/\", retries: 100, timeout: 100000h }
+cooldown: 1000000d
+max_actions: { count: 0, per: 0s }
+",
+        "rb.yaml",
+    )
+    .unwrap_err();
+    let all = e.to_string();
+    for (line, what) in [
+        (3, "`count` expects 1"),
+        (3, "`within` expects 1s"),
+        (5, "`exec.timeout` expects 1ms"),
+        (6, "`verify.healthy_within` expects 100ms"),
+        (7, "`webhook.retries` expects 0 to 10"),
+        (7, "`webhook.timeout` expects 1ms to 5m"),
+        (8, "`cooldown` expects 0s to 30days"),
+        (9, "`max_actions.count` expects 1"),
+        (9, "`max_actions.per` expects 1s"),
+    ] {
+        assert!(
+            e.0.iter().any(|x| x.line == line && x.message.starts_with(what)),
+            "no `{what}` at line {line}:\n{all}"
+        );
+    }
+    assert!(e.0.iter().all(|x| x.line > 0 && x.column > 0), "{all}");
+}
