@@ -117,6 +117,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             engine,
             watchers: watchers.clone(),
             logging: service.logging(),
+            exporter: Some(exporter.reconfigurer()),
         },
     );
     let services = pipeline.configured_services();

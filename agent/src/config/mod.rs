@@ -36,7 +36,7 @@ use custos_detect::catalogue;
 use serde::Deserialize;
 
 /// Anomaly detection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectionConfig {
     pub enabled: bool,
@@ -93,7 +93,7 @@ impl DetectionConfig {
 }
 
 /// Settings for one metric, over `detection:`'s.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricOverride {
     /// A series of `custos_detect::catalogue::SERIES`, e.g. `custos.tcp.connect.duration`.

@@ -259,7 +259,7 @@ pub const DEFAULT_SYSCALL_LATENCY_SAMPLE: u32 = 16;
 pub const MAX_SYSCALL_LATENCY_SAMPLE: u32 = 65_536;
 
 /// Which sensors run and how they are sized.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SensorsConfig {
     pub process: bool,
@@ -297,7 +297,7 @@ impl Default for SensorsConfig {
 }
 
 /// Where runbooks are and whether they act.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunbooksConfig {
     pub dir: PathBuf,
@@ -351,7 +351,7 @@ impl AuditConfig {
 }
 
 /// The agent itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub state_dir: Spanned<PathBuf>,
@@ -377,7 +377,7 @@ impl Default for AgentConfig {
 
 /// custos as a Windows service: its name in the SCM, what the SCM does when
 /// custos fails, and the name of its ETW sessions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowsAgentConfig {
     /// Name of the custos service in the SCM (and of its Event Log source).

@@ -36,10 +36,23 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Pong { version: String },
-    Status { status: Box<StatusSnapshot> },
-    Reloaded { ok: bool, error: Option<String> },
-    Error { error: String },
+    Pong {
+        version: String,
+    },
+    Status {
+        status: Box<StatusSnapshot>,
+    },
+    /// `notes`: what the reload could not apply at once (settings that
+    /// take effect at the next restart), by key.
+    Reloaded {
+        ok: bool,
+        error: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Answers requests; implemented by the daemon.
@@ -225,7 +238,9 @@ mod tests {
                 Request::Status => Response::Status {
                     status: Box::new(StatusSnapshot { version: "t".into(), pid: 7, ..Default::default() }),
                 },
-                Request::Reload => Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()) },
+                Request::Reload => {
+                    Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()), notes: vec![] }
+                }
             }
         }
     }
@@ -234,7 +249,7 @@ mod tests {
     fn request_and_response_json_shapes() {
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(), Request::Reload);
-        let r = Response::Reloaded { ok: true, error: None };
+        let r = Response::Reloaded { ok: true, error: None, notes: vec![] };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"result":"reloaded","ok":true,"error":null}"#);
     }
 
@@ -262,7 +277,10 @@ mod tests {
             Response::Status { status } => assert_eq!((status.version.as_str(), status.pid), ("t", 7)),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(reload.unwrap(), Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()) });
+        assert_eq!(
+            reload.unwrap(),
+            Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()), notes: vec![] }
+        );
         assert_eq!(ping.unwrap(), Response::Pong { version: "t".into() });
 
         // A second agent must not steal the socket of a live one.

@@ -51,12 +51,13 @@ pub const WATCHDOG_SEC: Duration = Duration::from_secs(30);
 
 /// Something that can reload; implemented by [`Reloader`].
 pub trait Reload: Send + Sync + 'static {
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    /// `Ok` carries what the reload could not apply at once.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>>;
     fn last(&self) -> Option<ReloadRecord>;
 }
 
 impl<T: Send + Sync + 'static> Reload for Reloader<T> {
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>> {
         Box::pin(Reloader::reload(self))
     }
     fn last(&self) -> Option<ReloadRecord> {
@@ -147,7 +148,7 @@ impl Shared {
         s
     }
 
-    async fn reload(&self) -> Result<(), String> {
+    async fn reload(&self) -> Result<Vec<String>, String> {
         let reloader = self.reloader.lock().ok().and_then(|g| g.clone());
         let Some(r) = reloader else {
             return Err("the agent is not ready to reload yet".into());
@@ -174,8 +175,8 @@ impl ControlHandler for Handler {
             Request::Ping => Response::Pong { version: env!("CARGO_PKG_VERSION").to_string() },
             Request::Status => Response::Status { status: Box::new(self.0.snapshot()) },
             Request::Reload => match self.0.reload().await {
-                Ok(()) => Response::Reloaded { ok: true, error: None },
-                Err(e) => Response::Reloaded { ok: false, error: Some(e) },
+                Ok(notes) => Response::Reloaded { ok: true, error: None, notes },
+                Err(e) => Response::Reloaded { ok: false, error: Some(e), notes: vec![] },
             },
         }
     }
@@ -369,8 +370,8 @@ impl Daemon {
         self.shared.snapshot()
     }
 
-    /// Triggers a reload as SIGHUP would.
-    pub async fn reload(&self) -> Result<(), String> {
+    /// Triggers a reload as SIGHUP would; `Ok` says what needs a restart.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
         self.shared.reload().await
     }
 }
@@ -454,7 +455,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(ok, Response::Reloaded { ok: true, error: None });
+        assert_eq!(ok, Response::Reloaded { ok: true, error: None, notes: vec![] });
         assert_eq!(*reloader.current(), 1);
         let Response::Status { status } = status else { panic!("{status:?}") };
         assert_eq!(status.state, AgentState::Running);

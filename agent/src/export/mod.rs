@@ -41,7 +41,7 @@ pub use spool::{Batch, BatchKind, Spool, SpoolError};
 pub use stats::{AgentStats, StatsSnapshot};
 pub use transport::{Backoff, Outcome, Transport};
 
-use crate::config::{LoadedConfig, OtlpConfig, Selector};
+use crate::config::{ExporterConfig, LoadedConfig, OtlpConfig, Selector};
 use custos_event::Event;
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
@@ -111,6 +111,7 @@ impl Exporter {
             .parse()
             .map_err(|_| ExportError::Config(format!("`agent.listen` is not an address:port: `{listen}`")))?;
         let shared = Arc::new(Shared::default());
+        let (settings, settings_rx) = tokio::sync::watch::channel(Arc::new(ex.clone()));
 
         let (sink, sender_task) = match &ex.otlp {
             Some(otlp) => {
@@ -126,7 +127,7 @@ impl Exporter {
                 }
                 let (tx, rx) = mpsc::channel(BATCH_QUEUE);
                 let sender = Sender::new(transport, spool, stats.clone(), shared.clone(), otlp, retry);
-                let task = tokio::spawn(sender.run(rx));
+                let task = tokio::spawn(sender.run(rx, settings_rx.clone()));
                 (Sink::Otlp(tx), Some(task))
             }
             None => {
@@ -180,8 +181,9 @@ impl Exporter {
             interval: ex.interval.0,
         };
         health.exporter_running.store(true, Ordering::Relaxed);
-        let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, health.clone()));
+        let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, settings_rx, health.clone()));
         Ok(ExporterHandle {
+            settings,
             scores,
             events: events_tx,
             logs: logs_tx,
@@ -235,6 +237,8 @@ impl LogSender {
 /// stops its tasks at once, as a crash would: what is in memory is lost,
 /// what is in the spool stays for the next start.
 pub struct ExporterHandle {
+    /// The settings a reload changes while the exporter runs.
+    settings: tokio::sync::watch::Sender<Arc<ExporterConfig>>,
     scores: AnomalyScores,
     events: mpsc::Sender<Event>,
     logs: mpsc::Sender<LogRecord>,
@@ -290,6 +294,11 @@ impl ExporterHandle {
         &self.stats
     }
 
+    /// A handle that applies reloaded exporter settings.
+    pub fn reconfigurer(&self) -> ExporterReconfigurer {
+        ExporterReconfigurer { settings: self.settings.clone() }
+    }
+
     /// Flushes what is held (queued events are aggregated, then metrics
     /// and logs exported) and sends it, or spools what cannot be sent,
     /// within `budget`.
@@ -327,6 +336,51 @@ impl Drop for ExporterHandle {
     }
 }
 
+/// Applies a reload's exporter settings to the running exporter: the
+/// collector's endpoint, protocol, compression, timeout, headers and TLS
+/// (the sender switches transport between two sends; what is queued or
+/// spooled goes to the new collector), the spool's budget, the export
+/// interval and the event log rate limit. Keys it cannot apply while
+/// running are named by [`restart_keys`].
+#[derive(Clone)]
+pub struct ExporterReconfigurer {
+    settings: tokio::sync::watch::Sender<Arc<ExporterConfig>>,
+}
+
+impl ExporterReconfigurer {
+    pub fn apply(&self, new: &ExporterConfig) {
+        self.settings.send_if_modified(|cur| {
+            let changed = **cur != *new;
+            if changed {
+                *cur = Arc::new(new.clone());
+            }
+            changed
+        });
+    }
+}
+
+/// The exporter keys whose change between `old` and `new` takes effect only
+/// when the agent restarts, by name.
+pub fn restart_keys(old: &ExporterConfig, new: &ExporterConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.otlp.is_some() != new.otlp.is_some() {
+        keys.push("exporter.otlp (switching between a collector and local files)");
+    }
+    if old.spool.dir != new.spool.dir {
+        keys.push("exporter.spool.dir");
+    }
+    if old.files != new.files {
+        keys.push("exporter.files");
+    }
+    if old.queue_capacity != new.queue_capacity {
+        keys.push("exporter.queue_capacity");
+    }
+    if old.syscall_top_n != new.syscall_top_n {
+        keys.push("exporter.syscall_top_n");
+    }
+    keys
+}
+
 enum Sink {
     Otlp(mpsc::Sender<Batch>),
     Files(FileSink),
@@ -350,10 +404,16 @@ impl MainLoop {
         mut events: mpsc::Receiver<Event>,
         mut logs: mpsc::Receiver<LogRecord>,
         mut stop: oneshot::Receiver<()>,
+        mut settings: tokio::sync::watch::Receiver<Arc<ExporterConfig>>,
         health: Arc<Health>,
     ) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticker_for = |every: Duration| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut ticker = ticker_for(self.interval);
+        settings.borrow_and_update();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -362,6 +422,15 @@ impl MainLoop {
                 },
                 Some(rec) = logs.recv() => self.push_log(rec).await,
                 _ = ticker.tick() => self.flush().await,
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    self.limiter.set_limits(*new.log_rate_limit.max, new.log_rate_limit.per.0);
+                    if new.interval.0 != self.interval {
+                        self.interval = new.interval.0;
+                        ticker = ticker_for(self.interval);
+                        tracing::info!(interval = ?self.interval, "Export interval changed.");
+                    }
+                }
                 _ = &mut stop => break,
             }
         }
@@ -494,6 +563,8 @@ impl MainLoop {
 /// spool oldest first when it returns.
 struct Sender {
     transport: Transport,
+    /// The settings `transport` was made from.
+    otlp: Option<OtlpConfig>,
     spool: Arc<Mutex<Spool>>,
     stats: Arc<AgentStats>,
     shared: Arc<Shared>,
@@ -513,6 +584,7 @@ impl Sender {
     ) -> Self {
         Sender {
             transport,
+            otlp: Some(cfg.clone()),
             spool: Arc::new(Mutex::new(spool)),
             stats,
             shared,
@@ -522,15 +594,28 @@ impl Sender {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        mut settings: tokio::sync::watch::Receiver<Arc<ExporterConfig>>,
+    ) {
         // `Some(t)`: the spool has batches (or the collector failed) and
         // the next attempt from the spool is due at `t`. `None`: healthy,
         // batches go straight out.
         let mut next_try = if self.spool_len().await > 0 { Some(tokio::time::Instant::now()) } else { None };
+        settings.borrow_and_update();
         loop {
             let due = next_try.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    if self.reconfigure(&new) && next_try.is_some() {
+                        // A new collector: try it now rather than at the
+                        // old one's backoff.
+                        next_try = Some(tokio::time::Instant::now());
+                    }
+                }
                 m = rx.recv() => match m {
                     Some(batch) => {
                         if next_try.is_some() {
@@ -562,6 +647,32 @@ impl Sender {
                 break;
             }
             next_try = self.drain_one().await;
+        }
+    }
+
+    /// Applies reloaded settings between two sends; true when the
+    /// collector (transport) changed. Nothing queued or spooled is touched:
+    /// it goes to the new collector.
+    fn reconfigure(&mut self, new: &ExporterConfig) -> bool {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner()).set_max_bytes(new.spool.max_bytes.0);
+        let Some(otlp) = &new.otlp else { return false };
+        if self.otlp.as_ref() == Some(otlp) {
+            return false;
+        }
+        match Transport::new(otlp) {
+            Ok(t) => {
+                self.transport = t;
+                self.timeout = otlp.timeout.0;
+                self.otlp = Some(otlp.clone());
+                self.backoff.reset();
+                self.reported.clear();
+                tracing::info!(endpoint = %otlp.endpoint.value, protocol = ?otlp.protocol, "Exporting to the reloaded collector settings; queued and spooled telemetry follows.");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Kept the previous collector settings: the reloaded ones cannot be used.");
+                false
+            }
         }
     }
 

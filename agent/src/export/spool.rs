@@ -110,6 +110,12 @@ impl Spool {
         Ok(spool)
     }
 
+    /// A new budget (a reload); a smaller one drops the oldest batches at
+    /// the next push.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
