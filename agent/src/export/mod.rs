@@ -544,15 +544,12 @@ impl MainLoop {
                     }
                     None => return,
                 };
-                match sink.write(batch.kind, &line) {
+                match sink.write_logged(batch.kind, &line) {
                     Ok(()) => {
                         AgentStats::add(&self.stats.batches_exported, 1);
                         AgentStats::add(&self.stats.records_exported, batch.records);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Could not write local OTLP/JSON telemetry.");
-                        AgentStats::add(&self.stats.export_failures, 1);
-                    }
+                    Err(_) => AgentStats::add(&self.stats.export_failures, 1),
                 }
             }
         }
