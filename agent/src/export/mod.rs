@@ -133,7 +133,7 @@ impl Exporter {
             None => {
                 let sink =
                     FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, *ex.files.max_files as usize)?;
-                (Sink::Files(sink), None)
+                (Sink::Files(Box::new(sink)), None)
             }
         };
 
@@ -383,7 +383,7 @@ pub fn restart_keys(old: &ExporterConfig, new: &ExporterConfig) -> Vec<&'static 
 
 enum Sink {
     Otlp(mpsc::Sender<Batch>),
-    Files(FileSink),
+    Files(Box<FileSink>),
 }
 
 struct MainLoop {
