@@ -300,15 +300,17 @@ pub struct Untrusted(pub String);
 /// configuration, a runbook. Only what root (or the agent's own user)
 /// alone controls is read:
 ///
-/// - every directory from `/` down to the file, through symlinks, is owned
-///   by root or this user and writable by no one else (a world-writable
-///   directory with the sticky bit, such as /tmp, is accepted: others can
-///   neither rename nor delete what they do not own in it), so no other
-///   user can swap a path component between the check and the open;
-/// - the file is opened without following a final symlink (its target was
-///   resolved and checked first) and without blocking, then checked on the
-///   open descriptor: a regular file, owned by root or this user, writable
-///   by no one else;
+/// - the path is resolved component by component: every directory entered,
+///   from `/` down, is owned by root or this user and writable by no one
+///   else, and every symlink followed lies in such a directory; a
+///   world-writable directory with the sticky bit (/tmp) may be crossed,
+///   but only into entries root or this user owns. So no other user can
+///   swap a component, or choose where a link points, between the check
+///   and the open (sshd's StrictModes, through symlinks);
+/// - the file is opened without following a final symlink and without
+///   blocking, then checked on the open descriptor: a regular file (no
+///   FIFO, device or directory), owned by root or this user, writable by
+///   no one else;
 /// - at most `max` bytes are read.
 ///
 /// Windows: directories under %ProgramData% inherit an ACL writable by
@@ -319,11 +321,7 @@ pub fn read_trusted(path: &Path, max: u64) -> Result<Vec<u8>, Untrusted> {
     let err = |m: String| Untrusted(m);
     #[cfg(unix)]
     {
-        check_ancestors(path)?;
-        let real = std::fs::canonicalize(path).map_err(|e| err(format!("cannot read {shown}: {e}")))?;
-        if real != path {
-            check_ancestors(&real)?;
-        }
+        let real = resolve_trusted(path)?;
         let f = open_nonblocking(&real, true).map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => err(format!("{shown} changed into a symlink while it was read: refused")),
             _ => err(format!("cannot read {shown}: {e}")),
@@ -341,55 +339,123 @@ pub fn read_trusted(path: &Path, max: u64) -> Result<Vec<u8>, Untrusted> {
     }
 }
 
-/// Checks that a directory whose files can make root act, and every
-/// directory above it, only root or this user can change (see
-/// [`read_trusted`]).
+/// Checks that a directory whose files can make root act, and the path to
+/// it, only root or this user can change (see [`read_trusted`]).
 pub fn check_trusted_dir(dir: &Path) -> Result<(), Untrusted> {
     #[cfg(unix)]
     {
-        let real = std::fs::canonicalize(dir)
+        let real = resolve_trusted(dir)?;
+        let md = std::fs::metadata(&real)
             .map_err(|e| Untrusted(format!("cannot read the directory {}: {e}", dir.display())))?;
-        check_dir_chain(dir)?;
-        if real != dir {
-            check_dir_chain(&real)?;
+        if !md.is_dir() {
+            return Err(Untrusted(format!("{} is not a directory", dir.display())));
         }
+        check_owner_and_mode(&md, dir, "directory")?;
     }
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
 }
 
+/// Resolves `path` as the kernel would, checking each directory entered
+/// and each symlink followed (see [`read_trusted`]). The last component is
+/// returned unchecked when it is not a symlink: the caller checks it on
+/// what it opens.
 #[cfg(unix)]
-fn check_ancestors(path: &Path) -> Result<(), Untrusted> {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => check_dir_chain(p),
-        _ => check_dir_chain(&std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))),
-    }
-}
-
-/// `dir` and each directory above it (as written; symlinked ones are
-/// followed to what they name).
-#[cfg(unix)]
-fn check_dir_chain(dir: &Path) -> Result<(), Untrusted> {
-    use std::os::unix::fs::MetadataExt;
-    let absolute = if dir.is_absolute() {
-        dir.to_path_buf()
+fn resolve_trusted(path: &Path) -> Result<PathBuf, Untrusted> {
+    use std::path::Component;
+    let cannot = |p: &Path, e: io::Error| Untrusted(format!("cannot read {}: {e}", p.display()));
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(dir)).unwrap_or_else(|_| dir.to_path_buf())
+        std::env::current_dir().map_err(|e| cannot(path, e))?.join(path)
     };
-    for d in absolute.ancestors() {
-        let md = std::fs::metadata(d)
-            .map_err(|e| Untrusted(format!("cannot read the directory {}: {e}", d.display())))?;
-        if !md.is_dir() {
-            return Err(Untrusted(format!("{} is not a directory", d.display())));
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = std::collections::VecDeque::new();
+    let push_front = |pending: &mut std::collections::VecDeque<std::ffi::OsString>, p: &Path| {
+        let parts: Vec<std::ffi::OsString> = p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        for part in parts.into_iter().rev() {
+            pending.push_front(part);
         }
-        let sticky = md.mode() & 0o1000 != 0;
-        if sticky && md.mode() & 0o002 != 0 && md.uid() == 0 {
-            // /tmp-like: others cannot replace what they do not own in it,
-            // and what is below is checked for its owner.
+    };
+    push_front(&mut pending, &absolute);
+    let mut current = PathBuf::from("/");
+    // The directory we are in, and whether others may add entries to it
+    // (sticky and world-writable: entries must then be ours).
+    let mut shared_dir = check_dir(&current)?;
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            current.pop();
+            shared_dir = check_dir(&current)?;
             continue;
         }
-        check_owner_and_mode(&md, d, "directory")?;
+        let next = current.join(&part);
+        let md = std::fs::symlink_metadata(&next).map_err(|e| cannot(&next, e))?;
+        if md.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return Err(Untrusted(format!("{}: too many levels of symlinks", path.display())));
+            }
+            if shared_dir {
+                check_owner(&md, &next, "symlink")?;
+            }
+            let target = std::fs::read_link(&next).map_err(|e| cannot(&next, e))?;
+            if target.is_absolute() {
+                current = PathBuf::from("/");
+                shared_dir = check_dir(&current)?;
+            }
+            push_front(&mut pending, &target);
+            continue;
+        }
+        if pending.is_empty() {
+            if shared_dir {
+                check_owner(&md, &next, "file")?;
+            }
+            return Ok(next);
+        }
+        current = next;
+        shared_dir = check_dir(&current)?;
+    }
+    Ok(current)
+}
+
+/// Checks one directory on the way; true when it is a sticky
+/// world-writable one (its entries are checked for their owner).
+#[cfg(unix)]
+fn check_dir(dir: &Path) -> Result<bool, Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(dir)
+        .map_err(|e| Untrusted(format!("cannot read the directory {}: {e}", dir.display())))?;
+    if !md.is_dir() {
+        return Err(Untrusted(format!("{} is not a directory", dir.display())));
+    }
+    let sticky_shared = md.mode() & 0o1000 != 0 && md.mode() & 0o002 != 0;
+    if sticky_shared {
+        check_owner(&md, dir, "directory")?;
+        return Ok(true);
+    }
+    check_owner_and_mode(&md, dir, "directory")?;
+    Ok(false)
+}
+
+#[cfg(unix)]
+fn check_owner(md: &std::fs::Metadata, path: &Path, what: &str) -> Result<(), Untrusted> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != 0 && md.uid() != euid {
+        let shown = path.display();
+        return Err(Untrusted(format!(
+            "{what} {shown} is owned by uid {}, not by root: refusing it because custos runs commands as root (chown root {shown})",
+            md.uid()
+        )));
     }
     Ok(())
 }
@@ -397,16 +463,9 @@ fn check_dir_chain(dir: &Path) -> Result<(), Untrusted> {
 #[cfg(unix)]
 fn check_owner_and_mode(md: &std::fs::Metadata, path: &Path, what: &str) -> Result<(), Untrusted> {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let shown = path.display();
-    if md.uid() != 0 && md.uid() != euid {
-        return Err(Untrusted(format!(
-            "{what} {shown} is owned by uid {}, not by root: refusing it because custos runs commands as root (chown root {shown})",
-            md.uid()
-        )));
-    }
+    check_owner(md, path, what)?;
     if md.mode() & 0o022 != 0 {
+        let shown = path.display();
         return Err(Untrusted(format!(
             "{what} {shown} is group- or world-writable (mode {:o}): refusing it because custos runs commands as root (chmod go-w {shown})",
             md.mode() & 0o7777
