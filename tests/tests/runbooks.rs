@@ -294,7 +294,7 @@ fn a_symlink_flipped_by_a_local_user_is_never_loaded() {
         };
         let mut loaded_roots = 0;
         for _ in 0..1000 {
-            let report = load_paths(&[runbooks.clone()]);
+            let report = load_paths(std::slice::from_ref(&runbooks));
             assert!(
                 report.runbooks.iter().all(|r| r.name != "evil"),
                 "{case}: the user's runbook was loaded"
