@@ -45,6 +45,12 @@ pub struct RunOptions {
 pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     // One agent per state dir, before anything else is opened or bound.
     let _lock = crate::daemon::lock::acquire(&config.raw.agent.state_dir)?;
+    let descriptors = crate::daemon::raise_descriptor_limit();
+    tracing::debug!(descriptors, "Open descriptor limit.");
+    // The state directory holds command output and every process's argv.
+    if let Ok(Some(was)) = crate::fsutil::make_private(&config.raw.agent.state_dir) {
+        tracing::info!(dir = %config.raw.agent.state_dir.display(), mode = format!("{was:o}"), "Made the state directory private (0700).");
+    }
     // Service integration first, so that an early SIGTERM is not lost.
     let service = ServiceLink::start(&config, opts.daemon)?;
     let started = crate::sensor::start(&opts.source, &config).await?;

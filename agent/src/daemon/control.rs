@@ -102,6 +102,8 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
 
 /// Longest request line accepted; requests are tiny.
 const MAX_REQUEST: usize = 64 * 1024;
+/// Control connections served at once; beyond, a new one is closed.
+pub const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// A bound control socket, removed again when dropped.
 #[cfg(unix)]
@@ -158,7 +160,9 @@ impl ControlServer {
     }
 
     /// Serves connections until the task is aborted or dropped.
+    /// At most [`MAX_CONTROL_CONNECTIONS`] at once.
     pub async fn serve<H: ControlHandler>(self, handler: Arc<H>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -168,8 +172,13 @@ impl ControlServer {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("Control connection refused: too many at once.");
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = serve_one(stream, handler).await {
                     tracing::debug!(error = %e, "Control connection ended with an error.");
                 }

@@ -46,6 +46,40 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Descriptors the agent asks for: the spool, the audit log, the BPF maps,
+/// D-Bus, probes and the capped listeners fit well inside, with room for a
+/// burst (systemd's default soft limit of 1024 is close to what a busy
+/// agent holds).
+pub const DESCRIPTOR_BUDGET: u64 = 65_536;
+
+/// Raises the soft limit on open descriptors to [`DESCRIPTOR_BUDGET`]
+/// (never above the hard limit, never lowering it) and returns the limit
+/// in effect. The listeners are capped well below it, so that no local
+/// user can exhaust it through them.
+#[cfg(unix)]
+pub fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let want = DESCRIPTOR_BUDGET.min(lim.rlim_max as u64);
+    if (lim.rlim_cur as u64) < want {
+        let raised = libc::rlimit { rlim_cur: want as libc::rlim_t, rlim_max: lim.rlim_max };
+        // SAFETY: as above; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return want;
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+/// Windows has no per-process descriptor limit of this kind.
+#[cfg(not(unix))]
+pub fn raise_descriptor_limit() -> u64 {
+    0
+}
+
 /// `WatchdogSec=` written into the unit: keep-alives go every half of it.
 pub const WATCHDOG_SEC: Duration = Duration::from_secs(30);
 

@@ -556,6 +556,16 @@ impl MainLoop {
     }
 }
 
+/// The I/O error kind behind a spool error, for reporting once per kind.
+fn io_kind(e: &SpoolError) -> Option<std::io::ErrorKind> {
+    match e {
+        SpoolError::Dir { source, .. }
+        | SpoolError::Write { source, .. }
+        | SpoolError::Read { source, .. } => Some(source.kind()),
+        SpoolError::Corrupt { .. } => None,
+    }
+}
+
 /// Sends batches, spools them while the collector is away, and drains the
 /// spool oldest first when it returns.
 struct Sender {
@@ -687,6 +697,14 @@ impl Sender {
                 self.backoff.reset();
                 return None;
             }
+            Some(Err(e)) if e.is_transient() => {
+                // Kept in the spool: read again after a pause, never lost.
+                let wait = self.backoff.next(None);
+                if self.reported.insert(format!("spool-read:{:?}", io_kind(&e))) {
+                    tracing::error!(error = %e, ?wait, "Cannot read the spool now; its batches are kept and read again (reported once per kind of error).");
+                }
+                return Some(now + wait);
+            }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "Skipped a spool file; sending the rest.");
                 return Some(now);
@@ -774,9 +792,13 @@ impl Sender {
             tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|p| p.into_inner()).push(&batch))
                 .await;
         match res {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                self.reported.retain(|k| !k.starts_with("spool-write:"));
+            }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "Could not spool a batch: it is lost.");
+                if self.reported.insert(format!("spool-write:{:?}", io_kind(&e))) {
+                    tracing::error!(error = %e, "Could not spool a batch: it is lost (reported once per kind of error until the spool is writable again; counted in export_failures).");
+                }
                 AgentStats::add(&self.stats.export_failures, 1);
             }
             Err(e) => tracing::error!(error = %e, "Spool task failed."),

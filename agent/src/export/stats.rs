@@ -94,6 +94,8 @@ agent_stats! {
     spool_dropped: Counter, "{batch}";
     /// Spool files skipped because they were corrupt.
     spool_corrupt: Counter, "{batch}";
+    /// Spool reads that failed for a passing reason (no descriptor left, I/O error); the batch is kept and read again.
+    spool_read_errors: Counter, "{attempt}";
     /// Anomalies reported by the detector.
     anomalies: Counter, "{anomaly}";
     /// Anomalies and series values dropped because the runbook engine's queue was full.
@@ -104,6 +106,8 @@ agent_stats! {
     audit_write_failures: Counter, "{record}";
     /// Events not handed to the runbook engine because its queue was full.
     runbook_inputs_dropped: Counter, "{event}";
+    /// Connections to `/metrics` and `/healthz` closed at once because the cap was reached.
+    http_connections_refused: Counter, "{connection}";
     /// Runbook actions started.
     runbook_actions: Counter, "{action}";
     /// Runbook actions that failed.
