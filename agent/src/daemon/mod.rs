@@ -57,6 +57,8 @@ pub const DESCRIPTOR_BUDGET: u64 = 65_536;
 /// in effect. The listeners are capped well below it, so that no local
 /// user can exhaust it through them.
 #[cfg(unix)]
+// `rlim_t` is u64 on Linux, not on every Unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_descriptor_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a valid pointer to an rlimit.

@@ -169,7 +169,13 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        assert!(answer.contains("custos_http_connections_refused_total 100"), "{answer}");
+        // (A scrape that raced the release of the slots was refused too.)
+        let refused: u64 = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("custos_http_connections_refused_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert!(refused >= 100, "{answer}");
         task.abort();
     }
 }
