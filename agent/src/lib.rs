@@ -21,4 +21,5 @@ pub mod runbook;
 pub mod sensor;
 pub mod service_manager;
 pub mod summary;
+pub mod terminal;
 pub mod yaml;

@@ -136,6 +136,9 @@ impl SourceArgs {
 struct RunArgs {
     #[command(flatten)]
     source: SourceArgs,
+    /// With --replay: let runbooks act on this host. Without it a replay only decides and audits (dry-run).
+    #[arg(long, requires = "replay")]
+    act: bool,
     /// When to print the per-service summary table: auto (when stdout is a terminal), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     summary: String,
@@ -213,7 +216,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 logging: logging.handle,
                 external_stop: None,
             };
-            let opts = custos::app::run::RunOptions { source: args.source.source(), summary, daemon };
+            let opts =
+                custos::app::run::RunOptions { source: args.source.source(), act: args.act, summary, daemon };
             #[cfg(windows)]
             {
                 // Under the SCM: the dispatcher, status reports and its stop
@@ -246,28 +250,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|| "embedded default".into());
-                println!("{src}: ok ({} services, {} discovery rules)", c.services.len(), c.discover.len());
+                let units = custos::service_manager::UnitLookup::new(custos::platform::service_manager());
+                let unit_errors = custos::config::check_units(&c, &units);
+                for e in &unit_errors {
+                    eprintln!("{}", custos::terminal::printable(&e.to_string()));
+                }
+                let mut failed = !unit_errors.is_empty();
+                if unit_errors.is_empty() {
+                    println!(
+                        "{src}: ok ({} services, {} discovery rules)",
+                        c.services.len(),
+                        c.discover.len()
+                    );
+                }
                 // The runbooks the agent would load are part of what it runs:
                 // one bad file is skipped at run time, so say so here.
                 let dir = &c.raw.runbooks.dir;
                 if !dir.is_dir() {
                     println!("{}: no runbooks directory (self-healing off)", dir.display());
-                    return Ok(ExitCode::SUCCESS);
+                } else {
+                    let mut report = custos::runbook::load_paths(std::slice::from_ref(dir));
+                    custos::runbook::model::check_against(&mut report, &c, &units);
+                    for e in &report.errors {
+                        eprintln!("{}", custos::terminal::printable(&e.to_string()));
+                    }
+                    println!(
+                        "{}: {} runbooks ok, {} with problems",
+                        dir.display(),
+                        report.runbooks.len(),
+                        report.errors.len()
+                    );
+                    failed |= !report.errors.is_empty();
                 }
-                let report = custos::runbook::load_paths(std::slice::from_ref(dir));
-                for e in &report.errors {
-                    eprintln!("{e}");
+                if let Some(why) = units.unreachable() {
+                    eprintln!("note: units were not checked against the service manager: {why}");
                 }
-                println!(
-                    "{}: {} runbooks ok, {} with problems",
-                    dir.display(),
-                    report.runbooks.len(),
-                    report.errors.len()
-                );
-                Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
             }
             Err(errors) => {
-                eprintln!("{errors}");
+                for e in &errors.0 {
+                    eprintln!("{}", custos::terminal::printable(&e.to_string()));
+                }
                 Ok(ExitCode::FAILURE)
             }
         },
@@ -288,11 +311,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Resume { service, socket } => Ok(custos::daemon::cli::resume(socket.as_deref(), &service)),
         Command::Reload { socket } => Ok(custos::daemon::cli::reload(socket.as_deref())),
         Command::Runbook(cmd) => {
-            let dir = custos::config::load(None).map(|c| c.raw.runbooks.dir).unwrap_or_default();
-            custos::runbook::cli::run_runbook(cmd, &dir)
+            // Checked against the configuration and the host they would run under.
+            let config = custos::config::load(None).ok();
+            let dir = config.as_ref().map(|c| c.raw.runbooks.dir.clone()).unwrap_or_default();
+            let units = custos::service_manager::UnitLookup::new(custos::platform::service_manager());
+            custos::runbook::cli::run_runbook(cmd, &dir, config.as_ref().map(|c| (c, &units)))
         }
         Command::Audit(cmd) => {
             let dir = custos::config::load(None).map(|c| c.raw.agent.state_dir).unwrap_or_default();
+            let audit = cmd.dir(&dir.join("audit"));
+            // Sealing writes the chain: one writer, so not while an agent runs.
+            let _lock = match (&cmd, audit.parent()) {
+                (custos::runbook::cli::AuditCommand::Seal { .. }, Some(state)) => {
+                    Some(custos::daemon::lock::acquire(state).map_err(|e| {
+                        anyhow::anyhow!("{e}; the audit log can be sealed only while no agent writes it")
+                    })?)
+                }
+                _ => None,
+            };
             custos::runbook::cli::run_audit(cmd, &dir.join("audit"))
         }
         Command::Detect(args) => custos::detect_cli::run(args),

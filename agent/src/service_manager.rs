@@ -95,6 +95,62 @@ impl fmt::Display for ServiceStatus {
     }
 }
 
+/// Whether the service manager knows a unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    Yes,
+    /// systemd `LoadState=not-found`, SCM: no such service.
+    No,
+    /// The manager could not be asked (not reachable, not permitted).
+    CannotTell(String),
+}
+
+/// Asks the service manager whether units exist, once per unit, for the
+/// checks of `validate` and `reload`. Once the manager proves unreachable
+/// it is not asked again (each attempt could wait for a timeout).
+pub struct UnitLookup {
+    manager: std::sync::Arc<dyn ServiceManager>,
+    answers: std::sync::Mutex<std::collections::HashMap<String, Known>>,
+    unreachable: std::sync::Mutex<Option<String>>,
+}
+
+impl UnitLookup {
+    pub fn new(manager: std::sync::Arc<dyn ServiceManager>) -> Self {
+        UnitLookup { manager, answers: Default::default(), unreachable: Default::default() }
+    }
+
+    /// The manager's name (`systemd`, `scm`) for messages.
+    pub fn manager(&self) -> &'static str {
+        self.manager.name()
+    }
+
+    pub fn exists(&self, unit: &str) -> Known {
+        if let Some(why) = self.unreachable.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Known::CannotTell(why);
+        }
+        if let Some(k) = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(unit) {
+            return k.clone();
+        }
+        let known = match self.manager.status(unit) {
+            Ok(_) => Known::Yes,
+            Err(ServiceError::NotFound(_)) => Known::No,
+            Err(e) => {
+                if matches!(e, ServiceError::Unavailable(_)) {
+                    *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+                Known::CannotTell(e.to_string())
+            }
+        };
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).insert(unit.to_string(), known.clone());
+        known
+    }
+
+    /// Why the manager could not be asked, if it could not.
+    pub fn unreachable(&self) -> Option<String> {
+        self.unreachable.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// How often the service manager is asked for the state of each service
 /// (the `service_down` trigger, `custos status`). A D-Bus round trip per
 /// service: cheap.
@@ -422,6 +478,45 @@ impl ManagerJobs for StateJobs {
 
     fn sync(&self, _timeout: Duration) -> Option<SystemTime> {
         Some(SystemTime::now())
+    }
+}
+
+/// A service manager that knows a fixed set of units (tests of the checks).
+#[cfg(test)]
+pub struct KnownUnits(pub Vec<&'static str>);
+
+#[cfg(test)]
+impl ServiceManager for KnownUnits {
+    fn name(&self) -> &'static str {
+        "systemd"
+    }
+    fn status(&self, unit: &str) -> Result<ServiceStatus, ServiceError> {
+        if !self.0.contains(&unit) {
+            return Err(ServiceError::NotFound(unit.into()));
+        }
+        Ok(ServiceStatus {
+            state: ActiveState::Active,
+            sub_state: "running".into(),
+            main_pid: None,
+            cgroup: None,
+            manager_restarting: false,
+            manager_restarts: None,
+        })
+    }
+    fn start(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("a test does not start {unit}")))
+    }
+    fn stop(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("a test does not stop {unit}")))
+    }
+    fn restart(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("a test does not restart {unit}")))
+    }
+    fn reset_failed(&self, unit: &str) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("a test does not reset {unit}")))
+    }
+    fn kill(&self, unit: &str, _signal: i32) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable(format!("a test does not signal {unit}")))
     }
 }
 

@@ -15,7 +15,7 @@ pub use serde_saphyr::Location;
 /// A value with the place it was written. Equal when the values are equal,
 /// wherever they were written: a reload compares configurations, and the
 /// same setting moved to another line is the same setting.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Spanned<T> {
     pub value: T,
     /// Where the value is used (an alias's place for an anchored value).
@@ -35,6 +35,26 @@ impl<T> Spanned<T> {
     }
 }
 
+/// A located value reads as its value: `interval.0`, `*capacity`.
+impl<T> std::ops::Deref for Spanned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Spanned<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: Default> Default for Spanned<T> {
+    fn default() -> Self {
+        Spanned::unlocated(T::default())
+    }
+}
+
 impl<T: PartialEq> PartialEq for Spanned<T> {
     fn eq(&self, other: &Self) -> bool {
         self.value == other.value
@@ -48,6 +68,47 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
         // serde-saphyr recognizes its own wrapper and fills in the places.
         let s = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
         Ok(Spanned::new(s.value, s.referenced, s.defined))
+    }
+}
+
+/// An argument list (`exec.argv`, `health.command`): a YAML sequence. A
+/// single string is refused with a hint rather than split: custos runs
+/// commands without a shell, so `"/bin/x --flag"` would be one program
+/// name with a space in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Argv<T>(pub Vec<T>);
+
+impl<T> std::ops::Deref for Argv<T> {
+    type Target = Vec<T>;
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Argv<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Argv<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of arguments")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let words: Vec<String> = v.split_whitespace().map(|w| format!("{w:?}")).collect();
+                Err(E::custom(format!(
+                    "expected a list of arguments, found the string {v:?}: commands run without a shell, so write each argument as an item of a list, such as [{}]",
+                    words.join(", ")
+                )))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element()? {
+                    out.push(x);
+                }
+                Ok(Argv(out))
+            }
+        }
+        deserializer.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -120,6 +181,17 @@ impl<'a> Problems<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// A problem at `v`'s place unless `min <= v <= max`. Every number and
+    /// duration of the configuration and the runbooks goes through here: a
+    /// value that parses can still make the agent panic (a queue of 2^64
+    /// slots), spin (probes every 0s) or stop working (an interval of 500
+    /// billion years).
+    pub fn within<T: PartialOrd + fmt::Display>(&mut self, key: &str, v: &Spanned<T>, min: T, max: T) {
+        if v.value < min || v.value > max {
+            self.at(v.referenced, format!("`{key}` expects {min} to {max}, found {}", v.value));
+        }
     }
 
     /// `value` when no problem was found, else every problem.
@@ -224,6 +296,24 @@ mod tests {
         assert_eq!(a.port, b.port);
         assert_eq!(a.name, Spanned::unlocated("api".to_string()));
         assert_ne!(a.name, Spanned::unlocated("db".to_string()));
+    }
+
+    #[test]
+    fn an_argument_list_written_as_a_string_gets_a_hint_and_one_location() {
+        #[derive(Debug, Deserialize)]
+        struct Step {
+            #[allow(dead_code)]
+            argv: Spanned<Argv<Spanned<String>>>,
+        }
+        let ok: Step = from_str("argv: [\"/bin/echo\", hi]\n", "s.yaml").unwrap();
+        assert_eq!(ok.argv.value.len(), 2);
+        assert_eq!(ok.argv.value[1].referenced.line(), 1);
+        for text in ["argv: /bin/echo hi\n", "argv: \"/bin/echo hi\"\n"] {
+            let e = from_str::<Step>(text, "s.yaml").unwrap_err().to_string();
+            assert!(e.starts_with("s.yaml:1:"), "{e}");
+            assert!(e.contains("without a shell") && e.contains(r#"["/bin/echo", "hi"]"#), "{e}");
+            assert_eq!(e.matches("line").count(), 0, "the location is given once: {e}");
+        }
     }
 
     #[test]

@@ -171,3 +171,76 @@ fn validate_reports_bad_runbooks_with_their_location() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("1 runbooks ok, 1 with problems"), "{stdout}");
 }
+
+/// An audit log of `n` records in `<state>/audit`, written the way the
+/// agent writes it.
+fn audit_log(state: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let dir = state.join("audit");
+    let log = custos::audit::AuditLog::open(&dir, 1 << 20).unwrap();
+    for i in 0..n {
+        let entry = custos::audit::AuditEntry {
+            kind: custos::audit::AuditKind::Action,
+            runbook: "rb".into(),
+            service: "api".into(),
+            message: format!("record {i}"),
+            details: serde_json::Value::Null,
+            dry_run: false,
+        };
+        log.append(entry, std::time::SystemTime::now()).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn audit_verify_fails_on_an_emptied_or_cut_log_and_on_no_log() {
+    let state = tempfile::tempdir().unwrap();
+    let verify = |dir: &std::path::Path| custos(&["audit", "verify", dir.to_str().unwrap()]);
+    let missing = verify(&state.path().join("audit"));
+    assert!(!missing.status.success(), "verify passed on a directory that does not exist");
+    std::fs::create_dir(state.path().join("audit")).unwrap();
+    let none = verify(&state.path().join("audit"));
+    assert!(!none.status.success(), "verify passed on a directory with no audit log");
+
+    let dir = audit_log(state.path(), 6);
+    let ok = verify(&dir);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("records 1 to 6"), "{ok:?}");
+    let current = dir.join("audit.jsonl");
+    let text = std::fs::read_to_string(&current).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&current, format!("{}\n", lines[..4].join("\n"))).unwrap();
+    let cut = verify(&dir);
+    assert!(!cut.status.success(), "verify passed on a log whose last two records were cut");
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert!(err.contains("truncated") && err.contains("record 6"), "{err}");
+    std::fs::write(&current, "").unwrap();
+    let emptied = verify(&dir);
+    assert!(!emptied.status.success(), "verify passed on an emptied log");
+}
+
+#[test]
+fn audit_seal_closes_a_broken_chain_and_verify_reports_each_segment() {
+    let state = tempfile::tempdir().unwrap();
+    let dir = audit_log(state.path(), 4);
+    let current = dir.join("audit.jsonl");
+    let text = std::fs::read_to_string(&current).unwrap();
+    std::fs::write(&current, text.replacen("record 1", "record one", 1)).unwrap();
+    let broken = custos(&["audit", "verify", dir.to_str().unwrap()]);
+    assert!(!broken.status.success());
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("hash chain broken"), "{broken:?}");
+
+    // One writer: not while an agent holds the state directory.
+    let lock = custos::daemon::lock::acquire(state.path()).unwrap();
+    let refused = custos(&["audit", "seal", dir.to_str().unwrap()]);
+    assert!(!refused.status.success(), "sealed while an agent held the state directory");
+    drop(lock);
+
+    let sealed = custos(&["audit", "seal", dir.to_str().unwrap(), "--reason", "record 2 edited by hand"]);
+    assert!(sealed.status.success(), "{}", String::from_utf8_lossy(&sealed.stderr));
+    let after = custos(&["audit", "verify", dir.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&after.stdout);
+    let err = String::from_utf8_lossy(&after.stderr);
+    assert!(after.status.success(), "{out}\n{err}");
+    assert!(out.contains("sealed-1: BROKEN") && out.contains("record 2 edited by hand"), "{out}");
+    assert!(out.contains("current chain: records 1 to 1"), "{out}");
+}

@@ -84,7 +84,7 @@ async fn grpc_export_of_a_known_stream_has_semconv_metrics_logs_and_resource() {
         token.display()
     );
     let mut cfg = load(dir.path(), &otlp_yaml(&rx.grpc_endpoint(), "grpc", &headers));
-    cfg.raw.exporter.syscall_top_n = 2;
+    cfg.raw.exporter.syscall_top_n.value = 2;
     let (h, stats) = start(&cfg);
     for e in known_stream() {
         h.submit(&e);
@@ -592,7 +592,7 @@ fn queue_full_drops_and_counts_without_blocking() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = load(dir.path(), "  interval: 1h\n");
-        cfg.raw.exporter.queue_capacity = 10;
+        cfg.raw.exporter.queue_capacity.value = 10;
         let (h, stats) = start(&cfg);
         // On a current-thread runtime the exporter cannot run while we
         // submit: the queue fills and the rest is dropped, at once.

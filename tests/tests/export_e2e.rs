@@ -172,3 +172,81 @@ async fn sigterm_spools_what_the_agent_holds_within_its_budget() {
     pids.dedup();
     assert!(pids.starts_with(&(2000..2010).collect::<Vec<_>>()), "{pids:?}");
 }
+
+/// `custos reload` with a new collector (another endpoint and protocol)
+/// takes effect at once: what was spooled while the old one was away and
+/// what comes after go to the new one. A key that needs a restart is named
+/// in the reload's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_export_and_the_spool_to_a_new_collector() {
+    let mut old = OtlpReceiver::start().await.unwrap();
+    old.stop().await;
+    let new = OtlpReceiver::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("custos.yaml");
+    let socket = dir.path().join("control.sock");
+    let config = |endpoint: &str, protocol: &str, queue: u32| {
+        format!(
+            "agent:\n  state_dir: {}\n  listen: \"127.0.0.1:0\"\nservices:\n  - name: api\n    exe: /usr/bin/api\nexporter:\n  interval: 200ms\n  queue_capacity: {queue}\n  log_rate_limit: {{ max: 100000, per: 1m }}\n  otlp: {{ endpoint: \"{endpoint}\", protocol: {protocol}, timeout: 1s }}\n",
+            dir.path().display()
+        )
+    };
+    write(&cfg, &config(&old.grpc_endpoint(), "grpc", 65536));
+    let mut rec = String::new();
+    for i in 0..20 {
+        rec.push_str(&failed_connect(1000 + i, "2026-11-20T10:00:00Z"));
+        rec.push('\n');
+    }
+    rec.push_str(&failed_connect(5000, "2026-11-20T11:00:00Z"));
+    rec.push('\n');
+    let rec_path = dir.path().join("rec.jsonl");
+    write(&rec_path, &rec);
+    let mut agent = Command::new(custos_bin())
+        .args(["run", "--summary", "never", "--replay-speed", "1", "--config"])
+        .arg(&cfg)
+        .arg("--replay")
+        .arg(&rec_path)
+        .env("CUSTOS_LOG", "warn")
+        .env("CUSTOS_CONTROL_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let spool = dir.path().join("spool");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while spool_files(&spool) < 2 {
+        if Instant::now() > deadline || agent.try_wait().unwrap().is_some() {
+            let _ = agent.kill();
+            let out = agent.wait_with_output().unwrap();
+            panic!("no spooled batches; agent stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&cfg, &config(&new.http_endpoint(), "http", 1024));
+    let reload =
+        Command::new(custos_bin()).args(["reload"]).env("CUSTOS_CONTROL_SOCKET", &socket).output().unwrap();
+    let said = String::from_utf8_lossy(&reload.stdout).to_string();
+    assert!(reload.status.success(), "{said}{}", String::from_utf8_lossy(&reload.stderr));
+    assert!(
+        said.contains("`exporter.queue_capacity` changed: it takes effect when the agent restarts"),
+        "{said}"
+    );
+    assert!(!said.contains("exporter.otlp"), "the collector's settings apply at once: {said}");
+    let recorder = new.recorder.clone();
+    recorder
+        .wait_for(Duration::from_secs(20), "the spooled connects at the new collector", |r| {
+            r.pids_of("api", "custos.tcp.connect").len() >= 20
+        })
+        .await;
+    assert_eq!(recorder.pids_of("api", "custos.tcp.connect"), (1000..1020).collect::<Vec<_>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool_files(&spool) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(spool_files(&spool), 0, "the spool was drained to the new collector");
+    assert!(old.recorder.requests().is_empty());
+    // SAFETY: kill with a valid pid and signal number.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

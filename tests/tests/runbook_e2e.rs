@@ -87,3 +87,117 @@ fn custos_run_restarts_a_crashing_unit_by_runbook() {
         .unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }
+
+/// A recording of a crash replayed on a host that runs a unit of the same
+/// name: without `--act` the runbook decides and audits as dry-run and the
+/// live unit is left alone; with `--act` it is restarted.
+#[test]
+fn a_replay_restarts_nothing_without_act() {
+    let Some(sd) = sandbox_or_skip("a_replay_restarts_nothing_without_act") else { return };
+    sd.write_unit("replayed.service", "[Service]\nExecStart=/bin/sleep infinity\n").unwrap();
+    sd.systemctl(&["start", "replayed.service"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let rb = runbooks.join("replayed.yaml");
+    std::fs::write(
+        &rb,
+        "name: replayed-restart\nservice: replayed\ntrigger: { event: process_exit, where: { signal: SIGKILL } }\nsteps: [ { restart: {} } ]\ncooldown: 0s\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rb, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let recording = dir.path().join("oom.jsonl");
+    std::fs::write(
+        &recording,
+        "{\"kind\":\"process_exit\",\"ts\":\"2024-01-01T00:00:00Z\",\"service\":\"replayed\",\"pid\":10,\"comm\":\"sleep\",\"signal\":\"SIGKILL\",\"lifetime_ns\":5}\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("custos.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "services:\n  - name: replayed\n    systemd_unit: replayed.service\nrunbooks: {{ dir: {} }}\nagent: {{ state_dir: {}, listen: \"127.0.0.1:0\" }}\n",
+            runbooks.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let replay = |act: bool| {
+        let mut args = vec!["run", "--summary", "never", "--config", cfg.to_str().unwrap()];
+        args.extend(["--replay", recording.to_str().unwrap()]);
+        if act {
+            args.push("--act");
+        }
+        let out = Command::new(custos_bin())
+            .args(&args)
+            .env("CUSTOS_SYSTEMD_BUS", sd.system_bus_address())
+            .env("CUSTOS_CONTROL_SOCKET", dir.path().join("control.sock"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let before = sd.property("replayed.service", "InvocationID").unwrap();
+    replay(false);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = sd.property("replayed.service", "InvocationID").unwrap();
+    let audit = std::fs::read_to_string(state.join("audit/audit.jsonl")).unwrap();
+    assert_eq!(before, after, "a replay without --act restarted the live unit\n{audit}");
+    let actions: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "action")
+        .collect();
+    assert!(!actions.is_empty() && actions.iter().all(|a| a["dry_run"] == true), "{audit}");
+
+    replay(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sd.property("replayed.service", "InvocationID").unwrap() == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(sd.property("replayed.service", "InvocationID").unwrap(), before, "--act did not act");
+}
+
+/// A misspelled unit validated `ok` and showed as `-` in status forever; a
+/// runbook for a service nobody configured loaded and stayed armed. Asked
+/// of a real systemd, both are errors at their line and column.
+#[test]
+fn validate_refuses_a_unit_systemd_does_not_know() {
+    let Some(sd) = sandbox_or_skip("validate_refuses_a_unit_systemd_does_not_know") else { return };
+    sd.write_unit("known.service", "[Service]\nExecStart=/bin/sleep infinity\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir(&runbooks).unwrap();
+    let rb = runbooks.join("other.yaml");
+    std::fs::write(
+        &rb,
+        "name: other\nservice: other\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&rb, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("custos.yaml");
+    let write = |units: &str| {
+        std::fs::write(&cfg, format!("services:\n{units}runbooks: {{ dir: {} }}\n", runbooks.display()))
+            .unwrap()
+    };
+    let validate = || {
+        Command::new(custos_bin())
+            .args(["validate", "--config", cfg.to_str().unwrap()])
+            .env("CUSTOS_SYSTEMD_BUS", sd.system_bus_address())
+            .output()
+            .unwrap()
+    };
+    write("  - name: known\n    systemd_unit: known\n  - name: other\n    systemd_unit: konwn.service\n");
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a unit systemd does not know validated: {err}");
+    assert!(err.contains(&format!("{}:5:19:", cfg.display())) && err.contains("`konwn.service`"), "{err}");
+    write("  - name: known\n    systemd_unit: known\n");
+    let out = validate();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a runbook for an unconfigured service validated: {err}");
+    assert!(err.contains(&format!("{}:2:10:", rb.display())) && err.contains("`other`"), "{err}");
+    write("  - name: known\n    systemd_unit: known\n  - name: other\n    systemd_unit: known.service\n");
+    let out = validate();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

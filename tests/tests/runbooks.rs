@@ -9,6 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
+    // The alert webhooks take their token from the agent's environment,
+    // checked when a runbook loads: set as an installation would.
+    std::env::set_var("CUSTOS_ALERT_TOKEN", "Bearer test-token");
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
@@ -231,4 +234,129 @@ fn writable_or_foreign_runbooks_are_refused_and_others_still_load() {
         let e = load_file(&p).unwrap_err().to_string();
         assert!(e.contains("owned by uid 65534"), "{e}");
     }
+}
+
+/// A local user's runbook: `exec` as root.
+const EVIL: &str = "name: evil\nservice: api\ntrigger: { event: process_exit }\nsteps:\n  - exec: { argv: [\"/usr/bin/touch\", \"/tmp/pwned\"], run_as: root }\n";
+const ROOTS: &str =
+    "name: roots\nservice: api\ntrigger: { event: process_exit }\nsteps: [ { restart: {} } ]\n";
+
+fn chown(p: &Path, uid: u32) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, uid) }, 0, "chown {}", p.display());
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A user who can write to the runbooks directory (mode 0777, as found)
+/// flips a symlink between his own runbook and a root-owned one while the
+/// agent reloads: his runbook is never loaded, because the directory itself
+/// is refused, and so is a link into a directory he owns.
+#[test]
+fn a_symlink_flipped_by_a_local_user_is_never_loaded() {
+    if !is_root() {
+        eprintln!(
+            "skipped: a_symlink_flipped_by_a_local_user_is_never_loaded: needs root to play the other user"
+        );
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let root = tempfile::tempdir().unwrap();
+    // The user's own directory, and a root-owned runbook elsewhere.
+    let user_dir = root.path().join("home");
+    std::fs::create_dir(&user_dir).unwrap();
+    let evil = user_dir.join("evil.yaml");
+    std::fs::write(&evil, EVIL).unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    chown(&evil, NOBODY);
+    chown(&user_dir, NOBODY);
+    let safe_dir = root.path().join("safe");
+    std::fs::create_dir(&safe_dir).unwrap();
+    let roots = safe_dir.join("roots.yaml");
+    std::fs::write(&roots, ROOTS).unwrap();
+    std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    for case in ["world-writable runbooks directory", "link into the user's directory"] {
+        let runbooks = root.path().join(format!("runbooks-{}", case.len()));
+        std::fs::create_dir(&runbooks).unwrap();
+        let (link, targets) = if case.starts_with("world") {
+            std::fs::set_permissions(&runbooks, std::fs::Permissions::from_mode(0o777)).unwrap();
+            (runbooks.join("rb.yaml"), [evil.clone(), roots.clone()])
+        } else {
+            // The agent's directory is fine; the link (made by root) points
+            // into the user's directory, where the user flips his own link.
+            std::fs::set_permissions(&runbooks, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::os::unix::fs::symlink(user_dir.join("current.yaml"), runbooks.join("rb.yaml")).unwrap();
+            (user_dir.join("current.yaml"), [evil.clone(), roots.clone()])
+        };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (stop, link) = (stop.clone(), link.clone());
+            std::thread::spawn(move || {
+                let tmp = link.with_extension("tmp");
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::os::unix::fs::symlink(&targets[i % 2], &tmp).unwrap();
+                    chown(&tmp, NOBODY);
+                    std::fs::rename(&tmp, &link).unwrap();
+                    i += 1;
+                }
+                i
+            })
+        };
+        let mut loaded_roots = 0;
+        for _ in 0..1000 {
+            let report = load_paths(std::slice::from_ref(&runbooks));
+            assert!(
+                report.runbooks.iter().all(|r| r.name != "evil"),
+                "{case}: the user's runbook was loaded"
+            );
+            loaded_roots += report.runbooks.len();
+            assert!(!report.errors.is_empty(), "{case}: nothing was refused");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flips = flipper.join().unwrap();
+        assert!(flips > 100, "{case}: the link flipped only {flips} times");
+        assert_eq!(loaded_roots, 0, "{case}: what the user controls is refused whichever way it points");
+    }
+}
+
+#[test]
+fn a_world_writable_runbooks_directory_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("rb.yaml");
+    std::fs::write(&p, ROOTS).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let report = load_paths(&[dir.path().to_path_buf()]);
+    assert!(report.runbooks.is_empty());
+    let e = report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(e.contains("runbooks directory refused") && e.contains("world-writable (mode 777)"), "{e}");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(load_paths(&[dir.path().to_path_buf()]).runbooks.len(), 1);
+}
+
+#[test]
+fn a_fifo_and_dev_zero_named_yaml_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("a-fifo.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("b-zero.yaml")).unwrap();
+    let good = dir.path().join("c-good.yaml");
+    std::fs::write(&good, ROOTS).unwrap();
+    std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let t = std::time::Instant::now();
+    let report = load_paths(&[dir.path().to_path_buf()]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert_eq!(report.runbooks.len(), 1, "the good one still loads");
+    let e = report.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    assert!(e.contains("a-fifo.yaml") && e.contains("a FIFO"), "{e}");
+    assert!(e.contains("b-zero.yaml") && e.contains("a device"), "{e}");
 }

@@ -8,9 +8,16 @@
 //!    events (when the services changed);
 //! 3. the runbook engine: runbooks and services swapped together;
 //! 4. the watchers: probes and the state poller replaced for the new set;
-//! 5. the exporter: its settings cannot change while it runs, so a change
-//!    is named in the log as needing a restart;
+//! 5. the exporter: the collector's endpoint, protocol, compression,
+//!    timeout, headers and TLS, the spool's budget, the interval and the
+//!    log rate limit change while it runs, without losing what is queued
+//!    or spooled;
 //! 6. the log level.
+//!
+//! What cannot change while the agent runs (the sensors' sizes, the state
+//! directory, the listen address, switching between a collector and
+//! files...) is named, key by key, in the reload's answer and the log
+//! ([`restart_notes`]).
 
 use super::watchers::ServiceWatchers;
 use crate::config::LoadedConfig;
@@ -32,10 +39,29 @@ pub struct Reloaded {
 /// invalid runbook rejects the whole reload (at start-up a bad runbook is
 /// skipped; on reload, keeping the running set is the safer choice).
 pub fn load_reloaded(path: Option<&std::path::Path>) -> Result<Reloaded, String> {
+    let units = crate::service_manager::UnitLookup::new(crate::platform::service_manager());
+    load_reloaded_with(path, &units)
+}
+
+/// [`load_reloaded`] with the service manager's view of units given.
+pub fn load_reloaded_with(
+    path: Option<&std::path::Path>,
+    units: &crate::service_manager::UnitLookup,
+) -> Result<Reloaded, String> {
     let config = crate::config::load(path).map_err(|e| e.to_string())?;
+    // The collector settings must be usable before the reload says yes
+    // (a CA file that does not parse, a header gRPC refuses).
+    if let Some(otlp) = &config.raw.exporter.otlp {
+        crate::export::Transport::new(otlp).map_err(|e| e.to_string())?;
+    }
+    let unknown = crate::config::check_units(&config, units);
+    if !unknown.is_empty() {
+        return Err(crate::yaml::LocatedErrors(unknown).to_string());
+    }
     let dir = &config.raw.runbooks.dir;
     let runbooks = if dir.is_dir() {
-        let report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        let mut report = crate::runbook::model::load_paths(std::slice::from_ref(dir));
+        crate::runbook::model::check_against(&mut report, &config, units);
         if !report.errors.is_empty() {
             let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
             return Err(errors.join("\n"));
@@ -55,6 +81,28 @@ fn services_differ(old: &LoadedConfig, new: &LoadedConfig) -> bool {
     old.discover != new.discover || old.services != new.services
 }
 
+/// What a reload to `new` leaves for the next restart, one sentence per
+/// key: what differs from `running`, the configuration the agent started
+/// with (a key changed by an earlier reload still needs the restart).
+pub fn restart_notes(running: &LoadedConfig, new: &Reloaded) -> Vec<String> {
+    let (o, n) = (&running.raw, &new.config.raw);
+    let mut keys: Vec<&str> = crate::export::restart_keys(&o.exporter, &n.exporter);
+    let mut differs = |key: &'static str, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    differs("sensors", o.sensors != n.sensors);
+    differs("detection", o.detection != n.detection);
+    differs("agent.state_dir", o.agent.state_dir != n.agent.state_dir);
+    differs("agent.listen", o.agent.listen != n.agent.listen);
+    differs("agent.log_format", o.agent.log_format != n.agent.log_format);
+    differs("agent.windows", o.agent.windows != n.agent.windows);
+    differs("runbooks.dry_run", o.runbooks.dry_run != n.runbooks.dry_run);
+    differs("runbooks.audit", o.runbooks.audit != n.runbooks.audit);
+    keys.into_iter().map(|k| format!("`{k}` changed: it takes effect when the agent restarts")).collect()
+}
+
 /// What a reload acts on in the running agent.
 pub struct ReloadTargets {
     pub live: LiveStatus,
@@ -65,6 +113,8 @@ pub struct ReloadTargets {
     pub watchers: Arc<Mutex<Option<ServiceWatchers>>>,
     /// The installed logger, when the level is not pinned.
     pub logging: Option<LoggingHandle>,
+    /// The running exporter's reloadable settings.
+    pub exporter: Option<crate::export::ExporterReconfigurer>,
 }
 
 /// Applies every successful reload from `updates`, one at a time, in the
@@ -76,7 +126,6 @@ pub fn apply_reloads(
     targets: ReloadTargets,
 ) -> tokio::task::JoinHandle<()> {
     let mut services = running.clone();
-    let exporter = running.raw.exporter.clone();
     tokio::spawn(async move {
         updates.borrow_and_update();
         while updates.changed().await.is_ok() {
@@ -114,8 +163,8 @@ pub fn apply_reloads(
                 }
                 tracing::info!(services = new.services.len(), "Applied the reloaded services.");
             }
-            if new.raw.exporter != exporter {
-                tracing::warn!("The exporter's settings changed; they take effect when the agent restarts.");
+            if let Some(e) = &targets.exporter {
+                e.apply(&new.raw.exporter);
             }
             if let Some(l) = &targets.logging {
                 if let Err(e) = l.set_level(&new.raw.agent.log_level.value) {
@@ -159,6 +208,26 @@ mod tests {
         write(&rb_dir.join("b.yaml"), "name: broken\nservice: api\ntrigger: { nonsense: 1 }\nsteps: []\n");
         let err = load_reloaded(Some(&cfg)).err().expect("a broken runbook was accepted");
         assert!(err.contains(&rb_dir.join("b.yaml").display().to_string()), "{err}");
+        std::fs::remove_file(rb_dir.join("b.yaml")).unwrap();
+        // A unit the service manager does not know, a runbook for a service
+        // that is not configured: rejected, each at its place.
+        let units = |known| {
+            crate::service_manager::UnitLookup::new(Arc::new(crate::service_manager::KnownUnits(known)))
+        };
+        let base = format!(
+            "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {} }}\n",
+            rb_dir.display(),
+            dir.path().display()
+        );
+        write(&cfg, &format!("services:\n  - name: api\n    systemd_unit: apo\n{base}"));
+        let err =
+            load_reloaded_with(Some(&cfg), &units(vec!["api.service"])).err().expect("unknown unit accepted");
+        assert!(err.contains(":3:19:") && err.contains("knows no unit `apo.service`"), "{err}");
+        write(&cfg, &format!("services:\n  - name: web\n    systemd_unit: web\n{base}"));
+        let err = load_reloaded_with(Some(&cfg), &units(vec!["web.service"]))
+            .err()
+            .expect("runbook for api accepted");
+        assert!(err.contains("a.yaml:") && err.contains("not one of the configured services (web)"), "{err}");
         // No runbooks directory: self-healing off, the config alone reloads.
         write(&cfg, &format!("runbooks: {{ dir: {} }}\n", dir.path().join("absent").display()));
         assert!(load_reloaded(Some(&cfg)).unwrap().runbooks.is_none());

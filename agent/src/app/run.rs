@@ -30,6 +30,10 @@ const EXPORT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 /// Options of `custos run` beyond the configuration.
 pub struct RunOptions {
     pub source: Source,
+    /// With a recording: let runbooks act on this host. Without it a replay
+    /// decides and audits as dry-run, whatever the configuration says: a
+    /// recorded crash must not restart the live unit of the same name.
+    pub act: bool,
     /// Print the per-service table this often (None: never).
     pub summary: Option<Duration>,
     /// Service integration: control socket path, and the logger whose level
@@ -41,6 +45,12 @@ pub struct RunOptions {
 pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     // One agent per state dir, before anything else is opened or bound.
     let _lock = crate::daemon::lock::acquire(&config.raw.agent.state_dir)?;
+    let descriptors = crate::daemon::raise_descriptor_limit();
+    tracing::debug!(descriptors, "Open descriptor limit.");
+    // The state directory holds command output and every process's argv.
+    if let Ok(Some(was)) = crate::fsutil::make_private(&config.raw.agent.state_dir) {
+        tracing::info!(dir = %config.raw.agent.state_dir.display(), mode = format!("{was:o}"), "Made the state directory private (0700).");
+    }
     // Service integration first, so that an early SIGTERM is not lost.
     let service = ServiceLink::start(&config, opts.daemon)?;
     let started = crate::sensor::start(&opts.source, &config).await?;
@@ -51,7 +61,19 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let exporter = crate::export::Exporter::start(&config, crate::export::HostInfo::detect(), agent_stats)?;
     pipeline.add_sink(Box::new(exporter.sink()));
     service.add_exporter_status(&config, exporter.stats().clone());
-    let runbooks = super::runbooks::start(&config, exporter.stats().clone())?;
+    // A unit the service manager does not know may be installed later:
+    // said loudly, not fatal (`validate` and `reload` refuse it).
+    if matches!(opts.source, Source::Kernel) {
+        let units = crate::service_manager::UnitLookup::new(crate::platform::service_manager());
+        for e in crate::config::check_units(&config, &units) {
+            tracing::error!(error = %e, "Configured unit not found; its service is watched once it exists.");
+        }
+    }
+    let replay_dry_run = matches!(opts.source, Source::Replay { .. }) && !opts.act;
+    if replay_dry_run {
+        tracing::info!("Replaying a recording: runbooks decide and audit as dry-run and change nothing on this host (--act to let them act).");
+    }
+    let runbooks = super::runbooks::start(&config, exporter.stats().clone(), replay_dry_run)?;
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink(exporter.stats().clone())));
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());
@@ -101,6 +123,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             engine,
             watchers: watchers.clone(),
             logging: service.logging(),
+            exporter: Some(exporter.reconfigurer()),
         },
     );
     let services = pipeline.configured_services();

@@ -89,7 +89,8 @@ impl Runbooks {
 
     /// Exports every audit record from now on as an OTLP log record
     /// (`custos.runbook.<kind>`), and the records the export could not keep
-    /// up with as `audit_export_dropped`.
+    /// up with as `audit_export_dropped`; and the records that could not be
+    /// written as `audit_write_failures`.
     pub fn export_audit(&self, logs: LogSender, stats: Arc<AgentStats>) {
         let rx = self.audit.subscribe(4096);
         let audit = self.audit.clone();
@@ -100,6 +101,7 @@ impl Runbooks {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
             AgentStats::set(&stats.audit_export_dropped, audit.dropped());
+            AgentStats::set(&stats.audit_write_failures, audit.write_failures());
         });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "Audit export thread could not start.");
@@ -158,27 +160,40 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(500);
 /// (bad files are logged, skipped, and shown by status), audit and state in
 /// `agent.state_dir`, the service manager's job watcher (what tells a stop
 /// asked of it from a crash). `None` when the runbooks directory does not
-/// exist.
-pub fn start(config: &LoadedConfig, stats: Arc<AgentStats>) -> Result<Option<Runbooks>, StartError> {
+/// exist. `dry_run` forces dry-run over the configuration (a replay without
+/// `--act`).
+pub fn start(
+    config: &LoadedConfig,
+    stats: Arc<AgentStats>,
+    dry_run: bool,
+) -> Result<Option<Runbooks>, StartError> {
     let dir = &config.raw.runbooks.dir;
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
         return Ok(None);
     }
-    let report = crate::runbook::load_paths(std::slice::from_ref(dir));
+    let manager = crate::platform::service_manager();
+    let mut report = crate::runbook::load_paths(std::slice::from_ref(dir));
+    crate::runbook::model::check_against(
+        &mut report,
+        config,
+        &crate::service_manager::UnitLookup::new(manager.clone()),
+    );
     for e in &report.errors {
         tracing::error!(error = %e, "Runbook skipped.");
     }
     let state_dir = &config.raw.agent.state_dir;
-    let audit = Arc::new(AuditLog::open(&state_dir.join("audit"), crate::audit::DEFAULT_MAX_FILE_BYTES)?);
+    let audit =
+        Arc::new(AuditLog::open_with(&state_dir.join("audit"), config.raw.runbooks.audit.retention())?);
     let services = service_infos(config);
     let manager = crate::platform::service_manager();
-    let mut opts = EngineOptions::new(state_dir);
-    opts.dry_run = config.raw.runbooks.dry_run;
+    let mut opts = EngineOptions::new(state_dir.to_path_buf());
+    opts.dry_run = config.raw.runbooks.dry_run || dry_run;
     opts.services = services;
     opts.stats = stats;
     opts.jobs = crate::platform::manager_jobs(&manager);
     let count = report.runbooks.len();
+    let opts_dry_run = opts.dry_run;
     let engine = Engine::new(report.runbooks, manager, audit.clone(), Arc::new(SystemClock), opts)?;
     engine.set_skipped(
         report
@@ -190,7 +205,7 @@ pub fn start(config: &LoadedConfig, stats: Arc<AgentStats>) -> Result<Option<Run
     tracing::info!(
         runbooks = count,
         errors = report.errors.len(),
-        dry_run = config.raw.runbooks.dry_run,
+        dry_run = opts_dry_run,
         "Runbooks loaded."
     );
     let (input, queue) = std::sync::mpsc::sync_channel(ENGINE_QUEUE);

@@ -66,11 +66,11 @@ impl ServiceLink {
         daemon.add_status_provider(Arc::new(live.clone()));
         let path = config.path.clone();
         let initial = Reloaded { config: config.clone(), runbooks: None };
-        let reloader = Arc::new(Reloader::new(
-            initial,
-            Arc::new(move || load_reloaded(path.as_deref())),
-            daemon.notifier(),
-        ));
+        let started = config.clone();
+        let reloader = Arc::new(
+            Reloader::new(initial, Arc::new(move || load_reloaded(path.as_deref())), daemon.notifier())
+                .with_notes(Arc::new(move |_, new| super::reload::restart_notes(&started, new))),
+        );
         daemon.set_reloader(reloader.clone());
         Ok(ServiceLink { daemon, live, reloader, logging: opts.logging })
     }

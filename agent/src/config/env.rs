@@ -44,7 +44,7 @@ pub fn apply_env(
                 (_, None) => err(&k, "is set but no OTLP endpoint is configured".into()),
                 _ => err(&k, format!("expected `grpc` or `http`, found `{v}`")),
             },
-            "CUSTOS_STATE_DIR" => c.agent.state_dir = PathBuf::from(v),
+            "CUSTOS_STATE_DIR" => c.agent.state_dir = Spanned::unlocated(PathBuf::from(v)),
             "CUSTOS_LISTEN" => c.agent.listen = Spanned::unlocated(v),
             "CUSTOS_LOG_LEVEL" => c.agent.log_level = Spanned::unlocated(v),
             "CUSTOS_LOG_FORMAT" => match v.as_str() {

@@ -3,6 +3,7 @@
 
 use super::env::apply_env;
 use super::schema::{Config, DEFAULT_CONFIG_PATH};
+use super::secret::SecretSource;
 use super::validate::{validate, LoadedConfig};
 use crate::yaml::{LocatedError, LocatedErrors};
 use std::path::{Path, PathBuf};
@@ -14,40 +15,36 @@ pub fn parse(text: &str, source: &str) -> Result<LoadedConfig, LocatedErrors> {
     validate(raw, source)
 }
 
-/// Refuses a file that could let someone other than root (or the agent's
-/// own user) make the agent run a command: group- or world-writable, or
-/// owned by another user.
-#[cfg(unix)]
-pub fn check_file_permissions(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = md.mode();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if md.uid() != 0 && md.uid() != euid {
-        return Err(format!(
-            "{} is owned by uid {}, not by root: refusing it because custos runs its commands as root (chown root {})",
-            path.display(),
-            md.uid(),
-            path.display()
-        ));
-    }
-    if mode & 0o022 != 0 {
-        return Err(format!(
-            "{} is group- or world-writable (mode {:o}): refusing it because custos runs its commands as root (chmod go-w {})",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        ));
-    }
-    Ok(())
+/// Largest configuration file read; real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a file that can make the agent run commands as root (the
+/// configuration, a runbook) the safe way (`fsutil::read_trusted`: no
+/// directory or file others could change, no FIFO or device, bounded) as
+/// UTF-8 text.
+pub fn read_trusted_text(path: &Path, what: &str) -> Result<String, String> {
+    let bytes = crate::fsutil::read_trusted(path, MAX_CONFIG_BYTES).map_err(|e| e.0)?;
+    String::from_utf8(bytes)
+        .map_err(|e| format!("the {what} is not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()))
 }
 
-#[cfg(not(unix))]
-pub fn check_file_permissions(_path: &Path) -> Result<(), String> {
-    // Windows: files under %ProgramData% inherit an ACL writable by
-    // administrators only; the installer sets it.
-    Ok(())
+/// Header values taken from the environment or files: each must be there
+/// now, not only when the first export needs it.
+fn check_secrets(c: &LoadedConfig, source: &str) -> Result<(), LocatedErrors> {
+    let mut p = crate::yaml::Problems::new(source);
+    for h in c.raw.exporter.otlp.iter().flat_map(|o| &o.headers) {
+        let found = match (&h.env, &h.file) {
+            (Some(var), _) => {
+                Some((var.referenced, super::secret::read_secret(SecretSource::Env(&var.value))))
+            }
+            (None, Some(f)) => Some((f.referenced, super::secret::read_secret(SecretSource::File(&f.value)))),
+            _ => None,
+        };
+        if let Some((at, Err(e))) = found {
+            p.at(at, format!("header `{}`: {e}", h.name.value));
+        }
+    }
+    p.finish(())
 }
 
 /// Reads the configuration: the given file, else the default path when it
@@ -61,9 +58,7 @@ pub fn load(path: Option<&Path>) -> Result<LoadedConfig, LocatedErrors> {
         Some(p) => {
             let source = p.display().to_string();
             let one = |message: String| LocatedErrors(vec![LocatedError::whole(&source, message)]);
-            let text =
-                std::fs::read_to_string(p).map_err(|e| one(format!("cannot read the configuration: {e}")))?;
-            check_file_permissions(p).map_err(one)?;
+            let text = read_trusted_text(p, "configuration").map_err(one)?;
             let mut c = parse(&text, &source)?;
             c.path = Some(p.clone());
             c
@@ -71,6 +66,9 @@ pub fn load(path: Option<&Path>) -> Result<LoadedConfig, LocatedErrors> {
         None => parse("", "embedded default")?,
     };
     apply_env(&mut loaded, std::env::vars())?;
+    let source =
+        chosen.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "embedded default".into());
+    check_secrets(&loaded, &source)?;
     Ok(loaded)
 }
 
@@ -90,6 +88,46 @@ mod tests {
         assert!(e.to_string().contains("world-writable"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load(Some(&f)).is_ok());
+        // A file of its own in a directory anyone can write to is no safer.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = load(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("directory") && e.contains("world-writable"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_at_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("custos.yaml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        let e = load(Some(&fifo)).unwrap_err().to_string();
+        assert!(e.contains("a FIFO") && t.elapsed() < std::time::Duration::from_secs(2), "{e}");
+        std::fs::remove_file(&fifo).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &fifo).unwrap();
+        let e = load(Some(&fifo)).unwrap_err().to_string();
+        assert!(e.contains("a device"), "{e}");
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load(Some(&fifo)).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn a_header_variable_missing_from_the_environment_is_found_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("custos.yaml");
+        std::fs::write(
+            &f,
+            "exporter:\n  otlp:\n    endpoint: \"http://127.0.0.1:4317\"\n    headers:\n      - { name: authorization, env: CUSTOS_TEST_NO_SUCH_TOKEN }\n",
+        )
+        .unwrap();
+        let e = load(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains(":5:") && e.contains("CUSTOS_TEST_NO_SUCH_TOKEN is not set"), "{e}");
     }
 
     #[test]

@@ -13,15 +13,19 @@
 //! detector crate's `BankConfig`, and the detector owns their meaning.
 
 mod env;
+mod host;
 mod load;
 mod schema;
+mod secret;
 mod units;
 mod validate;
 
 pub use crate::yaml::{LocatedError as ConfigError, LocatedErrors as ConfigErrors};
 pub use env::{apply_env, ENV_OVERRIDES};
-pub use load::{check_file_permissions, load, parse};
+pub use host::check_units;
+pub use load::{load, parse, read_trusted_text, MAX_CONFIG_BYTES};
 pub use schema::*;
+pub use secret::{read_secret, SecretSource};
 pub use units::{ByteSize, HumanDuration};
 pub use validate::{normalize_unit, LoadedConfig, Selector, ServiceSpec};
 // The detector owns what a sensitivity means; configuration only reads it.
@@ -32,7 +36,7 @@ use custos_detect::catalogue;
 use serde::Deserialize;
 
 /// Anomaly detection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectionConfig {
     pub enabled: bool,
@@ -43,9 +47,9 @@ pub struct DetectionConfig {
     /// Per-metric settings over the defaults.
     pub overrides: Vec<MetricOverride>,
     /// How far ahead a forecast toward a threshold fires.
-    pub forecast_horizon: HumanDuration,
+    pub forecast_horizon: Spanned<HumanDuration>,
     /// At most this many series are kept (about 10 KiB each).
-    pub max_series: usize,
+    pub max_series: Spanned<usize>,
 }
 
 impl Default for DetectionConfig {
@@ -58,8 +62,8 @@ impl Default for DetectionConfig {
             sensitivity: d.sensitivity,
             series: None,
             overrides: Vec::new(),
-            forecast_horizon: HumanDuration(d.forecast_horizon),
-            max_series: d.max_series,
+            forecast_horizon: Spanned::unlocated(HumanDuration(d.forecast_horizon)),
+            max_series: Spanned::unlocated(d.max_series),
         }
     }
 }
@@ -83,13 +87,13 @@ impl DetectionConfig {
                 })
                 .collect(),
             forecast_horizon: self.forecast_horizon.0,
-            max_series: self.max_series,
+            max_series: *self.max_series,
         }
     }
 }
 
 /// Settings for one metric, over `detection:`'s.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricOverride {
     /// A series of `custos_detect::catalogue::SERIES`, e.g. `custos.tcp.connect.duration`.
@@ -133,8 +137,20 @@ fn validate_detection(d: &DetectionConfig, p: &mut Problems<'_>) {
             p.at(o.metric.referenced, format!("`threshold` of `{}` must be a finite number", o.metric.value));
         }
     }
-    if d.max_series == 0 {
-        p.at(crate::yaml::Location::UNKNOWN, "`detection.max_series` must be at least 1");
+    p.within("detection.max_series", &d.max_series, 1, 1_000_000);
+    p.within(
+        "detection.forecast_horizon",
+        &d.forecast_horizon,
+        HumanDuration::default(),
+        HumanDuration::secs(30 * 24 * 3600),
+    );
+    for o in &d.overrides {
+        if o.warmup.is_some_and(|w| w > 1_000_000) {
+            p.at(
+                o.metric.referenced,
+                format!("`warmup` of `{}` expects 0 to 1000000 points", o.metric.value),
+            );
+        }
     }
 }
 

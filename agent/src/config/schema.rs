@@ -4,7 +4,7 @@
 //! must point at a line are `Spanned`.
 
 use super::{ByteSize, DetectionConfig, HumanDuration};
-use crate::yaml::Spanned;
+use crate::yaml::{Argv, Spanned};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -34,17 +34,17 @@ pub struct ExporterConfig {
     pub spool: SpoolConfig,
     pub files: FilesConfig,
     /// How often metrics are exported and pending logs flushed.
-    pub interval: HumanDuration,
+    pub interval: Spanned<HumanDuration>,
     /// Syscalls with their own series per service; the rest are folded into
     /// `other` so that cardinality stays bounded.
-    pub syscall_top_n: usize,
+    pub syscall_top_n: Spanned<usize>,
     /// Event log records (process start/exit, signals, OOM kills, failed
     /// connects) kept per service per window; the rest are counted as
     /// suppressed.
     pub log_rate_limit: LogRateLimit,
     /// Capacity of the queue of events waiting for aggregation; when it is
     /// full, events are dropped and counted.
-    pub queue_capacity: usize,
+    pub queue_capacity: Spanned<usize>,
 }
 
 impl Default for ExporterConfig {
@@ -53,10 +53,10 @@ impl Default for ExporterConfig {
             otlp: None,
             spool: SpoolConfig::default(),
             files: FilesConfig::default(),
-            interval: HumanDuration::secs(10),
-            syscall_top_n: 16,
+            interval: Spanned::unlocated(HumanDuration::secs(10)),
+            syscall_top_n: Spanned::unlocated(16),
             log_rate_limit: LogRateLimit::default(),
-            queue_capacity: 65_536,
+            queue_capacity: Spanned::unlocated(65_536),
         }
     }
 }
@@ -65,13 +65,13 @@ impl Default for ExporterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogRateLimit {
-    pub max: u32,
-    pub per: HumanDuration,
+    pub max: Spanned<u32>,
+    pub per: Spanned<HumanDuration>,
 }
 
 impl Default for LogRateLimit {
     fn default() -> Self {
-        LogRateLimit { max: 100, per: HumanDuration::secs(60) }
+        LogRateLimit { max: Spanned::unlocated(100), per: Spanned::unlocated(HumanDuration::secs(60)) }
     }
 }
 
@@ -129,7 +129,7 @@ pub struct OtlpConfig {
     pub compression: Compression,
     /// Deadline of one export request.
     #[serde(default = "default_otlp_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Spanned<HumanDuration>,
     #[serde(default)]
     pub headers: Vec<HeaderConfig>,
     #[serde(default)]
@@ -150,8 +150,8 @@ impl OtlpConfig {
     }
 }
 
-fn default_otlp_timeout() -> HumanDuration {
-    HumanDuration::secs(10)
+fn default_otlp_timeout() -> Spanned<HumanDuration> {
+    Spanned::unlocated(HumanDuration::secs(10))
 }
 
 /// The on-disk spool that holds telemetry while the collector is away.
@@ -160,12 +160,12 @@ fn default_otlp_timeout() -> HumanDuration {
 pub struct SpoolConfig {
     /// Default: `<state_dir>/spool`.
     pub dir: Option<PathBuf>,
-    pub max_bytes: ByteSize,
+    pub max_bytes: Spanned<ByteSize>,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        SpoolConfig { dir: None, max_bytes: ByteSize::mib(512) }
+        SpoolConfig { dir: None, max_bytes: Spanned::unlocated(ByteSize::mib(512)) }
     }
 }
 
@@ -176,14 +176,18 @@ pub struct FilesConfig {
     /// Default: `<state_dir>/otlp`.
     pub dir: Option<PathBuf>,
     /// Size at which a file is rotated.
-    pub max_file_bytes: ByteSize,
+    pub max_file_bytes: Spanned<ByteSize>,
     /// Rotated files kept; the oldest beyond this are deleted.
-    pub max_files: u32,
+    pub max_files: Spanned<u32>,
 }
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        FilesConfig { dir: None, max_file_bytes: ByteSize::mib(64), max_files: 8 }
+        FilesConfig {
+            dir: None,
+            max_file_bytes: Spanned::unlocated(ByteSize::mib(64)),
+            max_files: Spanned::unlocated(8),
+        }
     }
 }
 
@@ -201,7 +205,7 @@ pub struct ServiceEntry {
     /// `/kubepods.slice/...`): for services that systemd does not run.
     pub cgroup: Option<Spanned<String>>,
     pub discover: Option<Spanned<Discover>>,
-    pub health: Option<HealthConfig>,
+    pub health: Option<Spanned<HealthConfig>>,
 }
 
 /// What `discover:` manages.
@@ -224,28 +228,28 @@ pub struct HealthConfig {
     /// `host:port` to connect to.
     pub tcp: Option<Spanned<String>>,
     /// Command to run, argv form, no shell; healthy on exit code 0.
-    pub command: Option<Spanned<Vec<String>>>,
+    pub command: Option<Spanned<Argv<String>>>,
     #[serde(default = "default_probe_every")]
-    pub every: HumanDuration,
+    pub every: Spanned<HumanDuration>,
     #[serde(default = "default_probe_timeout")]
-    pub timeout: HumanDuration,
+    pub timeout: Spanned<HumanDuration>,
     /// Consecutive failures before the service counts as unhealthy.
     #[serde(default = "default_probe_failures")]
-    pub failures: u32,
+    pub failures: Spanned<u32>,
     /// HTTP only: the status that counts as healthy (default: any 2xx).
-    pub expect_status: Option<u16>,
+    pub expect_status: Option<Spanned<u16>>,
     /// HTTP only: a substring the body must contain.
     pub body_contains: Option<String>,
 }
 
-fn default_probe_every() -> HumanDuration {
-    HumanDuration::secs(10)
+fn default_probe_every() -> Spanned<HumanDuration> {
+    Spanned::unlocated(HumanDuration::secs(10))
 }
-fn default_probe_timeout() -> HumanDuration {
-    HumanDuration::secs(2)
+fn default_probe_timeout() -> Spanned<HumanDuration> {
+    Spanned::unlocated(HumanDuration::secs(2))
 }
-fn default_probe_failures() -> u32 {
-    3
+fn default_probe_failures() -> Spanned<u32> {
+    Spanned::unlocated(3)
 }
 
 /// Default of `sensors.syscall_latency_sample` (the eBPF sensor's own
@@ -255,7 +259,7 @@ pub const DEFAULT_SYSCALL_LATENCY_SAMPLE: u32 = 16;
 pub const MAX_SYSCALL_LATENCY_SAMPLE: u32 = 65_536;
 
 /// Which sensors run and how they are sized.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SensorsConfig {
     pub process: bool,
@@ -263,18 +267,18 @@ pub struct SensorsConfig {
     /// Per-cgroup syscall statistics aggregated in the kernel.
     pub syscalls: bool,
     /// How often syscall statistics are read out of the kernel.
-    pub syscall_interval: HumanDuration,
+    pub syscall_interval: Spanned<HumanDuration>,
     /// Time the calls that start in 1/N of the time (short windows at
     /// random times) for the latency percentiles; every call is still
     /// counted, errors too. 1 times every call, at about twice the cost per
     /// syscall on the observed services.
     pub syscall_latency_sample: Spanned<u32>,
     /// Size of the kernel ring buffer (a power of two, at least 4KiB).
-    pub ring_buffer: ByteSize,
+    pub ring_buffer: Spanned<ByteSize>,
     /// Capacity of the channel between the sensor and the pipeline.
-    pub channel_capacity: usize,
+    pub channel_capacity: Spanned<usize>,
     /// Arguments kept per process start; more are cut and flagged.
-    pub argv_max_args: u32,
+    pub argv_max_args: Spanned<u32>,
 }
 
 impl Default for SensorsConfig {
@@ -283,35 +287,74 @@ impl Default for SensorsConfig {
             process: true,
             tcp: true,
             syscalls: true,
-            syscall_interval: HumanDuration::secs(10),
+            syscall_interval: Spanned::unlocated(HumanDuration::secs(10)),
             syscall_latency_sample: Spanned::unlocated(DEFAULT_SYSCALL_LATENCY_SAMPLE),
-            ring_buffer: ByteSize::mib(8),
-            channel_capacity: 65_536,
-            argv_max_args: 32,
+            ring_buffer: Spanned::unlocated(ByteSize::mib(8)),
+            channel_capacity: Spanned::unlocated(65_536),
+            argv_max_args: Spanned::unlocated(32),
         }
     }
 }
 
 /// Where runbooks are and whether they act.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunbooksConfig {
     pub dir: PathBuf,
     /// Decide and audit, but change nothing on the host.
     pub dry_run: bool,
+    /// The audit log's size and retention (`<state_dir>/audit`).
+    pub audit: AuditConfig,
 }
 
 impl Default for RunbooksConfig {
     fn default() -> Self {
-        RunbooksConfig { dir: default_config_dir().join("runbooks"), dry_run: false }
+        RunbooksConfig {
+            dir: default_config_dir().join("runbooks"),
+            dry_run: false,
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+/// How much audit log is kept: its own budget, apart from the spool's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Size at which the current file is rotated.
+    pub max_file_bytes: Spanned<ByteSize>,
+    /// The whole log; beyond it the oldest rotated files are deleted.
+    pub max_bytes: Spanned<ByteSize>,
+    /// Rotated files older than this are deleted (`0`: kept until `max_bytes`).
+    pub max_age: Spanned<HumanDuration>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_file_bytes: Spanned::unlocated(ByteSize::mib(16)),
+            max_bytes: Spanned::unlocated(ByteSize::mib(256)),
+            max_age: Spanned::unlocated(HumanDuration::default()),
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The audit log's retention.
+    pub fn retention(&self) -> crate::audit::Retention {
+        crate::audit::Retention {
+            max_file_bytes: self.max_file_bytes.0,
+            max_total_bytes: self.max_bytes.0,
+            max_age: (!self.max_age.0.is_zero()).then_some(self.max_age.0),
+        }
     }
 }
 
 /// The agent itself.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
-    pub state_dir: PathBuf,
+    pub state_dir: Spanned<PathBuf>,
     /// Address of the HTTP endpoint (`/metrics`, `/healthz`); loopback by default.
     pub listen: Spanned<String>,
     pub log_level: Spanned<String>,
@@ -323,7 +366,7 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            state_dir: default_state_dir(),
+            state_dir: Spanned::unlocated(default_state_dir()),
             listen: Spanned::unlocated("127.0.0.1:9464".to_string()),
             log_level: Spanned::unlocated("info".to_string()),
             log_format: LogFormat::Text,
@@ -334,7 +377,7 @@ impl Default for AgentConfig {
 
 /// custos as a Windows service: its name in the SCM, what the SCM does when
 /// custos fails, and the name of its ETW sessions.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WindowsAgentConfig {
     /// Name of the custos service in the SCM (and of its Event Log source).
@@ -343,7 +386,7 @@ pub struct WindowsAgentConfig {
     /// last run the last one (like `sc failure`).
     pub recovery: Spanned<Vec<RecoveryAction>>,
     /// The failure count is reset after this long without a failure.
-    pub reset_after: HumanDuration,
+    pub reset_after: Spanned<HumanDuration>,
     /// Also recover when custos stops with an error, not only when it crashes.
     pub recover_on_error_exit: bool,
     /// Base name of the ETW sessions (`<name>` and `<name>-kernel`).
@@ -359,7 +402,7 @@ impl Default for WindowsAgentConfig {
                 RecoveryAction::Restart(HumanDuration::secs(60)),
                 RecoveryAction::None,
             ]),
-            reset_after: HumanDuration::secs(24 * 3600),
+            reset_after: Spanned::unlocated(HumanDuration::secs(24 * 3600)),
             recover_on_error_exit: true,
             etw_session: Spanned::unlocated("custos-sensor".to_string()),
         }

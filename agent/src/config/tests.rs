@@ -9,8 +9,8 @@ fn empty_file_is_the_embedded_default() {
     let c = parse("", "x").unwrap();
     assert!(c.manages_everything());
     assert!(c.raw.exporter.otlp.is_none());
-    assert_eq!(c.raw.agent.state_dir, default_state_dir());
-    assert_eq!(c.raw.exporter.spool.max_bytes, ByteSize::mib(512));
+    assert_eq!(c.raw.agent.state_dir.value, default_state_dir());
+    assert_eq!(c.raw.exporter.spool.max_bytes.value, ByteSize::mib(512));
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn windows_service_defaults_restart_twice_then_nothing() {
             RecoveryAction::None
         ]
     );
-    assert_eq!(w.reset_after, HumanDuration::secs(86_400));
+    assert_eq!(w.reset_after.value, HumanDuration::secs(86_400));
     assert!(w.recover_on_error_exit);
     assert_eq!(w.etw_session.value, "custos-sensor");
 }
@@ -143,7 +143,7 @@ fn windows_recovery_actions_parse() {
             RecoveryAction::None
         ]
     );
-    assert_eq!(w.reset_after, HumanDuration::secs(3600));
+    assert_eq!(w.reset_after.value, HumanDuration::secs(3600));
     assert!(!w.recover_on_error_exit);
     let empty = parse("agent:\n  windows:\n    recovery: []\n", "x").unwrap();
     assert!(empty.raw.agent.windows.recovery.value.is_empty());
@@ -199,7 +199,7 @@ exporter:
     assert_eq!(o.timeout.0.as_secs(), 3);
     assert_eq!(o.headers.len(), 3);
     assert_eq!(c.raw.exporter.interval.0.as_secs(), 5);
-    assert_eq!(c.raw.exporter.log_rate_limit.max, 20);
+    assert_eq!(*c.raw.exporter.log_rate_limit.max, 20);
     let d = parse("exporter:\n  otlp: { endpoint: \"http://127.0.0.1:4317\" }\n", "x").unwrap();
     let o = d.raw.exporter.otlp.as_ref().unwrap();
     assert_eq!((o.compression, o.timeout.0.as_secs()), (Compression::Gzip, 10));
@@ -229,8 +229,68 @@ exporter:
     assert_eq!(e[0].line, 2, "{e:?}");
     let e = errors("exporter:\n  interval: 1ms\n  spool: { max_bytes: 1KiB }\n");
     let all = e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
-    assert!(all.contains("`exporter.interval` must be at least 100ms"), "{all}");
-    assert!(all.contains("`exporter.spool.max_bytes` must be at least 64KiB"), "{all}");
+    assert!(all.contains("custos.yaml:2:13: `exporter.interval` expects 100ms to 1h, found 1ms"), "{all}");
+    assert!(all.contains("custos.yaml:3:23: `exporter.spool.max_bytes` expects 64KiB"), "{all}");
+}
+
+#[test]
+fn values_that_would_crash_or_silently_break_the_agent_are_refused_at_their_line() {
+    let text = "exporter:
+  queue_capacity: 18446744073709551615
+  interval: 500000000000y
+  log_rate_limit: { per: 0s }
+  files: { max_files: 0 }
+sensors:
+  channel_capacity: 18446744073709551615
+  ring_buffer: 1TiB
+  syscall_interval: 0s
+  argv_max_args: 100000
+services:
+  - name: api
+    systemd_unit: api
+    health: { tcp: \"127.0.0.1:1\", every: 0s, failures: 0 }
+  - name: db
+    systemd_unit: db
+    health: { every: 5s }
+agent:
+  log_level: inof
+  state_dir: relative/state
+detection: { max_series: 0 }
+runbooks:
+  audit: { max_bytes: 1KiB }
+";
+    let e = errors(text);
+    let all = e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n");
+    for (line, what) in [
+        (2, "`exporter.queue_capacity` expects 1 to 1048576"),
+        (3, "`exporter.interval` expects 100ms to 1h"),
+        (4, "`exporter.log_rate_limit.per` expects 1s"),
+        (5, "`exporter.files.max_files` expects 1"),
+        (7, "`sensors.channel_capacity` expects 1 to 1048576"),
+        (8, "`sensors.ring_buffer` expects 4KiB to 1GiB, found 1024GiB"),
+        (9, "`sensors.syscall_interval` expects 100ms"),
+        (10, "`sensors.argv_max_args` expects 1 to 1024"),
+        (14, "`health.every` expects 100ms"),
+        (14, "`health.failures` expects 1 to 1000"),
+        (17, "`health` needs one of `http`, `tcp` or `command`"),
+        (19, "`agent.log_level` expects error, warn, info, debug, trace or off"),
+        (20, "`agent.state_dir` expects an absolute path"),
+        (21, "`detection.max_series` expects 1 to 1000000"),
+        (23, "`runbooks.audit.max_bytes` expects 16MiB"),
+    ] {
+        assert!(
+            e.iter().any(|x| x.line == line && x.column > 0 && x.message.starts_with(what)),
+            "no error `{what}` at line {line}:\n{all}"
+        );
+    }
+    assert!(e.iter().all(|x| x.line > 0 && x.column > 0), "every problem is located:\n{all}");
+    // Levels, alone or per target, are what tracing knows.
+    for ok in ["info", "DEBUG", "warn,custos::export=trace", "off"] {
+        assert!(parse(&format!("agent: {{ log_level: \"{ok}\" }}\n"), "x").is_ok(), "{ok}");
+    }
+    for bad in ["inof", "info,custos=verbose", ""] {
+        assert!(parse(&format!("agent: {{ log_level: \"{bad}\" }}\n"), "x").is_err(), "{bad}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use super::schema::{
     Config, Discover, HealthConfig, OtlpConfig, RecoveryAction, WindowsAgentConfig,
     MAX_SYSCALL_LATENCY_SAMPLE,
 };
+use super::{ByteSize, HumanDuration};
 use crate::yaml::{LocatedErrors, Location, Problems, Spanned};
 use std::path::PathBuf;
 
@@ -160,7 +161,11 @@ pub(super) fn validate(raw: Config, source: &str) -> Result<LoadedConfig, Locate
         if let Some(h) = &entry.health {
             validate_health(h, &mut p);
         }
-        services.push(ServiceSpec { name: name.value.clone(), selector, health: entry.health.clone() });
+        services.push(ServiceSpec {
+            name: name.value.clone(),
+            selector,
+            health: entry.health.as_ref().map(|h| h.value.clone()),
+        });
     }
 
     if let Some(otlp) = &raw.exporter.otlp {
@@ -174,29 +179,22 @@ pub(super) fn validate(raw: Config, source: &str) -> Result<LoadedConfig, Locate
         validate_otlp(otlp, &mut p);
     }
     let ex = &raw.exporter;
-    if ex.interval.0 < std::time::Duration::from_millis(100) {
-        p.at(Location::UNKNOWN, format!("`exporter.interval` must be at least 100ms, found {}", ex.interval));
-    }
-    if ex.log_rate_limit.per.0.is_zero() {
-        p.at(Location::UNKNOWN, "`exporter.log_rate_limit.per` must be longer than 0s");
-    }
-    if ex.queue_capacity == 0 {
-        p.at(Location::UNKNOWN, "`exporter.queue_capacity` must be at least 1");
-    }
-    if ex.spool.max_bytes.0 < 64 * 1024 {
+    let d = HumanDuration::millis;
+    let secs = HumanDuration::secs;
+    p.within("exporter.interval", &ex.interval, d(100), secs(3600));
+    p.within("exporter.syscall_top_n", &ex.syscall_top_n, 0, 512);
+    p.within("exporter.log_rate_limit.max", &ex.log_rate_limit.max, 0, 1_000_000);
+    p.within("exporter.log_rate_limit.per", &ex.log_rate_limit.per, secs(1), secs(24 * 3600));
+    p.within("exporter.queue_capacity", &ex.queue_capacity, 1, MAX_QUEUE);
+    p.within("exporter.spool.max_bytes", &ex.spool.max_bytes, ByteSize(64 << 10), ByteSize(1 << 40));
+    p.within("exporter.files.max_file_bytes", &ex.files.max_file_bytes, ByteSize(4 << 10), ByteSize(4 << 30));
+    p.within("exporter.files.max_files", &ex.files.max_files, 1, 10_000);
+    let state_dir = &raw.agent.state_dir;
+    if !state_dir.value.is_absolute() {
         p.at(
-            Location::UNKNOWN,
-            format!(
-                "`exporter.spool.max_bytes` must be at least 64KiB, found {} bytes",
-                ex.spool.max_bytes.0
-            ),
+            state_dir.referenced,
+            format!("`agent.state_dir` expects an absolute path, found `{}`", state_dir.value.display()),
         );
-    }
-    if ex.files.max_files == 0 {
-        p.at(Location::UNKNOWN, "`exporter.files.max_files` must be at least 1");
-    }
-    if !raw.agent.state_dir.is_absolute() {
-        p.at(Location::UNKNOWN, "`agent.state_dir` must be an absolute path");
     }
     if raw.agent.listen.value.parse::<std::net::SocketAddr>().is_err() {
         p.at(
@@ -207,22 +205,23 @@ pub(super) fn validate(raw: Config, source: &str) -> Result<LoadedConfig, Locate
             ),
         );
     }
-    if tracing_subscriber::EnvFilter::try_new(&raw.agent.log_level.value).is_err() {
+    if let Err(e) = check_log_level(&raw.agent.log_level.value) {
+        p.at(raw.agent.log_level.referenced, e);
+    }
+    let s = &raw.sensors;
+    let rb = s.ring_buffer.0;
+    if !rb.is_power_of_two() {
         p.at(
-            raw.agent.log_level.referenced,
-            format!(
-                "`agent.log_level` expects error, warn, info, debug or trace, found `{}`",
-                raw.agent.log_level.value
-            ),
+            s.ring_buffer.referenced,
+            format!("`sensors.ring_buffer` must be a power of two such as 8MiB, found {rb} bytes"),
         );
     }
-    let rb = raw.sensors.ring_buffer.0;
-    if rb < 4096 || !rb.is_power_of_two() {
-        p.at(
-            Location::UNKNOWN,
-            format!("`sensors.ring_buffer` must be a power of two of at least 4KiB, found {rb} bytes"),
-        );
-    }
+    // The kernel's own ceiling is far above what a ring buffer needs: the
+    // memory is pinned kernel memory, so the limit is the sane one.
+    p.within("sensors.ring_buffer", &s.ring_buffer, ByteSize(4 << 10), ByteSize(MAX_RING_BUFFER));
+    p.within("sensors.syscall_interval", &s.syscall_interval, d(100), secs(3600));
+    p.within("sensors.channel_capacity", &s.channel_capacity, 1, MAX_QUEUE);
+    p.within("sensors.argv_max_args", &s.argv_max_args, 1, 1024);
     let sample = &raw.sensors.syscall_latency_sample;
     if !(1..=MAX_SYSCALL_LATENCY_SAMPLE).contains(&sample.value) {
         p.at(
@@ -234,13 +233,37 @@ pub(super) fn validate(raw: Config, source: &str) -> Result<LoadedConfig, Locate
         );
     }
     validate_windows(&raw.agent.windows, &mut p);
-    if raw.sensors.channel_capacity == 0 {
-        p.at(Location::UNKNOWN, "`sensors.channel_capacity` must be at least 1");
-    }
+    let audit = &raw.runbooks.audit;
+    p.within("runbooks.audit.max_file_bytes", &audit.max_file_bytes, ByteSize(64 << 10), ByteSize(1 << 30));
+    p.within("runbooks.audit.max_bytes", &audit.max_bytes, audit.max_file_bytes.value, ByteSize(1 << 40));
+    p.within("runbooks.audit.max_age", &audit.max_age, HumanDuration::default(), secs(100 * 365 * 24 * 3600));
 
     super::validate_detection(&raw.detection, &mut p);
 
     p.finish(LoadedConfig { raw, services, discover, path: None })
+}
+
+/// Largest event queue: about 200 bytes an event, so 256 MiB at most.
+const MAX_QUEUE: usize = 1 << 20;
+/// Largest kernel ring buffer: pinned kernel memory.
+const MAX_RING_BUFFER: u64 = 1 << 30;
+
+/// The levels `agent.log_level` takes, alone or per target
+/// (`info,custos::export=debug`). A filter that parses is not enough: an
+/// unknown word is a target name to tracing, and `inof` would silence
+/// every log line.
+fn check_log_level(value: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bad = value.split(',').map(str::trim).find(|d| {
+        let level = d.rsplit_once('=').map(|(_, l)| l).unwrap_or(d);
+        !LEVELS.contains(&level.to_ascii_lowercase().as_str())
+    });
+    match bad {
+        None if tracing_subscriber::EnvFilter::try_new(value).is_ok() => Ok(()),
+        _ => Err(format!(
+            "`agent.log_level` expects error, warn, info, debug, trace or off (or `target=level` pairs such as `info,custos::export=debug`), found `{value}`"
+        )),
+    }
 }
 
 /// Longest SCM delay: the SCM takes milliseconds in a `u32`.
@@ -270,7 +293,7 @@ fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
     }
     if w.reset_after.0.as_secs() >= u64::from(u32::MAX) {
         p.at(
-            Location::UNKNOWN,
+            w.reset_after.referenced,
             format!(
                 "`agent.windows.reset_after` ({}) exceeds the SCM's limit of about 136 years",
                 w.reset_after
@@ -280,9 +303,7 @@ fn validate_windows(w: &WindowsAgentConfig, p: &mut Problems<'_>) {
 }
 
 fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
-    if otlp.timeout.0.is_zero() {
-        p.at(Location::UNKNOWN, "`exporter.otlp.timeout` must be longer than 0s");
-    }
+    p.within("exporter.otlp.timeout", &otlp.timeout, HumanDuration::millis(1), HumanDuration::secs(300));
     for h in &otlp.headers {
         let name = &h.name.value;
         let valid_name = !name.is_empty()
@@ -324,7 +345,8 @@ fn validate_otlp(otlp: &OtlpConfig, p: &mut Problems<'_>) {
     }
 }
 
-fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
+fn validate_health(health: &Spanned<HealthConfig>, p: &mut Problems<'_>) {
+    let h = &health.value;
     let kinds = [
         h.http.as_ref().map(|s| s.referenced),
         h.tcp.as_ref().map(|s| s.referenced),
@@ -332,7 +354,7 @@ fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
     ];
     let set: Vec<_> = kinds.iter().flatten().collect();
     if set.is_empty() {
-        p.at(Location::UNKNOWN, "`health` needs one of `http`, `tcp` or `command`");
+        p.at(health.referenced, "`health` needs one of `http`, `tcp` or `command`");
     } else if set.len() > 1 {
         p.at(*set[1], "`health` takes one probe: `http`, `tcp` or `command`");
     }
@@ -360,14 +382,17 @@ fn validate_health(h: &HealthConfig, p: &mut Problems<'_>) {
             );
         }
     }
-    if h.timeout.0 > h.every.0 {
-        p.at(
-            Location::UNKNOWN,
-            format!("`health.timeout` ({}) must not exceed `health.every` ({})", h.timeout, h.every),
-        );
+    p.within("health.every", &h.every, HumanDuration::millis(100), HumanDuration::secs(24 * 3600));
+    p.within("health.timeout", &h.timeout, HumanDuration::millis(1), HumanDuration::secs(300));
+    if h.timeout.value > h.every.value {
+        // Where the one written is: a default has no place.
+        let at =
+            if h.timeout.referenced == Location::UNKNOWN { h.every.referenced } else { h.timeout.referenced };
+        p.at(at, format!("`health.timeout` ({}) must not exceed `health.every` ({})", h.timeout, h.every));
     }
-    if h.failures == 0 {
-        p.at(Location::UNKNOWN, "`health.failures` must be at least 1");
+    p.within("health.failures", &h.failures, 1, 1000);
+    if let Some(s) = &h.expect_status {
+        p.within("health.expect_status", s, 100, 599);
     }
 }
 

@@ -115,11 +115,14 @@ fn failure(answer: Result<Response, ClientError>, json: bool) -> ExitCode {
 pub fn reload(socket: Option<&Path>) -> ExitCode {
     let path = control::socket_path(socket);
     match control::request(&path, &Request::Reload, Duration::from_secs(60)) {
-        Ok(Response::Reloaded { ok: true, .. }) => {
+        Ok(Response::Reloaded { ok: true, notes, .. }) => {
             println!("reloaded");
+            for n in notes {
+                println!("note: {}", crate::terminal::printable(&n));
+            }
             ExitCode::SUCCESS
         }
-        Ok(Response::Reloaded { ok: false, error }) => {
+        Ok(Response::Reloaded { ok: false, error, .. }) => {
             eprintln!(
                 "custos: reload rejected, the previous configuration stays:\n{}",
                 error.unwrap_or_default()

@@ -57,9 +57,13 @@ pub enum Response {
     Status {
         status: Box<StatusSnapshot>,
     },
+    /// `notes`: what the reload could not apply at once (settings that
+    /// take effect at the next restart), by key.
     Reloaded {
         ok: bool,
         error: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     },
     /// `until`: seconds since the Unix epoch; `None` until `resume`.
     Paused {
@@ -125,6 +129,8 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Response
 
 /// Longest request line accepted; requests are tiny.
 const MAX_REQUEST: usize = 64 * 1024;
+/// Control connections served at once; beyond, a new one is closed.
+pub const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// A bound control socket, removed again when dropped.
 #[cfg(unix)]
@@ -181,7 +187,9 @@ impl ControlServer {
     }
 
     /// Serves connections until the task is aborted or dropped.
+    /// At most [`MAX_CONTROL_CONNECTIONS`] at once.
     pub async fn serve<H: ControlHandler>(self, handler: Arc<H>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -191,8 +199,13 @@ impl ControlServer {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("Control connection refused: too many at once.");
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 if let Err(e) = serve_one(stream, handler).await {
                     tracing::debug!(error = %e, "Control connection ended with an error.");
                 }
@@ -261,7 +274,9 @@ mod tests {
                 Request::Status => Response::Status {
                     status: Box::new(StatusSnapshot { version: "t".into(), pid: 7, ..Default::default() }),
                 },
-                Request::Reload => Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()) },
+                Request::Reload => {
+                    Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()), notes: vec![] }
+                }
                 Request::Pause { service, for_secs } => {
                     Response::Paused { service, until: for_secs.map(|s| 1_700_000_000 + s) }
                 }
@@ -275,7 +290,7 @@ mod tests {
     fn request_and_response_json_shapes() {
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"reload"}"#).unwrap(), Request::Reload);
-        let r = Response::Reloaded { ok: true, error: None };
+        let r = Response::Reloaded { ok: true, error: None, notes: vec![] };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"result":"reloaded","ok":true,"error":null}"#);
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"cmd":"pause","service":"api","for_secs":600}"#).unwrap(),
@@ -319,7 +334,10 @@ mod tests {
             Response::Status { status } => assert_eq!((status.version.as_str(), status.pid), ("t", 7)),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(reload.unwrap(), Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()) });
+        assert_eq!(
+            reload.unwrap(),
+            Response::Reloaded { ok: false, error: Some("x:1:2: bad".into()), notes: vec![] }
+        );
         assert_eq!(ping.unwrap(), Response::Pong { version: "t".into() });
 
         // A second agent must not steal the socket of a live one.

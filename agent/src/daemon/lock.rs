@@ -30,7 +30,7 @@ pub struct StateLock {
 }
 
 fn open(dir: &Path) -> std::io::Result<File> {
-    std::fs::create_dir_all(dir)?;
+    crate::fsutil::create_private_dir(dir)?;
     let mut o = OpenOptions::new();
     o.read(true).write(true).create(true).truncate(false);
     #[cfg(unix)]

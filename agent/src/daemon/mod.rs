@@ -47,6 +47,42 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Descriptors the agent asks for: the spool, the audit log, the BPF maps,
+/// D-Bus, probes and the capped listeners fit well inside, with room for a
+/// burst (systemd's default soft limit of 1024 is close to what a busy
+/// agent holds).
+pub const DESCRIPTOR_BUDGET: u64 = 65_536;
+
+/// Raises the soft limit on open descriptors to [`DESCRIPTOR_BUDGET`]
+/// (never above the hard limit, never lowering it) and returns the limit
+/// in effect. The listeners are capped well below it, so that no local
+/// user can exhaust it through them.
+#[cfg(unix)]
+// `rlim_t` is u64 on Linux, not on every Unix.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_descriptor_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    let want = DESCRIPTOR_BUDGET.min(lim.rlim_max as u64);
+    if (lim.rlim_cur as u64) < want {
+        let raised = libc::rlimit { rlim_cur: want as libc::rlim_t, rlim_max: lim.rlim_max };
+        // SAFETY: as above; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return want;
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+/// Windows has no per-process descriptor limit of this kind.
+#[cfg(not(unix))]
+pub fn raise_descriptor_limit() -> u64 {
+    0
+}
+
 /// `WatchdogSec=` written into the unit: keep-alives go every half of it.
 pub const WATCHDOG_SEC: Duration = Duration::from_secs(30);
 
@@ -65,12 +101,13 @@ pub trait Maintenance: Send + Sync + 'static {
 
 /// Something that can reload; implemented by [`Reloader`].
 pub trait Reload: Send + Sync + 'static {
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    /// `Ok` carries what the reload could not apply at once.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>>;
     fn last(&self) -> Option<ReloadRecord>;
 }
 
 impl<T: Send + Sync + 'static> Reload for Reloader<T> {
-    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn reload(&self) -> Pin<Box<dyn Future<Output = Result<Vec<String>, String>> + Send + '_>> {
         Box::pin(Reloader::reload(self))
     }
     fn last(&self) -> Option<ReloadRecord> {
@@ -162,7 +199,7 @@ impl Shared {
         s
     }
 
-    async fn reload(&self) -> Result<(), String> {
+    async fn reload(&self) -> Result<Vec<String>, String> {
         let reloader = self.reloader.lock().ok().and_then(|g| g.clone());
         let Some(r) = reloader else {
             return Err("the agent is not ready to reload yet".into());
@@ -189,8 +226,8 @@ impl ControlHandler for Handler {
             Request::Ping => Response::Pong { version: env!("CARGO_PKG_VERSION").to_string() },
             Request::Status => Response::Status { status: Box::new(self.0.snapshot()) },
             Request::Reload => match self.0.reload().await {
-                Ok(()) => Response::Reloaded { ok: true, error: None },
-                Err(e) => Response::Reloaded { ok: false, error: Some(e) },
+                Ok(notes) => Response::Reloaded { ok: true, error: None, notes },
+                Err(e) => Response::Reloaded { ok: false, error: Some(e), notes: vec![] },
             },
             Request::Pause { .. } | Request::Resume { .. } | Request::Actions { .. } => {
                 let m = self.0.maintenance.lock().ok().and_then(|g| g.clone());
@@ -419,8 +456,8 @@ impl Daemon {
         self.shared.snapshot()
     }
 
-    /// Triggers a reload as SIGHUP would.
-    pub async fn reload(&self) -> Result<(), String> {
+    /// Triggers a reload as SIGHUP would; `Ok` says what needs a restart.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
         self.shared.reload().await
     }
 }
@@ -504,7 +541,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(ok, Response::Reloaded { ok: true, error: None });
+        assert_eq!(ok, Response::Reloaded { ok: true, error: None, notes: vec![] });
         assert_eq!(*reloader.current(), 1);
         let Response::Status { status } = status else { panic!("{status:?}") };
         assert_eq!(status.state, AgentState::Running);

@@ -12,10 +12,15 @@ use tokio::sync::watch;
 /// the file, line and column of each problem.
 pub type Loader<T> = Arc<dyn Fn() -> Result<T, String> + Send + Sync>;
 
+/// What a reload from the first value to the second cannot apply while the
+/// agent runs, one sentence each (shown in the reload's answer and logged).
+pub type Notes<T> = Arc<dyn Fn(&T, &T) -> Vec<String> + Send + Sync>;
+
 /// Holds the current value and swaps it on a successful reload.
 pub struct Reloader<T> {
     tx: watch::Sender<Arc<T>>,
     load: Loader<T>,
+    notes: Option<Notes<T>>,
     notifier: Notifier,
     last: Mutex<Option<ReloadRecord>>,
     // One reload at a time: a SIGHUP during a control-socket reload waits.
@@ -25,7 +30,20 @@ pub struct Reloader<T> {
 impl<T: Send + Sync + 'static> Reloader<T> {
     pub fn new(initial: T, load: Loader<T>, notifier: Notifier) -> Reloader<T> {
         let (tx, _) = watch::channel(Arc::new(initial));
-        Reloader { tx, load, notifier, last: Mutex::new(None), running: tokio::sync::Mutex::new(()) }
+        Reloader {
+            tx,
+            load,
+            notes: None,
+            notifier,
+            last: Mutex::new(None),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Says, at each successful reload, what it cannot apply at once.
+    pub fn with_notes(mut self, notes: Notes<T>) -> Self {
+        self.notes = Some(notes);
+        self
     }
 
     /// The current value; `changed()` wakes on each successful reload.
@@ -44,7 +62,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
 
     /// Loads and swaps, telling systemd `RELOADING=1` then `READY=1` (the
     /// service is ready again either way: with the new value or the old one).
-    pub async fn reload(&self) -> Result<(), String> {
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
         let _one = self.running.lock().await;
         self.notifier.notify_logged(&[
             NotifyState::Reloading { monotonic_usec: monotonic_usec() },
@@ -57,16 +75,21 @@ impl<T: Send + Sync + 'static> Reloader<T> {
             .unwrap_or_else(|e| Err(format!("configuration loader panicked: {e}")));
         let record = match outcome {
             Ok(value) => {
+                let notes = self.notes.as_ref().map(|n| n(&self.current(), &value)).unwrap_or_default();
                 self.tx.send_replace(Arc::new(value));
                 tracing::info!("Reloaded the configuration.");
-                ReloadRecord { at: unix_now(), ok: true, error: None }
+                for n in &notes {
+                    tracing::warn!(note = %n, "Part of the reloaded configuration needs a restart.");
+                }
+                ReloadRecord { at: unix_now(), ok: true, error: None, notes }
             }
             Err(e) => {
                 tracing::error!(error = %e, "Rejected the new configuration; the current one stays in effect.");
-                ReloadRecord { at: unix_now(), ok: false, error: Some(e) }
+                ReloadRecord { at: unix_now(), ok: false, error: Some(e), notes: Vec::new() }
             }
         };
-        let result = if record.ok { Ok(()) } else { Err(record.error.clone().unwrap_or_default()) };
+        let result =
+            if record.ok { Ok(record.notes.clone()) } else { Err(record.error.clone().unwrap_or_default()) };
         if let Ok(mut g) = self.last.lock() {
             *g = Some(record);
         }

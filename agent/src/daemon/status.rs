@@ -217,6 +217,9 @@ pub struct ReloadRecord {
     pub at: u64,
     pub ok: bool,
     pub error: Option<String>,
+    /// What it could not apply at once (settings that need a restart).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Fills the pipeline's part of a status snapshot. Called on the control
@@ -296,6 +299,9 @@ impl StatusSnapshot {
             match (&r.ok, &r.error) {
                 (true, _) => {
                     let _ = writeln!(o, "  reload     ok at {}", fmt_time(r.at));
+                    for n in &r.notes {
+                        let _ = writeln!(o, "             {n}");
+                    }
                 }
                 (false, e) => {
                     let _ = writeln!(
@@ -510,6 +516,7 @@ mod tests {
                 at: 1_700_002_000,
                 ok: false,
                 error: Some("/etc/custos/custos.yaml:3:5: unknown field `bogus`".into()),
+                notes: vec![],
             }),
         }
     }

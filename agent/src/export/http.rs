@@ -1,4 +1,9 @@
 //! `GET /metrics` (Prometheus text) and `GET /healthz` on `agent.listen`.
+//!
+//! Any local user can connect, so connections are capped (beyond
+//! [`MAX_CONNECTIONS`] a new one is closed at once and counted) and each
+//! lives at most [`CONNECTION_LIFETIME`]: a user holding a thousand
+//! connections takes neither the agent's descriptors nor its memory.
 
 use super::stats::{prometheus_text, AgentStats};
 use bytes::Bytes;
@@ -57,6 +62,11 @@ async fn handle(
     })
 }
 
+/// Connections served at once; scrapers need one or two.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest a connection is kept, idle or not.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Binds `addr` and serves until the returned task is aborted. Must be
 /// called from within a Tokio runtime.
 pub fn serve(
@@ -70,6 +80,7 @@ pub fn serve(
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let local = listener.local_addr()?;
     let version: Arc<str> = version.into();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -80,8 +91,16 @@ pub fn serve(
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closed at once: the kernel's backlog, not our descriptors,
+                // holds whoever waits.
+                drop(stream);
+                AgentStats::add(&stats.http_connections_refused, 1);
+                continue;
+            };
             let (stats, health, version) = (stats.clone(), health.clone(), version.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     handle(req, stats.clone(), health.clone(), version.clone())
                 });
@@ -90,9 +109,73 @@ pub fn serve(
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(io, svc);
-                let _ = conn.await;
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
             });
         }
     });
     Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_cap_are_closed_and_counted() {
+        let stats = Arc::new(AgentStats::default());
+        let health = Arc::new(Health::default());
+        health.exporter_running.store(true, Ordering::Relaxed);
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), stats.clone(), health, "t".into()).unwrap();
+        // A local user opens many connections and says nothing.
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS + 100 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while stats.snapshot().http_connections_refused < 100 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.snapshot().http_connections_refused, 100);
+        // The refused ones were closed by the agent: reading gives EOF.
+        let mut closed = 0;
+        for s in held.iter_mut().rev().take(100) {
+            let mut b = [0u8; 1];
+            if matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(1), s.read(&mut b)).await,
+                Ok(Ok(0))
+            ) {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 100);
+        drop(held);
+        // Once they are gone, scrapes are served again.
+        let mut answer = String::new();
+        for _ in 0..50 {
+            answer = get(addr, "/metrics").await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // (A scrape that raced the release of the slots was refused too.)
+        let refused: u64 = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("custos_http_connections_refused_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{answer}"));
+        assert!(refused >= 100, "{answer}");
+        task.abort();
+    }
 }

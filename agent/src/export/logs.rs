@@ -191,6 +191,12 @@ impl RateLimiter {
         RateLimiter { max, per, windows: HashMap::new() }
     }
 
+    /// New limits (a reload); windows already open keep their counts.
+    pub fn set_limits(&mut self, max: u32, per: Duration) {
+        self.max = max;
+        self.per = per;
+    }
+
     /// The length of a window.
     pub fn window(&self) -> Duration {
         self.per

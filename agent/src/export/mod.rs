@@ -41,7 +41,7 @@ pub use spool::{Batch, BatchKind, Spool, SpoolError};
 pub use stats::{AgentStats, StatsSnapshot};
 pub use transport::{Backoff, Outcome, Transport};
 
-use crate::config::{LoadedConfig, OtlpConfig, Selector};
+use crate::config::{ExporterConfig, LoadedConfig, OtlpConfig, Selector};
 use custos_event::Event;
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
@@ -111,6 +111,7 @@ impl Exporter {
             .parse()
             .map_err(|_| ExportError::Config(format!("`agent.listen` is not an address:port: `{listen}`")))?;
         let shared = Arc::new(Shared::default());
+        let (settings, settings_rx) = tokio::sync::watch::channel(Arc::new(ex.clone()));
 
         let (sink, sender_task) = match &ex.otlp {
             Some(otlp) => {
@@ -126,13 +127,13 @@ impl Exporter {
                 }
                 let (tx, rx) = mpsc::channel(BATCH_QUEUE);
                 let sender = Sender::new(transport, spool, stats.clone(), shared.clone(), otlp, retry);
-                let task = tokio::spawn(sender.run(rx));
+                let task = tokio::spawn(sender.run(rx, settings_rx.clone()));
                 (Sink::Otlp(tx), Some(task))
             }
             None => {
                 let sink =
-                    FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, ex.files.max_files as usize)?;
-                (Sink::Files(sink), None)
+                    FileSink::new(&cfg.files_dir(), ex.files.max_file_bytes.0, *ex.files.max_files as usize)?;
+                (Sink::Files(Box::new(sink)), None)
             }
         };
 
@@ -160,18 +161,18 @@ impl Exporter {
             };
             identities.insert(s.name.clone(), id);
         }
-        let mut aggregator = Aggregator::new(SystemTime::now(), ex.syscall_top_n);
+        let mut aggregator = Aggregator::new(SystemTime::now(), *ex.syscall_top_n);
         for (name, id) in &identities {
             aggregator.declare(name, id.clone());
         }
-        let (events_tx, events_rx) = mpsc::channel(ex.queue_capacity);
+        let (events_tx, events_rx) = mpsc::channel(*ex.queue_capacity);
         let (logs_tx, logs_rx) = mpsc::channel(LOG_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
         let scores = AnomalyScores::default();
         let main = MainLoop {
             scores: scores.clone(),
             aggregator,
-            limiter: RateLimiter::new(ex.log_rate_limit.max, ex.log_rate_limit.per.0),
+            limiter: RateLimiter::new(*ex.log_rate_limit.max, ex.log_rate_limit.per.0),
             identities,
             host,
             stats: stats.clone(),
@@ -180,8 +181,9 @@ impl Exporter {
             interval: ex.interval.0,
         };
         health.exporter_running.store(true, Ordering::Relaxed);
-        let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, health.clone()));
+        let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, settings_rx, health.clone()));
         Ok(ExporterHandle {
+            settings,
             scores,
             events: events_tx,
             logs: logs_tx,
@@ -235,6 +237,8 @@ impl LogSender {
 /// stops its tasks at once, as a crash would: what is in memory is lost,
 /// what is in the spool stays for the next start.
 pub struct ExporterHandle {
+    /// The settings a reload changes while the exporter runs.
+    settings: tokio::sync::watch::Sender<Arc<ExporterConfig>>,
     scores: AnomalyScores,
     events: mpsc::Sender<Event>,
     logs: mpsc::Sender<LogRecord>,
@@ -290,6 +294,11 @@ impl ExporterHandle {
         &self.stats
     }
 
+    /// A handle that applies reloaded exporter settings.
+    pub fn reconfigurer(&self) -> ExporterReconfigurer {
+        ExporterReconfigurer { settings: self.settings.clone() }
+    }
+
     /// Flushes what is held (queued events are aggregated, then metrics
     /// and logs exported) and sends it, or spools what cannot be sent,
     /// within `budget`.
@@ -327,9 +336,54 @@ impl Drop for ExporterHandle {
     }
 }
 
+/// Applies a reload's exporter settings to the running exporter: the
+/// collector's endpoint, protocol, compression, timeout, headers and TLS
+/// (the sender switches transport between two sends; what is queued or
+/// spooled goes to the new collector), the spool's budget, the export
+/// interval and the event log rate limit. Keys it cannot apply while
+/// running are named by [`restart_keys`].
+#[derive(Clone)]
+pub struct ExporterReconfigurer {
+    settings: tokio::sync::watch::Sender<Arc<ExporterConfig>>,
+}
+
+impl ExporterReconfigurer {
+    pub fn apply(&self, new: &ExporterConfig) {
+        self.settings.send_if_modified(|cur| {
+            let changed = **cur != *new;
+            if changed {
+                *cur = Arc::new(new.clone());
+            }
+            changed
+        });
+    }
+}
+
+/// The exporter keys whose change between `old` and `new` takes effect only
+/// when the agent restarts, by name.
+pub fn restart_keys(old: &ExporterConfig, new: &ExporterConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.otlp.is_some() != new.otlp.is_some() {
+        keys.push("exporter.otlp (switching between a collector and local files)");
+    }
+    if old.spool.dir != new.spool.dir {
+        keys.push("exporter.spool.dir");
+    }
+    if old.files != new.files {
+        keys.push("exporter.files");
+    }
+    if old.queue_capacity != new.queue_capacity {
+        keys.push("exporter.queue_capacity");
+    }
+    if old.syscall_top_n != new.syscall_top_n {
+        keys.push("exporter.syscall_top_n");
+    }
+    keys
+}
+
 enum Sink {
     Otlp(mpsc::Sender<Batch>),
-    Files(FileSink),
+    Files(Box<FileSink>),
 }
 
 struct MainLoop {
@@ -350,10 +404,16 @@ impl MainLoop {
         mut events: mpsc::Receiver<Event>,
         mut logs: mpsc::Receiver<LogRecord>,
         mut stop: oneshot::Receiver<()>,
+        mut settings: tokio::sync::watch::Receiver<Arc<ExporterConfig>>,
         health: Arc<Health>,
     ) {
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticker_for = |every: Duration| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        };
+        let mut ticker = ticker_for(self.interval);
+        settings.borrow_and_update();
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
@@ -362,6 +422,15 @@ impl MainLoop {
                 },
                 Some(rec) = logs.recv() => self.push_log(rec).await,
                 _ = ticker.tick() => self.flush().await,
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    self.limiter.set_limits(*new.log_rate_limit.max, new.log_rate_limit.per.0);
+                    if new.interval.0 != self.interval {
+                        self.interval = new.interval.0;
+                        ticker = ticker_for(self.interval);
+                        tracing::info!(interval = ?self.interval, "Export interval changed.");
+                    }
+                }
                 _ = &mut stop => break,
             }
         }
@@ -475,18 +544,25 @@ impl MainLoop {
                     }
                     None => return,
                 };
-                match sink.write(batch.kind, &line) {
+                match sink.write_logged(batch.kind, &line) {
                     Ok(()) => {
                         AgentStats::add(&self.stats.batches_exported, 1);
                         AgentStats::add(&self.stats.records_exported, batch.records);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Could not write local OTLP/JSON telemetry.");
-                        AgentStats::add(&self.stats.export_failures, 1);
-                    }
+                    Err(_) => AgentStats::add(&self.stats.export_failures, 1),
                 }
             }
         }
+    }
+}
+
+/// The I/O error kind behind a spool error, for reporting once per kind.
+fn io_kind(e: &SpoolError) -> Option<std::io::ErrorKind> {
+    match e {
+        SpoolError::Dir { source, .. }
+        | SpoolError::Write { source, .. }
+        | SpoolError::Read { source, .. } => Some(source.kind()),
+        SpoolError::Corrupt { .. } => None,
     }
 }
 
@@ -494,6 +570,8 @@ impl MainLoop {
 /// spool oldest first when it returns.
 struct Sender {
     transport: Transport,
+    /// The settings `transport` was made from.
+    otlp: Option<OtlpConfig>,
     spool: Arc<Mutex<Spool>>,
     stats: Arc<AgentStats>,
     shared: Arc<Shared>,
@@ -513,6 +591,7 @@ impl Sender {
     ) -> Self {
         Sender {
             transport,
+            otlp: Some(cfg.clone()),
             spool: Arc::new(Mutex::new(spool)),
             stats,
             shared,
@@ -522,15 +601,28 @@ impl Sender {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Batch>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Batch>,
+        mut settings: tokio::sync::watch::Receiver<Arc<ExporterConfig>>,
+    ) {
         // `Some(t)`: the spool has batches (or the collector failed) and
         // the next attempt from the spool is due at `t`. `None`: healthy,
         // batches go straight out.
         let mut next_try = if self.spool_len().await > 0 { Some(tokio::time::Instant::now()) } else { None };
+        settings.borrow_and_update();
         loop {
             let due = next_try.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    if self.reconfigure(&new) && next_try.is_some() {
+                        // A new collector: try it now rather than at the
+                        // old one's backoff.
+                        next_try = Some(tokio::time::Instant::now());
+                    }
+                }
                 m = rx.recv() => match m {
                     Some(batch) => {
                         if next_try.is_some() {
@@ -565,6 +657,32 @@ impl Sender {
         }
     }
 
+    /// Applies reloaded settings between two sends; true when the
+    /// collector (transport) changed. Nothing queued or spooled is touched:
+    /// it goes to the new collector.
+    fn reconfigure(&mut self, new: &ExporterConfig) -> bool {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner()).set_max_bytes(new.spool.max_bytes.0);
+        let Some(otlp) = &new.otlp else { return false };
+        if self.otlp.as_ref() == Some(otlp) {
+            return false;
+        }
+        match Transport::new(otlp) {
+            Ok(t) => {
+                self.transport = t;
+                self.timeout = otlp.timeout.0;
+                self.otlp = Some(otlp.clone());
+                self.backoff.reset();
+                self.reported.clear();
+                tracing::info!(endpoint = %otlp.endpoint.value, protocol = ?otlp.protocol, "Exporting to the reloaded collector settings; queued and spooled telemetry follows.");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Kept the previous collector settings: the reloaded ones cannot be used.");
+                false
+            }
+        }
+    }
+
     /// Sends the oldest spooled batch; returns when to try next.
     async fn drain_one(&mut self) -> Option<tokio::time::Instant> {
         let spool = self.spool.clone();
@@ -578,6 +696,14 @@ impl Sender {
             None => {
                 self.backoff.reset();
                 return None;
+            }
+            Some(Err(e)) if e.is_transient() => {
+                // Kept in the spool: read again after a pause, never lost.
+                let wait = self.backoff.next(None);
+                if self.reported.insert(format!("spool-read:{:?}", io_kind(&e))) {
+                    tracing::error!(error = %e, ?wait, "Cannot read the spool now; its batches are kept and read again (reported once per kind of error).");
+                }
+                return Some(now + wait);
             }
             Some(Err(e)) => {
                 tracing::error!(error = %e, "Skipped a spool file; sending the rest.");
@@ -666,9 +792,13 @@ impl Sender {
             tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|p| p.into_inner()).push(&batch))
                 .await;
         match res {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                self.reported.retain(|k| !k.starts_with("spool-write:"));
+            }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "Could not spool a batch: it is lost.");
+                if self.reported.insert(format!("spool-write:{:?}", io_kind(&e))) {
+                    tracing::error!(error = %e, "Could not spool a batch: it is lost (reported once per kind of error until the spool is writable again; counted in export_failures).");
+                }
                 AgentStats::add(&self.stats.export_failures, 1);
             }
             Err(e) => tracing::error!(error = %e, "Spool task failed."),

@@ -6,7 +6,10 @@
 //! either wholly in the spool or absent, never torn. Each file carries a
 //! CRC32 of its payload, so a file damaged on disk is detected, reported
 //! and skipped instead of poisoning the rest. When the spool would exceed
-//! its size cap, the oldest batches are deleted and counted.
+//! its size cap, the oldest batches are deleted and counted. A file that
+//! cannot be read for a reason that passes (no descriptor left, an I/O
+//! error) stays where it is and is read again later: only what is proven
+//! corrupt is set aside, and nothing unread is deleted.
 
 use super::stats::AgentStats;
 use std::collections::VecDeque;
@@ -56,6 +59,19 @@ pub enum SpoolError {
     Read { path: PathBuf, source: std::io::Error },
 }
 
+impl SpoolError {
+    /// A read that may succeed later (out of descriptors or memory, an I/O
+    /// error, a permission being fixed): the batch is kept and tried again.
+    /// A file that is gone, or corrupt, is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SpoolError::Read { source, .. } => source.kind() != std::io::ErrorKind::NotFound,
+            SpoolError::Dir { .. } | SpoolError::Write { .. } => true,
+            SpoolError::Corrupt { .. } => false,
+        }
+    }
+}
+
 /// A spooled batch; its file name follows from `seq` (16 bytes per batch
 /// in memory, so that a spool of a million batches costs 16 MB at most).
 #[derive(Debug)]
@@ -80,7 +96,7 @@ impl Spool {
     /// previous run and removing half-written temporary files.
     pub fn open(dir: &Path, max_bytes: u64, stats: Arc<AgentStats>) -> Result<Self, SpoolError> {
         let derr = |source| SpoolError::Dir { path: dir.to_path_buf(), source };
-        fs::create_dir_all(dir).map_err(derr)?;
+        crate::fsutil::create_private_dir(dir).map_err(derr)?;
         let mut entries = Vec::new();
         for de in fs::read_dir(dir).map_err(derr)? {
             let de = de.map_err(derr)?;
@@ -108,6 +124,12 @@ impl Spool {
             Spool { dir: dir.to_path_buf(), max_bytes, entries: entries.into(), bytes, next_seq, stats };
         spool.publish();
         Ok(spool)
+    }
+
+    /// A new budget (a reload); a smaller one drops the oldest batches at
+    /// the next push.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
     }
 
     pub fn dir(&self) -> &Path {
@@ -182,24 +204,27 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// The oldest batch with its sequence number. A corrupt or unreadable
-    /// file is removed from the spool, counted, and returned as the error.
+    /// The oldest batch with its sequence number. A corrupt file is set
+    /// aside (renamed `.corrupt`), counted, and returned as the error; a
+    /// file gone from the directory is forgotten; a file that cannot be
+    /// read now for another reason stays first in line
+    /// ([`SpoolError::is_transient`]) and is tried again later.
     pub fn oldest(&mut self) -> Option<Result<(u64, Batch), SpoolError>> {
         let e = self.entries.front()?;
         let seq = e.seq;
         let path = batch_path(&self.dir, seq);
-        match read_batch(&path) {
+        match read_batch(&path, e.size) {
             Ok(b) => Some(Ok((seq, b))),
+            Err(err) if err.is_transient() => {
+                AgentStats::add(&self.stats.spool_read_errors, 1);
+                Some(Err(err))
+            }
             Err(err) => {
                 if matches!(err, SpoolError::Corrupt { .. }) {
                     AgentStats::add(&self.stats.spool_corrupt, 1);
-                    // Keep the evidence out of the way of the next run.
-                    let bad = path.with_extension("corrupt");
-                    if fs::rename(&path, &bad).is_err() {
-                        let _ = fs::remove_file(&path);
-                    }
-                } else {
-                    let _ = fs::remove_file(&path);
+                    // Keep the evidence out of the way of the next run;
+                    // if even that fails it stays, skipped, never deleted.
+                    let _ = fs::rename(&path, path.with_extension("corrupt"));
                 }
                 self.bytes -= e.size;
                 self.entries.pop_front();
@@ -225,8 +250,19 @@ fn batch_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.{EXT}"))
 }
 
-fn read_batch(path: &Path) -> Result<Batch, SpoolError> {
-    let data = fs::read(path).map_err(|source| SpoolError::Read { path: path.to_path_buf(), source })?;
+/// Reads a batch file of `size` bytes (as found when it was spooled or
+/// listed); a file that grew beyond it is corrupt, not read whole.
+fn read_batch(path: &Path, size: u64) -> Result<Batch, SpoolError> {
+    let data = match crate::fsutil::read_bounded(path, size.max(HEADER_LEN as u64)) {
+        Ok(d) => d,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::InvalidData
+                || e.kind() == std::io::ErrorKind::InvalidInput =>
+        {
+            return Err(SpoolError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })
+        }
+        Err(source) => return Err(SpoolError::Read { path: path.to_path_buf(), source }),
+    };
     let corrupt = |reason: String| SpoolError::Corrupt { path: path.to_path_buf(), reason };
     if data.len() < HEADER_LEN || &data[..8] != MAGIC {
         return Err(corrupt(format!("no spool header in its {} bytes", data.len())));

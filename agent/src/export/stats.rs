@@ -94,14 +94,20 @@ agent_stats! {
     spool_dropped: Counter, "{batch}";
     /// Spool files skipped because they were corrupt.
     spool_corrupt: Counter, "{batch}";
+    /// Spool reads that failed for a passing reason (no descriptor left, I/O error); the batch is kept and read again.
+    spool_read_errors: Counter, "{attempt}";
     /// Anomalies reported by the detector.
     anomalies: Counter, "{anomaly}";
     /// Anomalies and series values dropped because the runbook engine's queue was full.
     findings_dropped: Counter, "{finding}";
     /// Audit records not exported as log records because the export queue was full (the audit file keeps them).
     audit_export_dropped: Counter, "{record}";
+    /// Audit records (and anchor updates) that could not be written, e.g. on a full disk.
+    audit_write_failures: Counter, "{record}";
     /// Events not handed to the runbook engine because its queue was full.
     runbook_inputs_dropped: Counter, "{event}";
+    /// Connections to `/metrics` and `/healthz` closed at once because the cap was reached.
+    http_connections_refused: Counter, "{connection}";
     /// Runbook triggers that fired.
     runbook_firings: Counter, "{firing}";
     /// Actions runbooks performed on the host (not those left to systemd, dry runs or paused services).

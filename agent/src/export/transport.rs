@@ -41,14 +41,11 @@ pub fn resolve_headers(cfg: &OtlpConfig) -> Result<Vec<Header>, ExportError> {
         let value = if let Some(v) = &h.value {
             v.value.clone()
         } else if let Some(var) = &h.env {
-            std::env::var(&var.value).map_err(|_| {
-                ExportError::Config(format!("header `{name}`: environment variable {} is not set", var.value))
-            })?
+            crate::config::read_secret(crate::config::SecretSource::Env(&var.value))
+                .map_err(|e| ExportError::Config(format!("header `{name}`: {e}")))?
         } else if let Some(file) = &h.file {
-            let text = std::fs::read_to_string(&file.value).map_err(|e| {
-                ExportError::Config(format!("header `{name}`: cannot read {}: {e}", file.value.display()))
-            })?;
-            text.trim_end_matches(['\r', '\n']).to_string()
+            crate::config::read_secret(crate::config::SecretSource::File(&file.value))
+                .map_err(|e| ExportError::Config(format!("header `{name}`: {e}")))?
         } else {
             return Err(ExportError::Config(format!("header `{name}` has no value")));
         };

@@ -36,13 +36,13 @@ impl Probe {
         let kind = if let Some(u) = &h.http {
             ProbeKind::Http {
                 url: u.value.clone(),
-                expect_status: h.expect_status,
+                expect_status: h.expect_status.map(|s| s.value),
                 body_contains: h.body_contains.clone(),
             }
         } else if let Some(t) = &h.tcp {
             ProbeKind::Tcp { addr: t.value.clone() }
         } else if let Some(c) = &h.command {
-            ProbeKind::Command { argv: c.value.clone() }
+            ProbeKind::Command { argv: c.value.0.clone() }
         } else {
             return None;
         };

@@ -22,12 +22,8 @@ impl WebhookOutcome {
 fn header_value(v: &HeaderValue) -> Result<String, String> {
     match v {
         HeaderValue::Literal(s) => Ok(s.clone()),
-        HeaderValue::Env(name) => {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
-        }
-        HeaderValue::File(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cannot read secret file {}: {e}", path.display())),
+        HeaderValue::Env(name) => crate::config::read_secret(crate::config::SecretSource::Env(name)),
+        HeaderValue::File(path) => crate::config::read_secret(crate::config::SecretSource::File(path)),
     }
 }
 

@@ -30,19 +30,49 @@ pub enum RunbookCommand {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Check the audit log's hash chain; report the first broken record.
+    /// Check the audit log's hash chain and its anchor, segment by segment; report the first broken record of each.
     Verify {
         /// Audit directory (default: <state_dir>/audit).
         dir: Option<PathBuf>,
     },
+    /// Close the current chain (usually a broken one) as a sealed segment and start a new one. The agent must be stopped.
+    Seal {
+        /// Audit directory (default: <state_dir>/audit).
+        dir: Option<PathBuf>,
+        /// Why, recorded in the seal and the new chain's first record.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
-/// Runs a `runbook` subcommand; `default_dir` is the configured runbooks dir.
-pub fn run_runbook(cmd: RunbookCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
+impl AuditCommand {
+    /// The audit directory the command works on.
+    pub fn dir(&self, default_dir: &Path) -> PathBuf {
+        match self {
+            AuditCommand::Verify { dir } | AuditCommand::Seal { dir, .. } => {
+                dir.clone().unwrap_or_else(|| default_dir.to_path_buf())
+            }
+        }
+    }
+}
+
+/// Runs a `runbook` subcommand; `default_dir` is the configured runbooks
+/// dir, `host` the configuration runbooks are checked against and the
+/// service manager's view of units.
+pub fn run_runbook(
+    cmd: RunbookCommand,
+    default_dir: &Path,
+    host: Option<(&crate::config::LoadedConfig, &crate::service_manager::UnitLookup)>,
+) -> anyhow::Result<ExitCode> {
     match cmd {
         RunbookCommand::Validate { paths } => {
             let paths = if paths.is_empty() { vec![default_dir.to_path_buf()] } else { paths };
-            let report = load_paths(&paths);
+            let mut report = load_paths(&paths);
+            let mut unreachable = None;
+            if let Some((c, units)) = host {
+                super::model::check_against(&mut report, c, units);
+                unreachable = units.unreachable();
+            }
             for rb in &report.runbooks {
                 println!(
                     "{}: ok (runbook {}, service {}, {} steps)",
@@ -53,7 +83,10 @@ pub fn run_runbook(cmd: RunbookCommand, default_dir: &Path) -> anyhow::Result<Ex
                 );
             }
             for e in &report.errors {
-                eprintln!("{e}");
+                eprintln!("{}", crate::terminal::printable(&e.to_string()));
+            }
+            if let Some(why) = unreachable {
+                eprintln!("note: services were not checked against the service manager: {why}");
             }
             Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -188,21 +221,86 @@ fn tempfile_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `custos audit verify`.
-pub fn run_audit(cmd: AuditCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
-    match cmd {
-        AuditCommand::Verify { dir } => {
-            let dir = dir.unwrap_or_else(|| default_dir.to_path_buf());
-            match crate::audit::verify(&dir) {
-                Ok(s) => {
-                    println!("{}: ok ({} records in {} files)", dir.display(), s.records, s.files);
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(b) => {
-                    eprintln!("{b}");
-                    Ok(ExitCode::FAILURE)
-                }
+/// One segment's line in `custos audit verify`.
+fn segment_line(s: &crate::audit::Segment) -> String {
+    let what = match &s.seal {
+        None => "current chain".to_string(),
+        Some(seal) => format!(
+            "sealed {} by {}{} ({})",
+            humantime::format_rfc3339_seconds(seal.sealed_at),
+            match seal.by {
+                crate::audit::SealedBy::Operator => "custos audit seal",
+                crate::audit::SealedBy::Agent => "the agent",
+            },
+            if seal.acknowledged { "" } else { ", not yet acknowledged by custos audit seal" },
+            seal.reason
+        ),
+    };
+    match &s.result {
+        Ok(c) => {
+            let mut line = format!(
+                "{}: ok, {what}: records {} to {} in {} files, anchored at {}",
+                s.dir.display(),
+                c.first_seq,
+                c.last_seq,
+                c.files,
+                c.anchored_seq
+            );
+            if c.torn_bytes > 0 {
+                line.push_str(&format!("; {} bytes of an unfinished last line are no record", c.torn_bytes));
             }
+            if !c.set_aside.is_empty() {
+                line.push_str(&format!("; {} torn writes set aside", c.set_aside.len()));
+            }
+            line
+        }
+        Err(b) => format!("{}: BROKEN, {what}: {b}", s.dir.display()),
+    }
+}
+
+/// `custos audit verify` and `custos audit seal`. `seal` needs the state
+/// directory's lock, which the caller holds.
+pub fn run_audit(cmd: AuditCommand, default_dir: &Path) -> anyhow::Result<ExitCode> {
+    let dir = cmd.dir(default_dir);
+    match cmd {
+        AuditCommand::Verify { .. } => match crate::audit::verify_all(&dir) {
+            Ok(segments) => {
+                let failed = segments.iter().filter(|s| s.fails()).count();
+                for s in &segments {
+                    if s.fails() {
+                        eprintln!("{}", crate::terminal::printable(&segment_line(s)));
+                    } else {
+                        println!("{}", crate::terminal::printable(&segment_line(s)));
+                    }
+                }
+                if failed > 0 {
+                    eprintln!("custos: {failed} broken segment(s); after investigating, `custos audit seal` closes the chain and starts a new one");
+                }
+                Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            Err(b) => {
+                eprintln!("{b}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        AuditCommand::Seal { reason, .. } => {
+            if !dir.is_dir() {
+                anyhow::bail!("{}: no audit log to seal", dir.display());
+            }
+            let state = match crate::audit::verify(&dir) {
+                Ok(c) => format!("intact, records {} to {}", c.first_seq, c.last_seq),
+                Err(b) => format!("broken: {b}"),
+            };
+            let reason = match reason {
+                Some(r) => format!("{r}; the chain was {state}"),
+                None => format!("the chain was {state}"),
+            };
+            let sealed = crate::audit::seal(&dir, crate::audit::SealedBy::Operator, &reason)?;
+            let log = AuditLog::open(&dir, crate::audit::DEFAULT_MAX_FILE_BYTES)?;
+            log.record_seal(&sealed, &reason, crate::audit::SealedBy::Operator)?;
+            drop(log);
+            println!("{}: sealed ({reason}); a new chain starts in {}", sealed.display(), dir.display());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -72,7 +72,7 @@ pub async fn start(config: &LoadedConfig, capacity: usize) -> Result<StartedSens
         syscall_interval: s.syscall_interval.0,
         syscall_latency_sample: s.syscall_latency_sample.value,
         ring_buffer_bytes: u32::try_from(s.ring_buffer.0).unwrap_or(u32::MAX),
-        argv_max_args: s.argv_max_args,
+        argv_max_args: *s.argv_max_args,
         scope: if config.manages_everything() { Scope::Everything } else { Scope::Managed },
     };
     let (tx, rx) = mpsc::channel(capacity);

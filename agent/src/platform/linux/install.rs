@@ -463,7 +463,7 @@ pub fn plan_install(
         // The unit's agent would refuse to start on a state dir another
         // agent holds, and systemd would restart it over and over.
         if let Some(pid) = crate::daemon::lock::holder(&state_dir) {
-            return Err(InstallError::HandRunAgent { dir: state_dir, pid });
+            return Err(InstallError::HandRunAgent { dir: state_dir.value, pid });
         }
         // A unit that failed its start limit stays failed without this.
         plan.push(Action::SystemctlTolerant(vec!["reset-failed".into(), UNIT_NAME.into()]));
@@ -496,7 +496,7 @@ pub fn plan_uninstall(paths: &InstallPaths, purge: bool) -> Vec<Action> {
         let mut state_dirs = vec![paths.state_dir.clone()];
         if let Ok(c) = crate::config::load(Some(&paths.config_file())) {
             if !state_dirs.contains(&c.raw.agent.state_dir) {
-                state_dirs.push(c.raw.agent.state_dir);
+                state_dirs.push(c.raw.agent.state_dir.value);
             }
         }
         for d in [vec![paths.config_dir.clone()], state_dirs].concat() {
@@ -763,11 +763,11 @@ mod tests {
         let p = InstallPaths::new(Some(Path::new("/tmp/x")), None);
         let text = default_config(&p);
         let c = crate::config::parse(&text, "default").unwrap();
-        assert_eq!(c.raw.agent.state_dir, Path::new("/tmp/x/var/lib/custos"));
+        assert_eq!(c.raw.agent.state_dir.value, Path::new("/tmp/x/var/lib/custos"));
         assert_eq!(c.raw.runbooks.dir, Path::new("/tmp/x/etc/custos/runbooks"));
         let std = default_config(&InstallPaths::new(None, None));
         let c = crate::config::parse(&std, "default").unwrap();
-        assert_eq!(c.raw.agent.state_dir, crate::config::default_state_dir());
+        assert_eq!(c.raw.agent.state_dir.value, crate::config::default_state_dir());
         assert!(std.lines().filter(|l| !l.trim().is_empty()).all(|l| l.starts_with('#')), "{std}");
     }
 

@@ -164,7 +164,7 @@ mod tests {
     fn configured_recovery_is_encoded_in_order() {
         let mut w = WindowsAgentConfig::default();
         w.recovery.value = vec![RecoveryAction::Restart(HumanDuration::millis(1500)), RecoveryAction::None];
-        w.reset_after = HumanDuration::secs(3600);
+        w.reset_after.value = HumanDuration::secs(3600);
         w.recover_on_error_exit = false;
         let fa = failure_actions(&w);
         assert_eq!(fa.actions, [ScAction { kind: 1, delay_ms: 1500 }, ScAction { kind: 0, delay_ms: 0 }]);
@@ -178,7 +178,7 @@ mod tests {
     fn out_of_range_values_saturate() {
         let mut w = WindowsAgentConfig::default();
         w.recovery.value = vec![RecoveryAction::Restart(HumanDuration::secs(100 * 86_400))];
-        w.reset_after = HumanDuration::secs(u64::MAX / 2);
+        w.reset_after.value = HumanDuration::secs(u64::MAX / 2);
         let fa = failure_actions(&w);
         assert_eq!(fa.actions[0].delay_ms, u32::MAX);
         assert_eq!(fa.reset_period_secs, u32::MAX);

@@ -15,12 +15,13 @@ pub struct LoadReport {
     pub errors: Vec<LocatedError>,
 }
 
-/// Reads one file: refuses it when others could write it, then parses it.
+/// Reads one file the safe way (`fsutil::read_trusted`: refused when
+/// anyone but root could change it or a directory above it, when it is no
+/// regular file, when it is too large), then parses it.
 pub fn load_file(path: &Path) -> Result<Runbook, LocatedErrors> {
     let source = path.display().to_string();
     let one = |message: String| LocatedErrors(vec![LocatedError::whole(&source, message)]);
-    let text = std::fs::read_to_string(path).map_err(|e| one(format!("cannot read the runbook: {e}")))?;
-    crate::config::check_file_permissions(path).map_err(one)?;
+    let text = crate::config::read_trusted_text(path, "runbook").map_err(one)?;
     parse(&text, &source)
 }
 
@@ -31,6 +32,15 @@ pub fn load_paths(paths: &[PathBuf]) -> LoadReport {
     let mut report = LoadReport::default();
     for p in paths {
         if p.is_dir() {
+            // Others able to add, rename or replace entries here could make
+            // root run their commands: the whole directory is refused.
+            if let Err(e) = crate::fsutil::check_trusted_dir(p) {
+                report.errors.push(LocatedError::whole(
+                    p.display().to_string(),
+                    format!("runbooks directory refused, none of its runbooks is loaded: {e}"),
+                ));
+                continue;
+            }
             match std::fs::read_dir(p) {
                 Ok(rd) => {
                     let mut found: Vec<PathBuf> = rd

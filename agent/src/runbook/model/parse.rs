@@ -5,7 +5,7 @@
 use super::shape::*;
 use crate::config::HumanDuration;
 use crate::runbook::template::{JsonTemplate, Template};
-use crate::yaml::{LocatedErrors, Problems, Spanned};
+use crate::yaml::{Argv, LocatedErrors, Problems, Spanned};
 use custos_detect::{catalogue, Severity};
 use custos_event::EventKind;
 use serde::Deserialize;
@@ -25,9 +25,9 @@ struct RawRunbook {
     trigger: Spanned<RawTrigger>,
     steps: Spanned<Vec<Spanned<RawStep>>>,
     #[serde(default)]
-    reset_after: Option<HumanDuration>,
+    reset_after: Option<Spanned<HumanDuration>>,
     #[serde(default)]
-    cooldown: Option<HumanDuration>,
+    cooldown: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     max_actions: Option<Spanned<RawMaxActions>>,
     /// What to do once when the circuit breaker opens (usually a webhook).
@@ -38,8 +38,8 @@ struct RawRunbook {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMaxActions {
-    count: u32,
-    per: HumanDuration,
+    count: Spanned<u32>,
+    per: Spanned<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,12 +49,12 @@ struct RawTrigger {
     #[serde(rename = "where")]
     conditions: BTreeMap<String, Spanned<serde_json::Value>>,
     count: Option<Spanned<u32>>,
-    within: Option<HumanDuration>,
+    within: Option<Spanned<HumanDuration>>,
     metric: Option<Spanned<String>>,
     above: Option<f64>,
     below: Option<f64>,
     #[serde(rename = "for")]
-    held_for: Option<HumanDuration>,
+    held_for: Option<Spanned<HumanDuration>>,
     anomaly: Option<Spanned<RawAnomaly>>,
     health: Option<Spanned<String>>,
     service_down: Option<Spanned<bool>>,
@@ -86,7 +86,7 @@ struct RawStep {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServiceAction {
-    delay: Option<HumanDuration>,
+    delay: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,15 +94,15 @@ struct RawServiceAction {
 struct RawSignal {
     signal: Spanned<String>,
     #[serde(default)]
-    delay: Option<HumanDuration>,
+    delay: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExec {
-    argv: Spanned<Vec<Spanned<String>>>,
+    argv: Spanned<Argv<Spanned<String>>>,
     #[serde(default)]
-    timeout: Option<HumanDuration>,
+    timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -110,7 +110,7 @@ struct RawExec {
     #[serde(default)]
     run_as: Option<Spanned<String>>,
     #[serde(default)]
-    delay: Option<HumanDuration>,
+    delay: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,11 +131,11 @@ struct RawWebhook {
     #[serde(default)]
     summary: Option<Spanned<String>>,
     #[serde(default)]
-    timeout: Option<HumanDuration>,
+    timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
-    retries: Option<u32>,
+    retries: Option<Spanned<u32>>,
     #[serde(default)]
-    delay: Option<HumanDuration>,
+    delay: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,9 +163,17 @@ struct RawLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVerify {
-    healthy_within: HumanDuration,
+    healthy_within: Spanned<HumanDuration>,
     #[serde(default)]
-    stable_for: Option<HumanDuration>,
+    stable_for: Option<Spanned<HumanDuration>>,
+}
+
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration::secs(n)
+}
+
+fn days(n: u64) -> HumanDuration {
+    HumanDuration::secs(n * 24 * 3600)
 }
 
 /// Parses and validates one runbook's text. `source` names it in errors.
@@ -186,6 +194,12 @@ fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runboo
     if raw.service.value.trim().is_empty() {
         p.at(raw.service.referenced, "`service` must not be empty");
     }
+    if let Some(c) = &raw.cooldown {
+        p.within("cooldown", c, HumanDuration::default(), days(30));
+    }
+    if let Some(r) = &raw.reset_after {
+        p.within("reset_after", r, secs(1), days(365));
+    }
     let trigger = compile_trigger(&raw.trigger, p);
     let fields = trigger.as_ref().map(Trigger::template_fields).unwrap_or_default();
     if raw.steps.value.is_empty() {
@@ -195,13 +209,9 @@ fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runboo
         raw.steps.value.iter().map(|s| compile_step(s, &fields, &raw.name.value, p)).collect();
     let escalate = raw.escalate.as_ref().map(|s| compile_step(s, &fields, &raw.name.value, p));
     let max_actions = raw.max_actions.as_ref().map(|m| {
-        if m.value.count == 0 {
-            p.at(m.referenced, "`max_actions.count` must be at least 1");
-        }
-        if m.value.per.0.is_zero() {
-            p.at(m.referenced, "`max_actions.per` must be longer than 0s");
-        }
-        MaxActions { count: m.value.count, per: m.value.per.0 }
+        p.within("max_actions.count", &m.value.count, 1, 10_000);
+        p.within("max_actions.per", &m.value.per, secs(1), days(30));
+        MaxActions { count: *m.value.count, per: m.value.per.0 }
     });
     let trigger = trigger?;
     let steps: Option<Vec<Step>> = steps.into_iter().collect();
@@ -222,7 +232,17 @@ fn compile(raw: RawRunbook, source: &str, p: &mut Problems<'_>) -> Option<Runboo
         cooldown: raw.cooldown.map(|d| d.0).unwrap_or(DEFAULT_COOLDOWN),
         max_actions: max_actions.unwrap_or(DEFAULT_MAX_ACTIONS),
         escalate,
+        places: Places { service: raw.service.referenced, health: health_place(&raw.trigger) },
     })
+}
+
+/// Where the first `health:` trigger is written, nested ones included.
+fn health_place(t: &Spanned<RawTrigger>) -> Option<crate::yaml::Location> {
+    let r = &t.value;
+    if let Some(h) = &r.health {
+        return Some(h.referenced);
+    }
+    r.all.iter().chain(&r.any).flat_map(|l| &l.value).find_map(health_place)
 }
 
 fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trigger> {
@@ -302,8 +322,11 @@ fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trig
             }
         }
         let count = r.count.as_ref().map(|c| c.value).unwrap_or(1);
-        if count == 0 {
-            p.at(r.count.as_ref().map(|c| c.referenced).unwrap_or(loc), "`count` must be at least 1");
+        if let Some(c) = &r.count {
+            p.within("count", c, 1, 10_000);
+        }
+        if let Some(w) = &r.within {
+            p.within("within", w, secs(1), days(30));
         }
         if count > 1 && r.within.is_none() {
             p.at(
@@ -314,6 +337,9 @@ fn compile_trigger(t: &Spanned<RawTrigger>, p: &mut Problems<'_>) -> Option<Trig
         return Some(Trigger::Event { kind, conditions, count, within: r.within.map(|d| d.0) });
     }
     if let Some(m) = &r.metric {
+        if let Some(h) = &r.held_for {
+            p.within("for", h, HumanDuration::default(), days(30));
+        }
         if r.above.is_none() && r.below.is_none() {
             p.at(m.referenced, "a `metric` trigger needs `above` or `below`");
         }
@@ -427,6 +453,25 @@ fn normalize_scalar(field: &str, v: &serde_json::Value) -> Result<serde_json::Va
                 || format!("`result` expects `ok` or an errno name such as ECONNREFUSED, found {v}"),
             )
         }
+        "exit_class" => {
+            const CLASSES: [custos_event::ExitClass; 4] = [
+                custos_event::ExitClass::Clean,
+                custos_event::ExitClass::Error,
+                custos_event::ExitClass::Signal,
+                custos_event::ExitClass::Oom,
+            ];
+            match v.as_str().and_then(|s| CLASSES.iter().find(|c| c.as_str() == s)) {
+                Some(c) => Ok(serde_json::Value::String(c.as_str().into())),
+                None => Err(format!(
+                    "`exit_class` expects one of {}, found {v}: no exit is of that class, so the condition would never hold",
+                    CLASSES.map(|c| c.as_str()).join(", ")
+                )),
+            }
+        }
+        "family" => match v.as_str() {
+            Some("ipv4" | "ipv6") => Ok(v.clone()),
+            _ => Err(format!("`family` expects ipv4 or ipv6, found {v}")),
+        },
         _ => Ok(v.clone()),
     }
 }
@@ -480,6 +525,9 @@ fn compile_step(
         (Action::Signal(n), a.value.delay)
     } else if let Some(e) = &r.exec {
         let e_ = &e.value;
+        if let Some(t) = &e_.timeout {
+            p.within("exec.timeout", t, HumanDuration::millis(1), secs(3600));
+        }
         if e_.argv.value.is_empty() {
             p.at(e_.argv.referenced, "`exec.argv` needs at least the program");
         }
@@ -524,6 +572,15 @@ fn compile_step(
     } else {
         return None;
     };
+    if let Some(d) = &delay {
+        p.within("delay", d, HumanDuration::default(), secs(3600));
+    }
+    if let Some(v) = &r.verify {
+        p.within("verify.healthy_within", &v.healthy_within, HumanDuration::millis(100), secs(3600));
+        if let Some(st) = &v.stable_for {
+            p.within("verify.stable_for", st, HumanDuration::default(), v.healthy_within.value);
+        }
+    }
     let verify = r.verify.as_ref().map(|v| Verify {
         healthy_within: v.healthy_within.0,
         stable_for: v.stable_for.map(|d| d.0).unwrap_or(Duration::from_secs(1)).min(v.healthy_within.0),
@@ -538,6 +595,12 @@ fn compile_webhook(
     p: &mut Problems<'_>,
 ) -> Option<WebhookAction> {
     let url = &w.url;
+    if let Some(t) = &w.timeout {
+        p.within("webhook.timeout", t, HumanDuration::millis(1), HumanDuration::secs(300));
+    }
+    if let Some(r) = &w.retries {
+        p.within("webhook.retries", r, 0, 10);
+    }
     if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
         p.at(
             url.referenced,
@@ -569,6 +632,16 @@ fn compile_webhook(
                 continue;
             }
         };
+        // Checked now, so that `validate` and `reload` find a variable missing
+        // from the agent's environment, not the first alert that needed it.
+        let source = match &v {
+            HeaderValue::Literal(_) => None,
+            HeaderValue::Env(var) => Some(crate::config::SecretSource::Env(var)),
+            HeaderValue::File(f) => Some(crate::config::SecretSource::File(f)),
+        };
+        if let Some(Err(e)) = source.map(crate::config::read_secret) {
+            p.at(h.referenced, format!("header `{name}`: {e}"));
+        }
         headers.push((name.clone(), v));
     }
     let body = match (&w.preset, &w.body) {
@@ -630,7 +703,7 @@ fn compile_webhook(
         headers,
         body,
         timeout: w.timeout.map(|d| d.0).unwrap_or(DEFAULT_WEBHOOK_TIMEOUT),
-        retries: w.retries.unwrap_or(2),
+        retries: w.retries.map(|r| r.value).unwrap_or(2),
     })
 }
 

@@ -4,6 +4,7 @@
 //! private to `parse.rs`.
 
 use crate::runbook::template::{JsonTemplate, Template};
+use crate::yaml::Location;
 use custos_detect::Severity;
 use custos_event::EventKind;
 use std::collections::BTreeSet;
@@ -33,6 +34,18 @@ pub struct Runbook {
     pub max_actions: MaxActions,
     /// Run once when the circuit breaker opens.
     pub escalate: Option<Step>,
+    /// Where parts of it are written, for the checks against the
+    /// configuration and the host (`check.rs`).
+    pub places: Places,
+}
+
+/// Places in a runbook's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Places {
+    /// The `service:` value.
+    pub service: Location,
+    /// The first `health:` trigger, if there is one.
+    pub health: Option<Location>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
