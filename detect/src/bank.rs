@@ -156,7 +156,10 @@ pub enum SnapshotError {
 /// 2: context vectors are relative to their newest value (13 dimensions)
 /// and each series keeps its known ceiling and floor; a format-1 memory
 /// holds absolute 14-dimensional contexts and is refused.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: a series' tunables are no longer saved (they always came from the
+/// configuration on restore) and the novelty is not smoothed; scores are
+/// rarities over the history.
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -164,9 +167,8 @@ struct Snapshot {
     series: Vec<(String, String, SeriesEntry)>,
     /// Counters of a per-service fold the bank once kept (the detection sink
     /// keeps its own). Always written empty and ignored on restore; kept in
-    /// the layout so that format-2 snapshots stay readable by this version
-    /// and the ones before it, without a format bump that would forget what
-    /// was learned.
+    /// the layout so that a snapshot's first bytes (format, series, this)
+    /// read the same in every version.
     counters: Vec<(String, f64, ServiceCounters)>,
 }
 
