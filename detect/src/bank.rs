@@ -86,6 +86,26 @@ pub struct Signals {
     pub score: f64,
 }
 
+/// One series' learning state (for `custos status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesState<'a> {
+    pub service: &'a str,
+    pub metric: &'a str,
+    /// Points learned so far.
+    pub points: u64,
+    /// Points to learn before the first alarm.
+    pub alarm_warmup: u64,
+    /// The anomaly score of the last point.
+    pub score: f64,
+}
+
+impl SeriesState<'_> {
+    /// Still learning what is normal: no alarm yet, whatever the score.
+    pub fn warming_up(&self) -> bool {
+        self.points <= self.alarm_warmup
+    }
+}
+
 /// What a bank is set up from: the agent's `detection:` section, as plain
 /// values, so that the detector does not depend on how configuration is
 /// read.
@@ -304,6 +324,23 @@ impl DetectorBank {
     /// Every series and its current score.
     pub fn scores(&self) -> impl Iterator<Item = (&str, &str, f64)> {
         self.series.iter().map(|((s, m), e)| (s.as_str(), m.as_str(), e.detector.last_score()))
+    }
+
+    /// Every series' learning state, ordered by service and metric.
+    pub fn series_states(&self) -> Vec<SeriesState<'_>> {
+        let mut out: Vec<SeriesState<'_>> = self
+            .series
+            .iter()
+            .map(|((s, m), e)| SeriesState {
+                service: s,
+                metric: m,
+                points: e.detector.points(),
+                alarm_warmup: e.detector.alarm_warmup(),
+                score: e.detector.last_score(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.service, a.metric).cmp(&(b.service, b.metric)));
+        out
     }
 
     /// Forgets a service that is no longer managed, so that its series stop

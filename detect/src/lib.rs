@@ -25,7 +25,7 @@ pub mod nab;
 pub mod series;
 
 pub use anomaly::{Anomaly, Forecast, Severity};
-pub use bank::{BankConfig, DetectorBank, MetricOverride, Signals};
+pub use bank::{BankConfig, DetectorBank, MetricOverride, SeriesState, Signals};
 pub use catalogue::{derive, SeriesSpec, ServiceCounters, SERIES};
 pub use series::{rarity_of_score, score_of_rarity, Observation, Params, SeriesDetector};
 

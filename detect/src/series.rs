@@ -373,6 +373,17 @@ impl SeriesDetector {
         self.n
     }
 
+    /// Points to learn before the first alarm: until then the series is
+    /// warming up (it learns, and scores from `warmup` on, but pages no one).
+    pub fn alarm_warmup(&self) -> u64 {
+        u64::from(self.params.alarm_warmup.max(self.params.warmup))
+    }
+
+    /// Whether the series is still warming up (see [`alarm_warmup`](Self::alarm_warmup)).
+    pub fn warming_up(&self) -> bool {
+        self.n <= self.alarm_warmup()
+    }
+
     /// Bytes of heap and inline state of this series.
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

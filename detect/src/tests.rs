@@ -530,3 +530,19 @@ fn the_same_points_score_lower_after_a_longer_history() {
     let decades = (short - long) * crate::series::SCORE_DECADES;
     assert!((0.2..1.0).contains(&decades), "after 3 000: {short}, after 30 000: {long} ({decades} decades)");
 }
+
+#[test]
+fn each_series_reports_its_learning_state() {
+    let mut b = DetectorBank::new(Sensitivity::Medium);
+    for i in 0..800u64 {
+        b.observe("db", "custos.process.exits", at(i), 1.0);
+        if i < 400 {
+            b.observe("api", "custos.tcp.bytes", at(i), 1.0);
+        }
+    }
+    let states = b.series_states();
+    let summary: Vec<_> = states.iter().map(|s| (s.service, s.metric, s.points, s.warming_up())).collect();
+    assert_eq!(summary, [("api", "custos.tcp.bytes", 400, true), ("db", "custos.process.exits", 800, false)]);
+    // A series learns 720 points before it may alarm.
+    assert!(states.iter().all(|s| s.alarm_warmup == 720));
+}
