@@ -23,6 +23,7 @@ pub mod bank;
 pub mod catalogue;
 pub mod nab;
 pub mod series;
+pub mod synthetic;
 
 pub use anomaly::{Anomaly, Forecast, Severity};
 pub use bank::{BankConfig, DetectorBank, MetricOverride, SeriesState, Signals};

@@ -270,6 +270,24 @@ pub fn evaluate_nab(dir: &Path, params: &Params, results: Option<&Path>) -> Resu
             }
         }
     }
+    // Transfer: the in-sample thresholds applied to synthetic series of
+    // kinds these files lack (heavy tails, bursts, spikes, counts, long
+    // series), beside the best those series allow.
+    let synthetic = custos_detect::synthetic::scored(params);
+    let transfer: Vec<String> = profiles
+        .iter()
+        .map(|p| {
+            let at = nab::score_at(&synthetic, p, nab::score_corpus(&files, p).threshold).normalized;
+            format!("{} {at:.2} (best {:.2})", p.name, nab::score_corpus(&synthetic, p).normalized)
+        })
+        .collect();
+    let _ = writeln!(
+        report,
+        "transfer to {} synthetic series of {} other kinds at the in-sample threshold: {}",
+        synthetic.len(),
+        custos_detect::synthetic::KINDS.len(),
+        transfer.join(", ")
+    );
     let _ = writeln!(
         report,
         "speed: {:.0} points/s on one core, {:.1}x the time of a plain running z-score over the same points in this run; state: {} bytes per series",
