@@ -629,11 +629,13 @@ impl SeriesDetector {
             self.episode_len = 0;
             self.quiet_run = 0;
         }
-        // Severity: in decades of rarity beyond the alarm levels.
+        // Severity, in decades of rarity: about where the combined z of 7,
+        // 10 and 15 fell before scores were rarities (a history of ~10^4
+        // points), so that runbooks' severity triggers keep their meaning.
         let severity = match log10_rarity {
             r if r > -8.0 => Severity::Low,
-            r if r > -10.0 => Severity::Medium,
-            r if r > -12.0 => Severity::High,
+            r if r > -20.0 => Severity::Medium,
+            r if r > -50.0 => Severity::High,
             _ => Severity::Critical,
         };
         Observation { score, gated_score: gated, alarm, severity, expected_low: lo, expected_high: hi }

@@ -546,3 +546,19 @@ fn each_series_reports_its_learning_state() {
     // A series learns 720 points before it may alarm.
     assert!(states.iter().all(|s| s.alarm_warmup == 720));
 }
+
+#[test]
+fn severity_grows_with_how_far_out_a_point_is() {
+    let severity_of = |spike: f64| {
+        let mut v = noisy(3000, 25, 100.0, 5.0);
+        v[2000] = 100.0 + spike * 5.0;
+        let mut d = SeriesDetector::new(params_for(Sensitivity::Medium));
+        let obs: Vec<_> = v.iter().enumerate().map(|(i, &x)| d.observe(1.4e9 + i as f64 * STEP, x)).collect();
+        obs[2000].severity
+    };
+    use crate::Severity;
+    let s: Vec<Severity> = [3.0, 6.0, 12.0, 40.0, 1e4].iter().map(|&k| severity_of(k)).collect();
+    assert!(s.windows(2).all(|w| w[0] <= w[1]), "{s:?}");
+    assert_eq!(s[0], Severity::Low);
+    assert_eq!(s[4], Severity::Critical);
+}
