@@ -86,6 +86,26 @@ pub struct Signals {
     pub score: f64,
 }
 
+/// One series' learning state (for `custos status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesState<'a> {
+    pub service: &'a str,
+    pub metric: &'a str,
+    /// Points learned so far.
+    pub points: u64,
+    /// Points to learn before the first alarm.
+    pub alarm_warmup: u64,
+    /// The anomaly score of the last point.
+    pub score: f64,
+}
+
+impl SeriesState<'_> {
+    /// Still learning what is normal: no alarm yet, whatever the score.
+    pub fn warming_up(&self) -> bool {
+        self.points <= self.alarm_warmup
+    }
+}
+
 /// What a bank is set up from: the agent's `detection:` section, as plain
 /// values, so that the detector does not depend on how configuration is
 /// read.
@@ -156,7 +176,10 @@ pub enum SnapshotError {
 /// 2: context vectors are relative to their newest value (13 dimensions)
 /// and each series keeps its known ceiling and floor; a format-1 memory
 /// holds absolute 14-dimensional contexts and is refused.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: a series' tunables are no longer saved (they always came from the
+/// configuration on restore) and the novelty is not smoothed; scores are
+/// rarities over the history.
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
@@ -164,9 +187,8 @@ struct Snapshot {
     series: Vec<(String, String, SeriesEntry)>,
     /// Counters of a per-service fold the bank once kept (the detection sink
     /// keeps its own). Always written empty and ignored on restore; kept in
-    /// the layout so that format-2 snapshots stay readable by this version
-    /// and the ones before it, without a format bump that would forget what
-    /// was learned.
+    /// the layout so that a snapshot's first bytes (format, series, this)
+    /// read the same in every version.
     counters: Vec<(String, f64, ServiceCounters)>,
 }
 
@@ -302,6 +324,23 @@ impl DetectorBank {
     /// Every series and its current score.
     pub fn scores(&self) -> impl Iterator<Item = (&str, &str, f64)> {
         self.series.iter().map(|((s, m), e)| (s.as_str(), m.as_str(), e.detector.last_score()))
+    }
+
+    /// Every series' learning state, ordered by service and metric.
+    pub fn series_states(&self) -> Vec<SeriesState<'_>> {
+        let mut out: Vec<SeriesState<'_>> = self
+            .series
+            .iter()
+            .map(|((s, m), e)| SeriesState {
+                service: s,
+                metric: m,
+                points: e.detector.points(),
+                alarm_warmup: e.detector.alarm_warmup(),
+                score: e.detector.last_score(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.service, a.metric).cmp(&(b.service, b.metric)));
+        out
     }
 
     /// Forgets a service that is no longer managed, so that its series stop

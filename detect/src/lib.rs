@@ -4,8 +4,11 @@
 //! running distribution: nearest-neighbour novelty of a multi-resolution
 //! context (with time-of-day and time-of-week values) against a bounded set
 //! of remembered prototypes, departure from the daily profile, level shift
-//! and spread change. The largest gives the score in [0, 1]; warm-up,
-//! episode hysteresis and a threshold-free gate make one episode one alarm.
+//! and spread change. Together they give a tail probability; the score in
+//! [0, 1] says how many points that unusual the series' history so far is
+//! expected to hold ([`series::score_of_rarity`]), so one threshold means
+//! the same on every series. Warm-up, episode hysteresis and a
+//! threshold-free gate make one episode one alarm.
 //! The method, its evidence on NAB (scores and what was tried) and the
 //! agent API are in `README.md` next to this crate's manifest.
 //!
@@ -20,11 +23,12 @@ pub mod bank;
 pub mod catalogue;
 pub mod nab;
 pub mod series;
+pub mod synthetic;
 
 pub use anomaly::{Anomaly, Forecast, Severity};
-pub use bank::{BankConfig, DetectorBank, MetricOverride, Signals};
+pub use bank::{BankConfig, DetectorBank, MetricOverride, SeriesState, Signals};
 pub use catalogue::{derive, SeriesSpec, ServiceCounters, SERIES};
-pub use series::{Observation, Params, SeriesDetector};
+pub use series::{rarity_of_score, score_of_rarity, Observation, Params, SeriesDetector};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,14 +64,24 @@ impl Sensitivity {
     }
 }
 
+impl Sensitivity {
+    /// The rarity at which a series alarms: how many points as unusual its
+    /// history so far is expected to hold. Low: one in a million such
+    /// histories; medium: one in ten thousand; high: one in a hundred.
+    /// Calibrated thresholds: the same on every series, whatever its scale,
+    /// noise or length (the score is [`score_of_rarity`] of the rarity).
+    pub fn alarm_rarity(self) -> f64 {
+        match self {
+            Sensitivity::Low => 1e-6,
+            Sensitivity::Medium => 1e-4,
+            Sensitivity::High => 1e-2,
+        }
+    }
+}
+
 /// The tunables a sensitivity stands for.
 pub fn params_for(s: Sensitivity) -> Params {
-    let base = Params::default();
-    match s {
-        Sensitivity::Low => Params { alarm_score: 0.9, ..base },
-        Sensitivity::Medium => Params { alarm_score: 0.75, ..base },
-        Sensitivity::High => Params { alarm_score: 0.5, ..base },
-    }
+    Params { alarm_score: score_of_rarity(s.alarm_rarity()), ..Params::default() }
 }
 
 #[cfg(test)]

@@ -19,6 +19,11 @@
 //! NAB's sweeper does). The result is normalized so that the null detector
 //! (no detections: `-fn` per scored window) gets 0 and the perfect one
 //! (`tp` per labelled window) 100.
+//!
+//! That threshold is chosen on the very files it is scored on: an
+//! in-sample score. [`cross_validate`] measures what a fixed threshold does
+//! on series of a kind it was not chosen on: each category is scored at the
+//! threshold chosen on the others.
 
 use std::collections::HashMap;
 
@@ -197,29 +202,34 @@ pub struct FileScore {
     pub false_positives: usize,
 }
 
-/// Scores a corpus under one profile with the threshold optimized over it.
-pub fn score_corpus(files: &[FileResult], profile: &Profile) -> CorpusScore {
-    let c = profile.costs;
-    let mut next_window = 0;
-    let mut per_file = Vec::with_capacity(files.len());
-    let mut total_windows = 0usize;
-    for f in files {
-        let (pts, scored) = sweep_file(f, c, &mut next_window);
-        total_windows += f.windows.len();
-        per_file.push((pts, scored));
-    }
-    let scored_windows: usize = per_file.iter().map(|(_, s)| s.len()).sum();
-    let null = -c.fn_ * scored_windows as f64;
-    let perfect = c.tp * total_windows as f64;
+/// Every file of a corpus weighted for one profile: the rows of each file
+/// (probation marked) and the windows each file scores, with corpus-wide
+/// window ids.
+struct Swept {
+    files: Vec<(Vec<Point>, Vec<usize>)>,
+    windows: usize,
+}
 
-    // Exact threshold sweep: lower the threshold through every distinct score.
-    let mut all: Vec<Point> = per_file
+fn sweep_corpus(files: &[&FileResult], c: CostMatrix) -> Swept {
+    let mut windows = 0;
+    let files = files.iter().map(|f| sweep_file(f, c, &mut windows)).collect();
+    Swept { files, windows }
+}
+
+/// The threshold that maximizes the summed score of a swept corpus: an
+/// exact sweep that lowers the threshold through every distinct score. Of
+/// equally good thresholds the highest is kept; 1.1 (above every score)
+/// when detecting nothing is best.
+fn best_threshold(swept: &Swept, c: CostMatrix) -> f64 {
+    let null = -c.fn_ * swept.files.iter().map(|(_, s)| s.len()).sum::<usize>() as f64;
+    let mut all: Vec<Point> = swept
+        .files
         .iter()
         .flat_map(|(p, _)| p.iter().copied())
         .filter(|p| p.region != Region::Probationary)
         .collect();
     all.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let mut best_in_window = vec![-c.fn_; next_window];
+    let mut best_in_window = vec![-c.fn_; swept.windows];
     let mut total = null;
     let (mut best_total, mut best_threshold) = (null, 1.1);
     let mut i = 0;
@@ -242,22 +252,124 @@ pub fn score_corpus(files: &[FileResult], profile: &Profile) -> CorpusScore {
             best_threshold = s;
         }
     }
+    best_threshold
+}
 
-    let files_out = files
+/// Scores swept files at one threshold.
+fn score_swept(files: &[&FileResult], swept: &Swept, profile: &Profile, threshold: f64) -> CorpusScore {
+    let c = profile.costs;
+    let files_out: Vec<FileScore> = files
         .iter()
-        .zip(&per_file)
-        .map(|(f, (pts, scored))| file_score(&f.name, pts, scored, c, best_threshold))
-        .collect::<Vec<_>>();
+        .zip(&swept.files)
+        .map(|(f, (pts, scored))| file_score(&f.name, pts, scored, c, threshold))
+        .collect();
     let raw: f64 = files_out.iter().map(|f| f.raw).sum();
-    let normalized = if perfect > null { 100.0 * (raw - null) / (perfect - null) } else { 100.0 };
+    let null = -c.fn_ * files_out.iter().map(|f| f.windows).sum::<usize>() as f64;
+    let perfect = c.tp * files.iter().map(|f| f.windows.len()).sum::<usize>() as f64;
     CorpusScore {
         profile: profile.name.clone(),
-        threshold: best_threshold,
+        threshold,
         raw,
         null,
         perfect,
-        normalized,
+        normalized: normalized(raw, null, perfect),
         files: files_out,
+    }
+}
+
+/// `100 (raw - null) / (perfect - null)`; 100 for a corpus with nothing to
+/// find (there the null detector is already perfect).
+fn normalized(raw: f64, null: f64, perfect: f64) -> f64 {
+    if perfect > null {
+        100.0 * (raw - null) / (perfect - null)
+    } else {
+        100.0
+    }
+}
+
+/// Scores a corpus under one profile with the threshold optimized over it
+/// (NAB's protocol: in-sample, the threshold is chosen on the files scored).
+pub fn score_corpus(files: &[FileResult], profile: &Profile) -> CorpusScore {
+    let files: Vec<&FileResult> = files.iter().collect();
+    let swept = sweep_corpus(&files, profile.costs);
+    let threshold = best_threshold(&swept, profile.costs);
+    score_swept(&files, &swept, profile, threshold)
+}
+
+/// Scores a corpus under one profile at a given threshold.
+pub fn score_at(files: &[FileResult], profile: &Profile, threshold: f64) -> CorpusScore {
+    let files: Vec<&FileResult> = files.iter().collect();
+    let swept = sweep_corpus(&files, profile.costs);
+    score_swept(&files, &swept, profile, threshold)
+}
+
+/// The category of a corpus file: the directory part of its name
+/// (`realTraffic/speed_7578.csv` -> `realTraffic`), empty for a bare name.
+pub fn category(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// One held-out category of a cross-validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fold {
+    pub held_out: String,
+    /// The threshold chosen on the other categories.
+    pub threshold: f64,
+    /// The held-out files scored at that threshold.
+    pub score: CorpusScore,
+}
+
+/// A cross-validated corpus score for one profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrossValidated {
+    pub profile: String,
+    /// In category order; every file is in exactly one fold.
+    pub folds: Vec<Fold>,
+    /// Summed over the folds: each file's raw score at the threshold chosen
+    /// without it, and the null and perfect scores of the whole corpus.
+    pub raw: f64,
+    pub null: f64,
+    pub perfect: f64,
+    pub normalized: f64,
+}
+
+/// Leave-one-category-out cross-validation: for each category in turn, the
+/// threshold is chosen (as [`score_corpus`] chooses it) on the files of
+/// every other category, and the held-out category's files are scored at
+/// it. The held-out raw scores are summed and normalized against the whole
+/// corpus' null and perfect scores, so the result is on NAB's scale and
+/// equals the in-sample score when every fold picks the corpus-wide
+/// threshold. Nothing but the threshold is chosen with the labels.
+///
+/// The in-sample score tells how well the best single threshold separates
+/// these files; this one tells what a threshold fixed beforehand does on
+/// series of a kind it was not chosen on, which is what an operator gets.
+/// With a single category there is nothing to choose on: its threshold is
+/// 1.1 (detect nothing).
+pub fn cross_validate(files: &[FileResult], profile: &Profile) -> CrossValidated {
+    let mut categories: Vec<&str> = files.iter().map(|f| category(&f.name)).collect();
+    categories.sort_unstable();
+    categories.dedup();
+    let c = profile.costs;
+    let mut folds = Vec::with_capacity(categories.len());
+    for held_out in categories {
+        let (test, train): (Vec<&FileResult>, Vec<&FileResult>) =
+            files.iter().partition(|f| category(&f.name) == held_out);
+        let threshold = best_threshold(&sweep_corpus(&train, c), c);
+        let swept = sweep_corpus(&test, c);
+        let score = score_swept(&test, &swept, profile, threshold);
+        folds.push(Fold { held_out: held_out.to_string(), threshold, score });
+    }
+    let raw = folds.iter().map(|f| f.score.raw).sum();
+    let null = folds.iter().map(|f| f.score.null).sum();
+    let perfect = folds.iter().map(|f| f.score.perfect).sum();
+    CrossValidated {
+        profile: profile.name.clone(),
+        folds,
+        raw,
+        null,
+        perfect,
+        normalized: normalized(raw, null, perfect),
     }
 }
 
@@ -400,6 +512,101 @@ mod tests {
         let s = score_corpus(&[f], &std_profile());
         assert!(close(s.null, -1.0));
         assert!(close(s.perfect, 2.0));
+    }
+
+    /// A file named `name` (`category/file`) of 100 rows with one window at
+    /// rows 40..=49 (when `window`) and the given (row, score) detections.
+    fn named(name: &str, window: bool, detections: &[(usize, f64)]) -> FileResult {
+        let mut sc = vec![0.0; 100];
+        for &(i, s) in detections {
+            sc[i] = s;
+        }
+        let windows: &[(usize, usize)] = if window { &[(40, 49)] } else { &[] };
+        FileResult { name: name.into(), ..file(100, windows, sc) }
+    }
+
+    #[test]
+    fn category_is_the_directory_of_the_name() {
+        assert_eq!(category("realTraffic/speed_7578.csv"), "realTraffic");
+        assert_eq!(category("a/b/c.csv"), "a/b");
+        assert_eq!(category("bare.csv"), "");
+    }
+
+    #[test]
+    fn each_category_is_scored_at_the_threshold_chosen_on_the_others() {
+        // Category a: its window starts at 0.8, a false alarm at 0.5 (21 rows
+        // after the window: a full -fp). Category b: its window starts at 0.5.
+        let files = [named("a/1.csv", true, &[(40, 0.8), (70, 0.5)]), named("b/1.csv", true, &[(40, 0.5)])];
+        let p = std_profile();
+        let fp = 0.11 * scaled_sigmoid(21.0 / 9.0);
+        // In-sample: 0.5 catches both windows for one false alarm.
+        let s = score_corpus(&files, &p);
+        assert_eq!(s.threshold, 0.5);
+        assert!(close(s.raw, 2.0 + fp));
+        // Held out, a is scored at b's choice (0.5: both its detections),
+        // b at a's (0.8, which a prefers to paying for its false alarm):
+        // b's window is missed.
+        let cv = cross_validate(&files, &p);
+        assert_eq!(cv.folds.iter().map(|f| f.held_out.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(cv.folds[0].threshold, 0.5);
+        assert_eq!(cv.folds[1].threshold, 0.8);
+        assert!(close(cv.folds[0].score.raw, 1.0 + fp));
+        assert!(close(cv.folds[1].score.raw, -1.0));
+        assert_eq!(cv.folds[1].score.files[0].detected_windows, 0);
+        assert!(close(cv.raw, fp));
+        assert!(close(cv.null, -2.0) && close(cv.perfect, 2.0));
+        assert!(close(cv.normalized, 100.0 * (fp + 2.0) / 4.0));
+        assert!(cv.normalized < s.normalized);
+    }
+
+    #[test]
+    fn a_category_without_windows_is_scored_on_its_false_alarms() {
+        // Held out, the quiet category pays for its false alarm at the
+        // threshold the other chose; the labelled one, with only the quiet
+        // one to choose on, detects nothing (the best there is 1.1).
+        let files = [named("a/1.csv", true, &[(40, 0.9)]), named("quiet/1.csv", false, &[(50, 0.9)])];
+        let p = std_profile();
+        assert_eq!(score_corpus(&files, &p).threshold, 0.9);
+        let cv = cross_validate(&files, &p);
+        assert_eq!(cv.folds[0].threshold, 1.1);
+        assert_eq!(cv.folds[1].threshold, 0.9);
+        assert!(close(cv.folds[0].score.raw, -1.0));
+        assert!(close(cv.folds[1].score.raw, -0.11));
+        assert_eq!(cv.folds[1].score.files[0].false_positives, 1);
+        assert!(close(cv.folds[1].score.null, 0.0) && close(cv.folds[1].score.perfect, 0.0));
+        assert!(close(cv.normalized, 100.0 * (-1.11 + 1.0) / 2.0));
+    }
+
+    #[test]
+    fn categories_that_agree_cross_validate_to_the_in_sample_score() {
+        let files = [
+            // Every window starts at 0.7, every false alarm is below it.
+            named("a/1.csv", true, &[(40, 0.7), (20, 0.3)]),
+            named("a/2.csv", true, &[(41, 0.7)]),
+            named("b/1.csv", true, &[(40, 0.7), (60, 0.4)]),
+            named("c/1.csv", false, &[(60, 0.2)]),
+        ];
+        for p in standard_profiles() {
+            let s = score_corpus(&files, &p);
+            let cv = cross_validate(&files, &p);
+            assert!(cv.folds.iter().all(|f| f.threshold == s.threshold), "{cv:?}");
+            assert!(close(cv.normalized, s.normalized), "{} vs {}", cv.normalized, s.normalized);
+            // Every file is held out exactly once.
+            let mut held: Vec<_> =
+                cv.folds.iter().flat_map(|f| f.score.files.iter().map(|x| &x.name)).collect();
+            held.sort();
+            assert_eq!(held, ["a/1.csv", "a/2.csv", "b/1.csv", "c/1.csv"]);
+        }
+    }
+
+    #[test]
+    fn one_category_has_nothing_to_choose_on() {
+        let files = [named("a/1.csv", true, &[(40, 0.8)]), named("a/2.csv", true, &[(40, 0.8)])];
+        let cv = cross_validate(&files, &std_profile());
+        assert_eq!(cv.folds.len(), 1);
+        assert_eq!(cv.folds[0].threshold, 1.1);
+        assert!(close(cv.normalized, 0.0));
+        assert!(close(score_at(&files, &std_profile(), 0.8).normalized, 100.0));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! One series' detector: a bounded nearest-neighbour novelty model over
-//! multi-resolution context vectors, calibrated against its own history,
-//! with warm-up and episode hysteresis. See the module docs for why.
+//! multi-resolution context vectors and three distribution statistics, each
+//! calibrated against the series' own history, combined into one tail
+//! probability and scored by how rare that is over the history seen so far;
+//! with warm-up and episode hysteresis. The method and its evidence are in
+//! the crate's README.
 
 use crate::anomaly::Severity;
 use serde::{Deserialize, Serialize};
@@ -26,15 +29,20 @@ pub const SPAN: usize = RAW + MID * MID_BLOCK + LONG * LONG_BLOCK;
 /// Context vectors remembered.
 pub const MEMORY: usize = 128;
 
-/// Tunables of one detector; derived from a sensitivity, overridable per metric.
+/// Tunables of one detector; derived from a sensitivity, overridable per
+/// metric. Not part of a snapshot: a restored series takes the current
+/// configuration's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Params {
-    /// A score at or above this starts an episode (an alarm).
+    /// A score at or above this starts an episode (an alarm); see
+    /// [`score_of_rarity`] for what a score means.
     pub alarm_score: f64,
     /// An episode ends once scores stayed below this for `release_points`...
     pub release_score: f64,
     pub release_points: u32,
     /// ...and it lasted at least this many points (one episode, one alarm).
+    /// Also how long a reported point raises the bar for the next ones.
     pub min_episode: u32,
     /// Points learned before any score (they score 0).
     pub warmup: u32,
@@ -42,65 +50,64 @@ pub struct Params {
     /// score is reported from `warmup` on). The first weeks' rare but
     /// normal patterns (the first silent hour of a bursty counter) are
     /// learned before anyone is paged for them.
-    #[serde(default = "default_alarm_warmup")]
     pub alarm_warmup: u32,
     /// A context vector is remembered every `stride` points, so the memory
     /// reaches `MEMORY * stride` points back.
     pub stride: u32,
-    /// Points over which the calibration of novelty forgets.
+    /// Points over which the calibration of the statistics forgets.
     pub calibration_horizon: u32,
     /// Width of the expected range in typical residuals.
     pub range_width: f64,
-    /// Weight of the seasonal departure against context novelty (0: off).
-    #[serde(default = "one")]
-    pub seasonal_weight: f64,
-    /// Weight of the level-shift and variance-change statistics (0: off).
-    #[serde(default = "one")]
-    pub change_weight: f64,
-    /// Differences below this fraction of the series' standard deviation
-    /// are treated as noise by every statistic.
-    #[serde(default = "default_dead_band")]
-    pub dead_band: f64,
-    /// How far toward 1 a reported score raises the bar for the rest of its episode.
-    #[serde(default = "one")]
-    pub gate_step: f64,
-    /// Weight of the newest point in the smoothed novelty (1: no smoothing).
-    #[serde(default = "one")]
-    pub smoothing: f64,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-fn default_dead_band() -> f64 {
-    0.05
-}
-
-fn default_alarm_warmup() -> u32 {
-    720
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            alarm_score: 0.75,
-            release_score: 0.5,
+            alarm_score: score_of_rarity(1e-4),
+            release_score: score_of_rarity(1.0),
             release_points: 20,
             min_episode: 100,
             warmup: 150,
-            alarm_warmup: default_alarm_warmup(),
+            alarm_warmup: 720,
             stride: 3,
             calibration_horizon: 2000,
             range_width: 4.0,
-            smoothing: 1.0,
-            seasonal_weight: 1.0,
-            change_weight: 1.0,
-            gate_step: 1.0,
-            dead_band: default_dead_band(),
         }
     }
 }
+
+/// Decades of rarity between a score of 0 and a score of 1, and the rarity
+/// a score of 0 stands for (10^`SCORE_FLOOR` points as unusual expected in
+/// the history): the score is linear in `log10` of the rarity between.
+pub const SCORE_DECADES: f64 = 16.0;
+pub const SCORE_FLOOR: f64 = 4.0;
+
+/// The score of a point whose *rarity* is `r`: how many points as unusual
+/// the series' history so far is expected to hold (the tail probability of
+/// the point times the points seen). 0 at 10^4 and above, 0.25 at 1 (about
+/// one such point expected in the history), 0.5 at 10^-4, 1 at 10^-12 and
+/// below. Scores mean the same on every series of any length: a threshold
+/// is a bound on the expected false detections over a series' history.
+pub fn score_of_rarity(r: f64) -> f64 {
+    ((SCORE_FLOOR - r.log10()) / SCORE_DECADES).clamp(0.0, 1.0)
+}
+
+/// The rarity a score stands for (the inverse of [`score_of_rarity`]).
+pub fn rarity_of_score(score: f64) -> f64 {
+    10f64.powf(SCORE_FLOOR - score * SCORE_DECADES)
+}
+
+/// Differences below this fraction of the series' standard deviation are
+/// noise to every statistic: the resolution at which two values of a
+/// series are told apart.
+const DEAD_BAND: f64 = 0.05;
+
+/// The history the rarity is counted over grows with the series, up to
+/// this many points (116 days at 10 s points): false detections over a
+/// series' life grow with the logarithm of its length rather than with
+/// it, and after this the rate stays constant instead of the detector
+/// growing numb over a long uptime.
+const HISTORY_CAP: f64 = 1e6;
 
 /// The running maximum (or, negated, minimum) of a series and how many
 /// separate times the series came back to it.
@@ -150,9 +157,11 @@ const UNCORROBORATED_OTHER: f64 = 0.6;
 /// Points before the seasonal departure is trusted.
 const DAY_SECONDS_MIN_POINTS: usize = 64;
 
-/// Combines the statistics' z-scores into one: the root sum of squares of
-/// their positive parts (a chi-like statistic, what Fisher's method does
-/// with p-values in the Gaussian tail), divided by 1.1.
+/// Combines the statistics' z-scores into one: the sum of the squares of
+/// their positive parts (a chi-like statistic), as its surprisal
+/// `-ln P(C >= c)` under the statistics' model (independent standard
+/// normal z-scores), so that the score is a tail probability rather than a
+/// distance.
 ///
 /// The largest z alone ranks a point where one statistic is high above one
 /// where several agree; but each statistic alone is often high on normal
@@ -160,13 +169,37 @@ const DAY_SECONDS_MIN_POINTS: usize = 64;
 /// spread of a bursty counter), while real anomalies usually move more than
 /// one (a novel context that is also off the daily profile, a shift with a
 /// change of spread). A single statistic reaching z still counts about as z.
-/// The 1.1 keeps the meaning of the alarm levels: for four independent
-/// N(0, 1) statistics the combination exceeds 3.5 (high) and 5 (medium)
-/// about as often as the largest z did (9e-4 vs 8e-4, 7e-7 vs 1e-6).
-/// On NAB (standard / low FP / low FN): largest z 59.9 / 51.7 / 67.8, this
-/// 66.7 / 55.3 / 72.1 (the scale does not change the ranking).
-fn combined_z(zs: [f64; 4]) -> f64 {
-    zs.iter().map(|z| z.max(0.0).powi(2)).sum::<f64>().sqrt() / 1.1
+/// On NAB (standard / low FP / low FN): largest z 59.9 / 51.7 / 67.8, root
+/// sum of squares 66.7 / 55.3 / 72.1.
+fn combined_surprisal(zs: [f64; 4]) -> f64 {
+    let c: f64 = zs.iter().map(|z| z.max(0.0).powi(2)).sum();
+    // Each positive part is 0 with probability 1/2, else chi-square(1):
+    // P(C >= c) = sum over k of C(4, k) / 16 * P(chi2_k >= c), k = 1..4,
+    // = Q(sqrt c) + e^(-c/2) (6/16 + sqrt(2c/pi)/4 + (1 + c/2)/16),
+    // written with e^(-c/2) factored out so it holds far in the tail.
+    if c <= 0.0 {
+        return 0.0;
+    }
+    let q = (c / 2.0 - gaussian_surprisal(c.sqrt())).exp();
+    let rest = 6.0 / 16.0 + (2.0 * c / std::f64::consts::PI).sqrt() / 4.0 + (1.0 + c / 2.0) / 16.0;
+    (c / 2.0 - (q + rest).ln()).max(0.0)
+}
+
+/// `-ln P(Z >= z)` for a standard normal `Z`, `z >= 0`: `-ln(erfc(z / sqrt 2) / 2)`
+/// with erfc by its Chebyshev-fitted exponential form (relative error
+/// below 1.2e-7 everywhere), in logs so that it holds far in the tail.
+fn gaussian_surprisal(z: f64) -> f64 {
+    let x = z.max(0.0) * std::f64::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * x);
+    let poly = -1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    std::f64::consts::LN_2 - (t.ln() - x * x + poly)
 }
 
 /// A running estimate of the distribution of a log-scale statistic, which
@@ -233,6 +266,8 @@ impl Observation {
 /// State of one series. Plain data: serializable, a few KiB.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesDetector {
+    /// Not saved: a restored series takes the configuration's (`set_params`).
+    #[serde(skip)]
     params: Params,
     /// Finite, in-order points learned.
     n: u64,
@@ -262,8 +297,6 @@ pub struct SeriesDetector {
     short_var: f64,
     shift_cal: Calibration,
     spread_cal: Calibration,
-    /// Smoothed log novelty.
-    smooth_ld: f64,
     /// Typical |value - expected value| for the expected range.
     resid_season: f64,
     resid_recent: f64,
@@ -305,7 +338,6 @@ impl SeriesDetector {
             short_var: 0.0,
             shift_cal: Calibration::default(),
             spread_cal: Calibration::default(),
-            smooth_ld: 0.0,
             resid_season: 0.0,
             resid_recent: 0.0,
             in_episode: false,
@@ -339,6 +371,17 @@ impl SeriesDetector {
     /// Points learned so far.
     pub fn points(&self) -> u64 {
         self.n
+    }
+
+    /// Points to learn before the first alarm: until then the series is
+    /// warming up (it learns, and scores from `warmup` on, but pages no one).
+    pub fn alarm_warmup(&self) -> u64 {
+        u64::from(self.params.alarm_warmup.max(self.params.warmup))
+    }
+
+    /// Whether the series is still warming up (see [`alarm_warmup`](Self::alarm_warmup)).
+    pub fn warming_up(&self) -> bool {
+        self.n <= self.alarm_warmup()
     }
 
     /// Bytes of heap and inline state of this series.
@@ -414,7 +457,7 @@ impl SeriesDetector {
         self.var = (1.0 - a) * (self.var + a * d * d);
         // Distances below a small fraction of the series' spread are noise.
         let scale = self.var.sqrt();
-        let floor = self.params.dead_band * scale + 1e-9 * (1.0 + self.mean.abs());
+        let floor = DEAD_BAND * scale + 1e-9 * (1.0 + self.mean.abs());
 
         let seasonal = self.seasonal(ts, value);
         let mut ctx = [0f32; DIM];
@@ -444,12 +487,7 @@ impl SeriesDetector {
         let mut zs = [0.0f64; 4];
         if nn_at.is_some() {
             let ld = (dist + floor).ln();
-            self.smooth_ld = if self.novelty.n == 0 {
-                ld
-            } else {
-                self.smooth_ld + (ld - self.smooth_ld) * self.params.smoothing
-            };
-            zs[0] = self.novelty.z(self.smooth_ld);
+            zs[0] = self.novelty.z(ld);
             self.novelty.learn(ld, self.params.calibration_horizon);
         }
         // Departure from the usual value at this time of day, smoothed so
@@ -458,7 +496,7 @@ impl SeriesDetector {
         self.season_dev = if self.n == 1 { sres } else { self.season_dev + (sres - self.season_dev) * 0.2 };
         let ls = (self.season_dev + floor).ln();
         if self.n as usize > DAY_SECONDS_MIN_POINTS {
-            zs[1] = self.params.seasonal_weight * self.season_cal.z(ls);
+            zs[1] = self.season_cal.z(ls);
         }
         self.season_cal.learn(ls, self.params.calibration_horizon);
 
@@ -469,17 +507,15 @@ impl SeriesDetector {
         let e = value - self.short_mean;
         self.short_mean += sa * e;
         self.short_var = (1.0 - sa) * (self.short_var + sa * e * e);
-        if self.params.change_weight > 0.0 {
-            let f2 = floor * floor;
-            let shift = ((self.short_mean - self.mean).abs() + floor).ln() - (scale + floor).ln();
-            let spread = ((self.short_var + f2) / (self.var + f2)).ln().abs();
-            if self.n as usize > DAY_SECONDS_MIN_POINTS {
-                zs[2] = self.params.change_weight * self.shift_cal.z(shift);
-                zs[3] = self.params.change_weight * self.spread_cal.z(spread);
-            }
-            self.shift_cal.learn(shift, self.params.calibration_horizon);
-            self.spread_cal.learn(spread, self.params.calibration_horizon);
+        let f2 = floor * floor;
+        let shift = ((self.short_mean - self.mean).abs() + floor).ln() - (scale + floor).ln();
+        let spread = ((self.short_var + f2) / (self.var + f2)).ln().abs();
+        if self.n as usize > DAY_SECONDS_MIN_POINTS {
+            zs[2] = self.shift_cal.z(shift);
+            zs[3] = self.spread_cal.z(spread);
         }
+        self.shift_cal.learn(shift, self.params.calibration_horizon);
+        self.spread_cal.learn(spread, self.params.calibration_horizon);
 
         // Memory as a set of prototypes: a context like a remembered one
         // (closer than the typical nearest distance) refreshes it; a new one
@@ -548,29 +584,38 @@ impl SeriesDetector {
                 *z *= UNCORROBORATED_OTHER;
             }
         }
-        let z = combined_z(zs);
+        let surprisal = combined_surprisal(zs);
         if self.n <= self.params.warmup as u64 || nn_at.is_none() {
             self.last_score = 0.0;
             return Observation::quiet(lo, hi);
         }
-        let score = if z > 0.0 { 1.0 - (-z * z / 18.0).exp() } else { 0.0 };
+        // Rarity over the history: how many points as unusual as this one
+        // the series' history so far is expected to hold. An operator (or
+        // NAB) watching a series for n points sees about n p points of tail
+        // probability p; counting the rarity over the history makes a
+        // threshold a bound on false detections over the series' life, so
+        // that they grow with the logarithm of its length rather than with
+        // it, and the same threshold means the same on a series of 2 000
+        // points and one of 20 000. (Judged on the tail probability alone,
+        // the longer series pay for more false detections.)
+        let history = (self.n as f64).min(HISTORY_CAP);
+        let log10_rarity = (history.ln() - surprisal) / std::f64::consts::LN_10;
+        let score = ((SCORE_FLOOR - log10_rarity) / SCORE_DECADES).clamp(0.0, 1.0);
         self.last_score = score;
         // Gating that does not depend on where a threshold is later put: a
         // reported point raises the bar for the next `min_episode` points
-        // to part of the way between its score and 1. Whatever the
-        // threshold, an episode crosses it about once. (Also requiring the
-        // scores to have calmed down before lowering the bar scored worse
-        // on NAB: a bar left up by a noisy stretch hides the next anomaly.)
+        // to the square of its tail probability (twice its surprisal): a
+        // further point of the same episode is reported only if it alone is
+        // as unlikely as two independent points like the first. Whatever
+        // the threshold, an episode crosses it about once. (Also requiring
+        // the scores to have calmed down before lowering the bar scored
+        // worse on NAB: a bar left up by a noisy stretch hides the next
+        // anomaly.)
         let (level, age) = self.gate;
         let level = if age >= self.params.min_episode { 0.0 } else { level };
-        let gated = if score > level { score } else { 0.0 };
-        if score > level {
-            // The bar rises in proportion to the score: a faint blip barely
-            // raises it, a strong alarm nearly closes it.
-            self.gate = (score + (1.0 - score) * self.params.gate_step * score, 0);
-        } else {
-            self.gate = (level, age.saturating_add(1));
-        }
+        let reported = score > 0.0 && surprisal > level;
+        let gated = if reported { score } else { 0.0 };
+        self.gate = if reported { (2.0 * surprisal, 0) } else { (level, age.saturating_add(1)) };
         let mut alarm = false;
         if self.in_episode {
             self.episode_len += 1;
@@ -584,10 +629,13 @@ impl SeriesDetector {
             self.episode_len = 0;
             self.quiet_run = 0;
         }
-        let severity = match z {
-            z if z < 7.0 => Severity::Low,
-            z if z < 10.0 => Severity::Medium,
-            z if z < 15.0 => Severity::High,
+        // Severity, in decades of rarity: about where the combined z of 7,
+        // 10 and 15 fell before scores were rarities (a history of ~10^4
+        // points), so that runbooks' severity triggers keep their meaning.
+        let severity = match log10_rarity {
+            r if r > -8.0 => Severity::Low,
+            r if r > -20.0 => Severity::Medium,
+            r if r > -50.0 => Severity::High,
             _ => Severity::Critical,
         };
         Observation { score, gated_score: gated, alarm, severity, expected_low: lo, expected_high: hi }
@@ -655,5 +703,69 @@ impl SeriesDetector {
             self.memory[k * MEMORY + slot] = c;
         }
         self.mem_last_hit[slot] = self.n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_surprisal_matches_the_normal_tail() {
+        // -ln P(Z >= z) at published values of the normal upper tail.
+        for (z, p) in [
+            (0.0, 0.5),
+            (1.0, 0.158_655_25),
+            (3.0, 1.349_898e-3),
+            (6.0, 9.865_876e-10),
+            (10.0, 7.619_853e-24),
+        ] {
+            let s = gaussian_surprisal(z);
+            assert!((s - -f64::ln(p)).abs() < 1e-6 * (1.0 + s), "z {z}: {s} vs {}", -f64::ln(p));
+        }
+    }
+
+    #[test]
+    fn the_combined_surprisal_is_the_tail_of_the_combination_under_the_model() {
+        // Monte Carlo of C = sum of max(z, 0)^2 over four independent
+        // standard normals, against the closed form, at a few levels.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut normal = move || {
+            let mut u = || {
+                seed ^= seed >> 12;
+                seed ^= seed << 25;
+                seed ^= seed >> 27;
+                ((seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            let (a, b) = (u(), u());
+            (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+        };
+        let samples: Vec<f64> =
+            (0..400_000).map(|_| (0..4).map(|_| normal().max(0.0).powi(2)).sum::<f64>()).collect();
+        for c in [1.0f64, 4.0, 9.0, 16.0] {
+            let observed = samples.iter().filter(|&&x| x >= c).count() as f64 / samples.len() as f64;
+            let modelled = (-combined_surprisal([c.sqrt(), 0.0, 0.0, 0.0])).exp();
+            // Within four binomial standard errors.
+            let se = (modelled * (1.0 - modelled) / samples.len() as f64).sqrt();
+            assert!(
+                (observed - modelled).abs() < 4.0 * se,
+                "c {c}: observed {observed}, modelled {modelled}"
+            );
+        }
+        // Agreement counts: two statistics at z are rarer than one.
+        assert!(combined_surprisal([3.0, 3.0, 0.0, 0.0]) > combined_surprisal([3.0, 0.0, 0.0, 0.0]) + 3.0);
+        assert_eq!(combined_surprisal([-1.0, 0.0, -2.0, 0.0]), 0.0);
+    }
+
+    #[test]
+    fn scores_are_decades_of_rarity() {
+        assert_eq!(score_of_rarity(1e4), 0.0);
+        assert_eq!(score_of_rarity(1.0), 0.25);
+        assert_eq!(score_of_rarity(1e-4), 0.5);
+        assert_eq!(score_of_rarity(1e-12), 1.0);
+        assert_eq!(score_of_rarity(1e-30), 1.0);
+        for s in [0.1, 0.375, 0.6, 0.9] {
+            assert!((score_of_rarity(rarity_of_score(s)) - s).abs() < 1e-12);
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! dir.
 
 use crate::counters::{CountersConsumer, Totals};
+use crate::daemon::status::SeriesLearning;
 use crate::export::{AgentStats, AnomalyScores, AttrValue, LogRecord, LogSender, Severity as LogSeverity};
 use crate::pipeline::Tick;
 use custos_detect::{Anomaly, DetectorBank, Forecast, ServiceCounters};
@@ -54,6 +55,7 @@ pub struct Detection {
     findings: Option<mpsc::Sender<Finding>>,
     scores: Option<AnomalyScores>,
     stats: Option<std::sync::Arc<AgentStats>>,
+    learning: Option<LearningBoard>,
     /// Findings dropped because the runbook engine's queue was full.
     pub findings_dropped: u64,
     /// Whole anomalies found since start (for status and self-telemetry).
@@ -85,6 +87,7 @@ impl Detection {
             findings,
             scores: None,
             stats: None,
+            learning: None,
             findings_dropped: 0,
             anomalies: 0,
         }
@@ -96,6 +99,13 @@ impl Detection {
     pub fn with_exporter(mut self, board: AnomalyScores, stats: std::sync::Arc<AgentStats>) -> Self {
         self.scores = Some(board);
         self.stats = Some(stats);
+        self
+    }
+
+    /// Publishes every series' learning state on `board` after each
+    /// interval, for `custos status` ([`LearningBoard`] is its provider).
+    pub fn with_status(mut self, board: LearningBoard) -> Self {
+        self.learning = Some(board);
         self
     }
 
@@ -133,6 +143,20 @@ impl Detection {
             for (service, metric, score) in bank.scores() {
                 board.insert((service.to_string(), metric.to_string()), score);
             }
+        }
+        if let (Some(board), Some(bank)) = (&self.learning, &self.bank) {
+            let states = bank
+                .series_states()
+                .into_iter()
+                .map(|s| SeriesLearning {
+                    service: s.service.to_string(),
+                    metric: s.metric.to_string(),
+                    points: s.points,
+                    alarm_warmup: s.alarm_warmup,
+                    score: s.score,
+                })
+                .collect();
+            *board.0.lock().unwrap_or_else(|p| p.into_inner()) = states;
         }
     }
 
@@ -214,6 +238,17 @@ impl Detection {
             }
             _ => write(),
         }
+    }
+}
+
+/// Every series' learning state, written by the detection sink after each
+/// interval and read by `custos status`.
+#[derive(Debug, Clone, Default)]
+pub struct LearningBoard(std::sync::Arc<std::sync::Mutex<Vec<SeriesLearning>>>);
+
+impl crate::daemon::StatusProvider for LearningBoard {
+    fn fill(&self, s: &mut crate::daemon::StatusSnapshot) {
+        s.detection = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
     }
 }
 
@@ -319,6 +354,33 @@ mod tests {
         let fresh = Detection::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None);
         assert_eq!(fresh.bank().unwrap().len(), 0);
         assert!(dir.path().join("detector.snapshot.corrupt").exists());
+    }
+
+    #[test]
+    fn status_shows_each_series_learning_state() {
+        use crate::daemon::{StatusProvider, StatusSnapshot};
+        let dir = tempfile::tempdir().unwrap();
+        let board = LearningBoard::default();
+        let mut sink = CountersSink::new(
+            Detection::new(Some(DetectorBank::new(Sensitivity::Medium)), dir.path(), None, None)
+                .with_status(board.clone()),
+        );
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for i in 0..30u64 {
+            let now = t0 + DETECTION_INTERVAL * i as u32;
+            sink.on_event(&crash("api", now));
+            sink.on_tick(&Tick { now, loss: LossCounters::default() });
+        }
+        let mut s = StatusSnapshot::default();
+        board.fill(&mut s);
+        let crashes = s
+            .detection
+            .iter()
+            .find(|d| d.service == "api" && d.metric == "custos.process.crashes")
+            .unwrap_or_else(|| panic!("{:?}", s.detection));
+        // 30 ticks, the first sets the counters' baseline: 29 points.
+        assert_eq!((crashes.points, crashes.alarm_warmup), (29, 720));
+        assert!(s.render_text().contains("warming up, 29/720 points"), "{}", s.render_text());
     }
 
     #[test]

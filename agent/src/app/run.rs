@@ -103,7 +103,9 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
             findings,
         )
         .with_exporter(exporter.anomaly_scores(), exporter.stats().clone());
-        counted.push(Box::new(detection));
+        let learning = super::detection::LearningBoard::default();
+        service.daemon().add_status_provider(Arc::new(learning.clone()));
+        counted.push(Box::new(detection.with_status(learning)));
     }
     // Health probes and the service state poller run with or without
     // runbooks; a reload that changes the services replaces them.

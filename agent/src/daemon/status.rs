@@ -60,6 +60,22 @@ pub struct StatusSnapshot {
     /// No `services:`: every service on the host is managed (`services`
     /// lists those seen so far).
     pub manage_everything: bool,
+    /// Every detector series and where it is in learning what is normal.
+    pub detection: Vec<SeriesLearning>,
+}
+
+/// One detector series' learning state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeriesLearning {
+    pub service: String,
+    pub metric: String,
+    /// Points learned so far.
+    pub points: u64,
+    /// Points it learns before it may alarm (warming up until then).
+    pub alarm_warmup: u64,
+    /// The anomaly score of its last point.
+    pub score: f64,
 }
 
 /// One managed service.
@@ -420,6 +436,20 @@ impl StatusSnapshot {
             let _ = writeln!(o, "\nRunbook totals: {}", self.runbook_counts.describe());
         }
 
+        let learning = self.detection.iter().filter(|d| d.points <= d.alarm_warmup).count();
+        let _ = writeln!(o, "\nDetection ({} series, {learning} warming up):", self.detection.len());
+        if self.detection.is_empty() {
+            o.push_str("  (none)\n");
+        }
+        for d in &self.detection {
+            let state = if d.points <= d.alarm_warmup {
+                format!("warming up, {}/{} points", d.points, d.alarm_warmup)
+            } else {
+                format!("watching, {} points, score {:.2}", d.points, d.score)
+            };
+            let _ = writeln!(o, "  {:<20} {:<32} {state}", d.service, d.metric);
+        }
+
         let _ = writeln!(o, "\nLast actions ({}):", self.last_actions.len());
         if self.last_actions.is_empty() {
             o.push_str("  (none)\n");
@@ -518,6 +548,22 @@ mod tests {
                 error: Some("/etc/custos/custos.yaml:3:5: unknown field `bogus`".into()),
                 notes: vec![],
             }),
+            detection: vec![
+                SeriesLearning {
+                    service: "api".into(),
+                    metric: "custos.process.crashes".into(),
+                    points: 1500,
+                    alarm_warmup: 720,
+                    score: 0.0625,
+                },
+                SeriesLearning {
+                    service: "db".into(),
+                    metric: "custos.tcp.connect.duration".into(),
+                    points: 42,
+                    alarm_warmup: 720,
+                    score: 0.0,
+                },
+            ],
         }
     }
 
@@ -562,6 +608,17 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("2023-11-14T23:03:20Z  api"), "{t}");
+        assert!(t.contains("Detection (2 series, 1 warming up):"), "{t}");
+        assert!(
+            t.contains(
+                "api                  custos.process.crashes           watching, 1500 points, score 0.06"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("db                   custos.tcp.connect.duration      warming up, 42/720 points"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -577,6 +634,7 @@ mod tests {
         let t = StatusSnapshot { version: "0.1.0".into(), ..Default::default() }.render_text();
         assert!(t.contains("Services (0):\n  (none)"), "{t}");
         assert!(t.contains("Runbooks (0):\n  (none)"), "{t}");
+        assert!(t.contains("Detection (0 series, 0 warming up):\n  (none)"), "{t}");
         assert!(t.contains("exporter   unknown"), "{t}");
     }
 
