@@ -60,7 +60,7 @@ fn hundred_runbooks() -> Vec<custos::runbook::Runbook> {
                 1 => format!("{{ event: process_exit, where: {{ signal: SIGSEGV, comm: worker{i} }}, count: 3, within: 5m }}"),
                 2 => format!("{{ event: tcp_connect, where: {{ dport: {}, result: ECONNREFUSED }} }}", 1000 + i),
                 3 => "{ anomaly: { severity: high } }".to_string(),
-                _ => format!("{{ any: [ {{ metric: m{i}, above: 5, for: 1m }}, {{ event: process_exit, where: {{ exit_code: {{ gt: 200 }} }} }} ] }}"),
+                _ => format!("{{ any: [ {{ metric: custos.process.crashes, above: {i}, for: 1m }}, {{ event: process_exit, where: {{ exit_code: {{ gt: 200 }} }} }} ] }}"),
             };
             let text = format!("name: rb{i}\nservice: api\ntrigger: {trigger}\nsteps: [ {{ restart: {{}} }} ]\n");
             parse(&text, &format!("rb{i}.yaml")).unwrap_or_else(|e| panic!("{e}"))

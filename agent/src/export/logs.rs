@@ -76,6 +76,9 @@ pub fn event_log(ev: &Event) -> Option<LogRecord> {
             if let Some(s) = x.signal {
                 r = r.attr("custos.signal.name", s.to_string());
             }
+            if let Some(c) = x.exit_cause {
+                r = r.attr("custos.exit.cause", c.as_str());
+            }
             if x.core_dumped {
                 r = r.attr("custos.process.core_dumped", true);
             }
@@ -310,6 +313,31 @@ pub fn logs_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_log_says_whether_it_was_asked_for() {
+        let exit = |cause| {
+            Event::new(
+                SystemTime::UNIX_EPOCH,
+                EventBody::ProcessExit(custos_event::ProcessExit {
+                    signal: Some(custos_event::Signal(15)),
+                    exit_cause: cause,
+                    ..Default::default()
+                }),
+            )
+        };
+        let cause_of = |e: &Event| {
+            event_log(e)
+                .unwrap()
+                .attributes
+                .iter()
+                .find(|(k, _)| k == "custos.exit.cause")
+                .map(|(_, v)| format!("{v:?}"))
+        };
+        let asked = cause_of(&exit(Some(custos_event::ExitCause::StopRequested))).unwrap();
+        assert!(asked.contains("stop_requested"), "{asked}");
+        assert_eq!(cause_of(&exit(None)), None);
+    }
 
     #[test]
     fn rate_limit_suppresses_and_summarizes() {

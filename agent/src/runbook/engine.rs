@@ -498,23 +498,28 @@ impl Engine {
         let idx = rules.by_service.get(service);
         let mut fields: Option<Map<String, Value>> = None;
         if let EventBody::ProcessExit(exit) = &event.body {
-            let f = fields.insert(event_fields(event));
             let main = {
                 let book = lock(&self.inner.book);
                 book.observed.get(service).and_then(|o| o.main_pid).is_some_and(|p| p == event.pid)
             };
+            // The fields (a JSON view of the event) only for services with
+            // runbooks: an exit of another service costs a lock, no more.
+            let f = idx.map(|_| &mut *fields.insert(event_fields(event)));
             let cause = match exit.exit_cause {
                 Some(c) => Some(c),
                 None => {
-                    let matters = idx
-                        .into_iter()
-                        .flatten()
-                        .any(|&i| would_match_unrequested(&rules.runbooks[i].trigger, f));
+                    let matters = f.as_deref().is_some_and(|f| {
+                        idx.into_iter()
+                            .flatten()
+                            .any(|&i| would_match_unrequested(&rules.runbooks[i].trigger, f))
+                    });
                     (matters || main).then(|| self.exit_cause_of(service, event, exit, true))
                 }
             };
-            if let Some(c) = cause {
+            if let (Some(c), Some(f)) = (cause, f) {
                 f.insert(super::trigger::EXIT_CAUSE.into(), c.as_str().into());
+            }
+            if let Some(c) = cause {
                 if c.requested() {
                     tracing::debug!(
                         service,
@@ -524,7 +529,8 @@ impl Engine {
                     );
                 }
             }
-            if main || exit.class() != custos_event::ExitClass::Clean {
+            if main || matches!(exit.class(), custos_event::ExitClass::Signal | custos_event::ExitClass::Oom)
+            {
                 let cause = cause.unwrap_or_else(|| self.exit_cause_of(service, event, exit, false));
                 self.record_exit(service, event, exit, cause);
             }
@@ -586,16 +592,18 @@ impl Engine {
             signal: exit.signal.map(|s| s.to_string()),
             cause: Some(cause),
         };
+        // Saved with the next change that must be (an exit is shown, not
+        // relied on): no fsync per exit.
         let snapshot = {
             let mut book = lock(&self.inner.book);
             let rec = book.saved.services.entry(service.to_string()).or_default();
-            if cause == ExitCause::StopRequested {
-                rec.stopped_on_request = true;
-            }
             rec.last_exit = Some(record);
-            book.saved.clone()
+            (cause == ExitCause::StopRequested && !std::mem::replace(&mut rec.stopped_on_request, true))
+                .then(|| book.saved.clone())
         };
-        self.save(&snapshot);
+        if let Some(s) = snapshot {
+            self.save(&s);
+        }
     }
 
     /// An anomaly from the detector.

@@ -303,6 +303,9 @@ fn clean_and_requested_exits_do_not_match_a_crash_trigger() {
 #[test]
 fn a_stop_announced_after_the_exit_still_explains_it_and_a_segfault_never_waits() {
     let r = rig(vec![rb(LADDER)]);
+    // The exiting process is the unit's main process, as the poller saw it.
+    *r.sm.pid.lock().unwrap() = 4242;
+    r.state(ActiveState::Active);
     // systemd's signal for the stop reaches custos after the kernel's exit.
     r.jobs.announce(JobKind::Stop, r.clock.now(), None);
     *r.jobs.now.lock().unwrap() = Some(r.clock.now() + Duration::from_millis(1));
