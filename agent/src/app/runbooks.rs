@@ -157,7 +157,11 @@ pub fn service_infos(config: &LoadedConfig) -> HashMap<String, ServiceInfo> {
 /// health probe threads for services with `health:`. `None` when the
 /// runbooks directory does not exist. `dry_run` forces dry-run over the
 /// configuration (a replay without `--act`).
-pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, StartError> {
+pub fn start(
+    config: &LoadedConfig,
+    dry_run: bool,
+    faults: crate::daemon::Faults,
+) -> Result<Option<Runbooks>, StartError> {
     let dir = &config.raw.runbooks.dir;
     if !dir.is_dir() {
         tracing::info!(dir = %dir.display(), "No runbooks directory: self-healing is off.");
@@ -195,7 +199,10 @@ pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, S
         .name("runbook-input".into())
         .spawn(move || {
             for i in queue {
-                match i {
+                // A panic here would leave self-healing silently off: it is
+                // a fault that stops the agent (its state is saved after
+                // every decision), so that it starts again whole.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match i {
                     EngineInput::Event(ev) => e.on_event(&ev),
                     EngineInput::Finding(Finding::Anomaly(a)) => e.on_anomaly(&a),
                     EngineInput::Finding(Finding::Metric { service, metric, value, ts }) => {
@@ -204,6 +211,10 @@ pub fn start(config: &LoadedConfig, dry_run: bool) -> Result<Option<Runbooks>, S
                     EngineInput::Flush(ack) => {
                         let _ = ack.send(());
                     }
+                }));
+                if let Err(p) = handled {
+                    faults.report("runbook engine", crate::daemon::fault::panic_message(p));
+                    return;
                 }
             }
         })
