@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// Largest state file read: a few KiB per runbook.
+const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How many past actions `custos status` shows per runbook.
 pub const LAST_ACTIONS: usize = 10;
 
@@ -65,15 +68,44 @@ impl StateStore {
         &self.path
     }
 
-    /// Reads the saved state; a missing file is an empty state.
+    /// Reads the saved state; a missing file is an empty state. A file
+    /// that is not runbook state (truncated, edited, not JSON) is set aside
+    /// as `runbooks.json.corrupt-<unix ms>` with a clear error and the
+    /// engine starts afresh: one bad file must not keep self-healing off.
+    /// A file that cannot be read now (permissions, I/O) is an error: it
+    /// may be fine, and saving over it would lose it.
     pub fn load(&self) -> Result<BTreeMap<String, RunbookState>, StateError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice::<File>(&bytes).map(|f| f.runbooks).map_err(|e| {
-                StateError::Read { path: self.path.display().to_string(), detail: e.to_string() }
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(StateError::Read { path: self.path.display().to_string(), detail: e.to_string() }),
+        let shown = self.path.display().to_string();
+        let bytes = match crate::fsutil::read_bounded(&self.path, MAX_STATE_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) =>
+            {
+                return self.set_aside(&e.to_string())
+            }
+            Err(e) => return Err(StateError::Read { path: shown, detail: e.to_string() }),
+        };
+        match serde_json::from_slice::<File>(&bytes) {
+            Ok(f) => Ok(f.runbooks),
+            Err(e) => self.set_aside(&e.to_string()),
         }
+    }
+
+    fn set_aside(&self, why: &str) -> Result<BTreeMap<String, RunbookState>, StateError> {
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let aside = self.path.with_extension(format!("json.corrupt-{ms}"));
+        std::fs::rename(&self.path, &aside).map_err(|e| StateError::Read {
+            path: self.path.display().to_string(),
+            detail: format!("{why}; and it could not be set aside: {e}"),
+        })?;
+        tracing::error!(
+            file = %self.path.display(),
+            set_aside = %aside.display(),
+            error = why,
+            "Runbook state is corrupt: set it aside; runbooks start from their first step with no cooldown or breaker."
+        );
+        Ok(BTreeMap::new())
     }
 
     pub fn save(&self, runbooks: &BTreeMap<String, RunbookState>) -> Result<(), StateError> {
@@ -82,5 +114,29 @@ impl StateStore {
             serde_json::to_vec_pretty(&File { version: 1, runbooks: runbooks.clone() }).unwrap_or_default();
         crate::fsutil::write_atomic(&self.path, &[&body], None).map_err(err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_state_file_is_set_aside_and_the_rest_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), b"{not json").unwrap();
+        assert!(store.load().unwrap().is_empty());
+        assert!(!store.path().exists());
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(aside.len() == 1 && aside[0].starts_with("runbooks.json.corrupt-"), "{aside:?}");
+        assert_eq!(std::fs::read(dir.path().join(&aside[0])).unwrap(), b"{not json", "kept as it was");
+        let mut m = BTreeMap::new();
+        m.insert("rb".to_string(), RunbookState { position: 2, ..Default::default() });
+        store.save(&m).unwrap();
+        assert_eq!(store.load().unwrap(), m);
     }
 }
