@@ -317,3 +317,32 @@ fn corrupt_state_files_are_set_aside_and_the_agent_starts() {
     let brk = custos::audit::verify(&audit).unwrap_err();
     assert_eq!(brk.line, 2, "{brk}");
 }
+
+/// argv, comm and exe are what a process chose: ESC[2J, OSC 0 (window
+/// title), OSC 52 (clipboard) and a line break reach the terminal escaped.
+#[test]
+fn watch_prints_escape_sequences_in_argv_escaped() {
+    let line = r#"{"kind":"process_start","ts":"2024-01-01T00:00:00Z","service":"api","pid":10,"comm":"ev\u001b[2Jil","ppid":1,"exe":"/tmp/\u001b]0;owned\u0007x","argv":["x","\u001b]52;c;ZXZpbA==\u0007","a\n12:00:00.000 api 1 sshd process_start forged"]}"#;
+    let rec = config(&format!("{line}\n"));
+    let cfg = config("");
+    let out = custos(&[
+        "watch",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        rec.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "raw escapes reached the terminal: {text:?}"
+    );
+    assert_eq!(text.lines().count(), 1, "a line break in argv forged a line: {text}");
+    assert!(
+        text.contains(r"ev\x1b[2Jil")
+            && text.contains(r"\x1b]52;c;ZXZpbA==\x07")
+            && text.contains(r"a\n12:00"),
+        "{text}"
+    );
+}
