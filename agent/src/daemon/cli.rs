@@ -110,12 +110,14 @@ pub fn reload(socket: Option<&Path>) -> ExitCode {
 mod tests {
     #[test]
     fn status_text_escapes_what_services_and_errors_hold() {
-        let mut s = super::super::status::StatusSnapshot::default();
-        s.config_path = Some("/etc/custos/\x1b]52;c;ZXZpbA==\x07custos.yaml".into());
-        s.services.push(super::super::status::ServiceHealth {
-            name: "api\nfake     active".into(),
+        let s = super::super::status::StatusSnapshot {
+            config_path: Some("/etc/custos/\x1b]52;c;ZXZpbA==\x07custos.yaml".into()),
+            services: vec![super::super::status::ServiceHealth {
+                name: "api\nfake     active".into(),
+                ..Default::default()
+            }],
             ..Default::default()
-        });
+        };
         let text = super::for_terminal(&s).render_text();
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
         assert!(text.contains("\\x1b]52;c;ZXZpbA==\\x07"), "{text}");
