@@ -195,7 +195,17 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("custos: {e:#}");
+            // Messages quote paths and names: escaped for the terminal,
+            // line by line (errors are one problem per line).
+            let msg = format!("{e:#}");
+            for (i, line) in msg.lines().enumerate() {
+                let p = custos::terminal::printable(line);
+                if i == 0 {
+                    eprintln!("custos: {p}");
+                } else {
+                    eprintln!("{p}");
+                }
+            }
             ExitCode::FAILURE
         }
     }

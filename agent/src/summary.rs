@@ -3,24 +3,28 @@
 //! from what the counters fold ([`crate::counters`]) hands it.
 
 use crate::counters::{Activity, CountersConsumer, Delta};
+use crate::terminal::printable;
 use custos_event::{Event, EventBody, LossCounters};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-/// One readable line for an event, like execsnoop/tcplife print.
+/// One readable line for an event, like execsnoop/tcplife print. What a
+/// process chose (its name, executable path, arguments) is escaped
+/// ([`printable`]): it reaches a terminal.
 pub fn event_line(e: &Event) -> String {
     let ts = humantime::format_rfc3339_millis(e.ts).to_string();
     let time = ts.get(11..23).unwrap_or(&ts);
-    let service = e.service.as_deref().unwrap_or("-");
-    let mut line =
-        format!("{time} {service:<16.16} {:>7} {:<15.15} {:<13}", e.pid, e.comm, e.kind().as_str());
+    let service = printable(e.service.as_deref().unwrap_or("-"));
+    let comm = printable(&e.comm);
+    let mut line = format!("{time} {service:<16.16} {:>7} {comm:<15.15} {:<13}", e.pid, e.kind().as_str());
     let detail = match &e.body {
         EventBody::ProcessStart(s) => {
-            let mut d =
-                format!("ppid={} uid={} {}", s.ppid, s.uid, if s.exe.is_empty() { "?" } else { &s.exe });
+            let exe = if s.exe.is_empty() { "?".into() } else { printable(&s.exe) };
+            let mut d = format!("ppid={} uid={} {exe}", s.ppid, s.uid);
             if !s.argv.is_empty() {
-                let _ = write!(d, " [{}]", s.argv.join(" "));
+                let argv: Vec<_> = s.argv.iter().map(|a| printable(a)).collect();
+                let _ = write!(d, " [{}]", argv.join(" "));
             }
             if s.argv_truncated {
                 d.push_str(" (argv truncated)");
@@ -78,7 +82,7 @@ pub fn event_line(e: &Event) -> String {
                 h.probe,
                 if h.ok { "ok" } else { "FAILED" },
                 fmt_ns(h.latency_ns),
-                h.detail
+                printable(&h.detail)
             )
         }
         EventBody::Loss(l) => format!("{} events lost ({:?})", l.lost, l.stage),
@@ -223,7 +227,8 @@ impl Summary {
             let _ = writeln!(
                 out,
                 "{:<24.24} {:>6} {:>6} {:>5} {:>8} {:>6} {:>7} {:>9}  {}{}",
-                name,
+                // Named after `comm` when nothing better is known.
+                printable(name),
                 c.starts,
                 c.exits,
                 c.failed_exits,

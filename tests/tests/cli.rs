@@ -244,3 +244,81 @@ fn audit_seal_closes_a_broken_chain_and_verify_reports_each_segment() {
     assert!(out.contains("sealed-1: BROKEN") && out.contains("record 2 edited by hand"), "{out}");
     assert!(out.contains("current chain: records 1 to 1"), "{out}");
 }
+
+/// One bad state file stopped the agent (`runbooks.json` = `{not json`,
+/// one `\xff` byte in `audit.jsonl`): each is set aside with a clear error
+/// and the agent starts with the rest.
+#[test]
+fn corrupt_state_files_are_set_aside_and_the_agent_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let runbooks = dir.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    let rb = runbooks.join("api.yaml");
+    std::fs::write(&rb, "name: api-log\nservice: api\ntrigger: { event: process_exit }\nsteps: [ { log: { message: seen } } ]\ncooldown: 0s\n").unwrap();
+    std::fs::set_permissions(&rb, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let audit = audit_log(&state, 3);
+    let current = audit.join("audit.jsonl");
+    let mut bytes = std::fs::read(&current).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] = 0xff;
+    std::fs::write(&current, bytes).unwrap();
+    std::fs::write(state.join("runbooks.json"), "{not json").unwrap();
+    let cfg = config(&format!(
+        "runbooks: {{ dir: {} }}\nagent: {{ state_dir: {}, listen: \"127.0.0.1:0\" }}\n",
+        runbooks.display(),
+        state.display()
+    ));
+    let rec = recording();
+    let out = Command::new(custos_bin())
+        .args(["run", "--summary", "never", "--config", cfg.path().to_str().unwrap()])
+        .args(["--replay", rec.path().to_str().unwrap()])
+        .env("CUSTOS_CONTROL_SOCKET", dir.path().join("control.sock"))
+        .env_remove("CUSTOS_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Runbook state is corrupt"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("runbooks.json.corrupt-")), "{names:?}");
+    // The runbook ran on the replayed exit and was audited after the
+    // damaged record, which stays as evidence: verify still points at it.
+    let log = String::from_utf8_lossy(&std::fs::read(audit.join("audit.jsonl")).unwrap()).into_owned();
+    assert!(log.contains("\"kind\":\"firing\""), "{log}");
+    let brk = custos::audit::verify(&audit).unwrap_err();
+    assert_eq!(brk.line, 2, "{brk}");
+}
+
+/// argv, comm and exe are what a process chose: ESC[2J, OSC 0 (window
+/// title), OSC 52 (clipboard) and a line break reach the terminal escaped.
+#[test]
+fn watch_prints_escape_sequences_in_argv_escaped() {
+    let line = r#"{"kind":"process_start","ts":"2024-01-01T00:00:00Z","service":"api","pid":10,"comm":"ev\u001b[2Jil","ppid":1,"exe":"/tmp/\u001b]0;owned\u0007x","argv":["x","\u001b]52;c;ZXZpbA==\u0007","a\n12:00:00.000 api 1 sshd process_start forged"]}"#;
+    let rec = config(&format!("{line}\n"));
+    let cfg = config("");
+    let out = custos(&[
+        "watch",
+        "--config",
+        cfg.path().to_str().unwrap(),
+        "--replay",
+        rec.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "raw escapes reached the terminal: {text:?}"
+    );
+    assert_eq!(text.lines().count(), 1, "a line break in argv forged a line: {text}");
+    assert!(
+        text.contains(r"ev\x1b[2Jil")
+            && text.contains(r"\x1b]52;c;ZXZpbA==\x07")
+            && text.contains(r"a\n12:00"),
+        "{text}"
+    );
+}

@@ -73,7 +73,8 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     if replay_dry_run {
         tracing::info!("Replaying a recording: runbooks decide and audit as dry-run and change nothing on this host (--act to let them act).");
     }
-    let runbooks = super::runbooks::start(&config, exporter.stats().clone(), replay_dry_run)?;
+    let faults = exporter.faults();
+    let runbooks = super::runbooks::start(&config, exporter.stats().clone(), replay_dry_run, faults.clone())?;
     if let Some(rb) = &runbooks {
         pipeline.add_sink(Box::new(rb.sink(exporter.stats().clone())));
         rb.export_audit(exporter.log_sender(), exporter.stats().clone());
@@ -143,7 +144,7 @@ pub async fn run(config: LoadedConfig, opts: RunOptions) -> anyhow::Result<()> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let pipeline_task = tokio::spawn(pipeline.run(started.rx, stop));
     service.ready(&stats);
-    let stopping = service.until_stop(pipeline_task, stop_tx, started.task).await;
+    let stopping = service.until_stop(pipeline_task, stop_tx, started.task, faults).await;
     // After the drain: flushes what the exporter holds, or spools it, within the budget.
     let stopping = stopping.then("flush or spool telemetry", EXPORT_SHUTDOWN_BUDGET, async move {
         exporter.shutdown(EXPORT_SHUTDOWN_BUDGET).await;

@@ -161,11 +161,12 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(500);
 /// `agent.state_dir`, the service manager's job watcher (what tells a stop
 /// asked of it from a crash). `None` when the runbooks directory does not
 /// exist. `dry_run` forces dry-run over the configuration (a replay without
-/// `--act`).
+/// `--act`); a panic of the engine's input thread is reported to `faults`.
 pub fn start(
     config: &LoadedConfig,
     stats: Arc<AgentStats>,
     dry_run: bool,
+    faults: crate::daemon::Faults,
 ) -> Result<Option<Runbooks>, StartError> {
     let dir = &config.raw.runbooks.dir;
     if !dir.is_dir() {
@@ -186,7 +187,6 @@ pub fn start(
     let audit =
         Arc::new(AuditLog::open_with(&state_dir.join("audit"), config.raw.runbooks.audit.retention())?);
     let services = service_infos(config);
-    let manager = crate::platform::service_manager();
     let mut opts = EngineOptions::new(state_dir.to_path_buf());
     opts.dry_run = config.raw.runbooks.dry_run || dry_run;
     opts.services = services;
@@ -215,21 +215,34 @@ pub fn start(
         .spawn(move || {
             let mut ticked = std::time::Instant::now();
             loop {
-                match queue.recv_timeout(TICK) {
-                    Ok(EngineInput::Event(ev)) => e.on_event(&ev),
-                    Ok(EngineInput::Finding(Finding::Anomaly(a))) => e.on_anomaly(&a),
-                    Ok(EngineInput::Finding(Finding::Metric { service, metric, value, ts })) => {
-                        e.on_metric(&service, metric, value, ts)
-                    }
-                    Ok(EngineInput::Flush(ack)) => {
-                        let _ = ack.send(());
-                    }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                let next = match queue.recv_timeout(TICK) {
+                    Ok(i) => Some(i),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
-                }
-                if ticked.elapsed() >= TICK {
-                    ticked = std::time::Instant::now();
-                    e.tick();
+                };
+                // A panic here would leave self-healing silently off: it is
+                // a fault that stops the agent (its state is saved after
+                // every decision), so that it starts again whole.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match next {
+                        Some(EngineInput::Event(ev)) => e.on_event(&ev),
+                        Some(EngineInput::Finding(Finding::Anomaly(a))) => e.on_anomaly(&a),
+                        Some(EngineInput::Finding(Finding::Metric { service, metric, value, ts })) => {
+                            e.on_metric(&service, metric, value, ts)
+                        }
+                        Some(EngineInput::Flush(ack)) => {
+                            let _ = ack.send(());
+                        }
+                        None => {}
+                    }
+                    if ticked.elapsed() >= TICK {
+                        ticked = std::time::Instant::now();
+                        e.tick();
+                    }
+                }));
+                if let Err(p) = handled {
+                    faults.report("runbook engine", crate::daemon::fault::panic_message(p));
+                    return;
                 }
             }
         })

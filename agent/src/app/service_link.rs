@@ -44,6 +44,8 @@ pub enum StopError {
     Pipeline(String),
     #[error("stop incomplete: {0}")]
     Incomplete(String),
+    #[error("an internal task failed ({0}); stopped so that the service manager restarts the agent")]
+    Fault(String),
 }
 
 /// The running agent's link to its service manager and operators.
@@ -127,12 +129,18 @@ impl ServiceLink {
         mut pipeline: JoinHandle<Finished>,
         stop_tx: watch::Sender<bool>,
         sensor: Option<JoinHandle<Result<(), SensorError>>>,
+        faults: crate::daemon::Faults,
     ) -> Stopping {
+        let mut fault = None;
         let early = tokio::select! {
             _ = self.daemon.stop_requested() => None,
             r = &mut pipeline => Some(r),
+            f = faults.wait() => {
+                fault = Some(f);
+                None
+            }
         };
-        Stopping { link: self, pipeline, early, stop_tx, sensor, then: Vec::new() }
+        Stopping { link: self, pipeline, early, stop_tx, sensor, then: Vec::new(), fault }
     }
 
     /// `custos status` shows the exporter's state from its counters.
@@ -330,6 +338,8 @@ pub struct Stopping {
     /// the pipeline drops their control).
     sensor: Option<JoinHandle<Result<(), SensorError>>>,
     then: Vec<(String, std::time::Duration, StepFuture)>,
+    /// The internal task whose death stops the agent, if that is why.
+    fault: Option<String>,
 }
 
 type StepFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
@@ -358,6 +368,7 @@ impl Stopping {
         let (f, se) = (finished.clone(), sensor_error.clone());
         let pipeline = self.pipeline;
         let early = self.early;
+        let fault = self.fault;
         let sensor = self.sensor;
         let mut plan = ShutdownPlan::new(STOP_BUDGET)
             .step("drain the pipeline", async move {
@@ -407,6 +418,9 @@ impl Stopping {
             plan = plan.step_within(name, limit, fut);
         }
         let report = plan.run().await;
+        if let Some(f) = fault {
+            return Err(StopError::Fault(f));
+        }
         if let Some(e) = sensor_error.lock().ok().and_then(|mut g| g.take()) {
             return Err(StopError::Sensor(e));
         }

@@ -4,8 +4,32 @@
 use super::control::{self, ClientError, Request, Response};
 
 use std::path::Path;
+
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// The snapshot with every string in it escaped for a terminal
+/// (`terminal::printable`): service and unit names, paths, errors and
+/// action details can hold what a local user chose. Done on the data, not
+/// the rendered text, so that a line break in a value cannot forge a line,
+/// and whatever fields the snapshot gains are covered.
+fn for_terminal(s: &super::status::StatusSnapshot) -> super::status::StatusSnapshot {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(e) = crate::terminal::printable(s) {
+                    *s = e;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(s) else { return s.clone() };
+    walk(&mut v);
+    serde_json::from_value(v).unwrap_or_else(|_| s.clone())
+}
 
 /// `custos status [--json] [--actions N]`: exit 0 when the agent answered,
 /// 3 (as `systemctl status` does for a stopped unit) when it is not
@@ -39,7 +63,7 @@ pub fn status(socket: Option<&Path>, json: bool, actions: Option<usize>) -> Exit
                     }
                 }
             } else {
-                print!("{}", status.render_text());
+                print!("{}", for_terminal(&status).render_text());
             }
             ExitCode::SUCCESS
         }
@@ -141,5 +165,24 @@ pub fn reload(socket: Option<&Path>) -> ExitCode {
             eprintln!("custos: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_text_escapes_what_services_and_errors_hold() {
+        let s = super::super::status::StatusSnapshot {
+            config_path: Some("/etc/custos/\x1b]52;c;ZXZpbA==\x07custos.yaml".into()),
+            services: vec![super::super::status::ServiceHealth {
+                name: "api\nfake     active".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = super::for_terminal(&s).render_text();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        assert!(text.contains("\\x1b]52;c;ZXZpbA==\\x07"), "{text}");
+        assert!(text.contains("api\\nfake"), "a line break cannot forge a line: {text}");
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod fault;
 pub mod live;
 pub mod lock;
 pub mod logging;
@@ -30,6 +31,7 @@ pub mod status;
 pub mod watchdog;
 
 pub use control::{ControlHandler, Request, Response};
+pub use fault::Faults;
 pub use live::LiveStatus;
 pub use notify::{Notifier, NotifyState};
 pub use reload::{Loader, Reloader};

@@ -13,10 +13,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// What `/healthz` reports: whether the exporter's loop is running.
+/// What `/healthz` reports: whether the exporter's loop is running, and
+/// whether an internal task of the agent has died.
 #[derive(Debug, Default)]
 pub struct Health {
     pub exporter_running: AtomicBool,
+    pub faults: crate::daemon::Faults,
 }
 
 async fn handle(
@@ -41,7 +43,10 @@ async fn handle(
         ),
         (&Method::GET, "/healthz") => {
             let s = stats.snapshot();
-            if health.exporter_running.load(Ordering::Relaxed) {
+            if let Some(fault) = health.faults.first() {
+                let body = serde_json::json!({ "status": "failed", "error": fault }).to_string() + "\n";
+                resp(StatusCode::SERVICE_UNAVAILABLE, "application/json", body)
+            } else if health.exporter_running.load(Ordering::Relaxed) {
                 let body = format!(
                     "{{\"status\":\"ok\",\"spool_batches\":{},\"spool_bytes\":{},\"export_failures\":{}}}\n",
                     s.spool_batches, s.spool_bytes, s.export_failures
@@ -176,6 +181,24 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{answer}"));
         assert!(refused >= 100, "{answer}");
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn healthz_says_when_an_internal_task_died() {
+        let stats = Arc::new(AgentStats::default());
+        let health = Arc::new(Health::default());
+        health.exporter_running.store(true, Ordering::Relaxed);
+        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), stats, health.clone(), "t".into()).unwrap();
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        // The exporter's loop panics; its flag says it still runs.
+        health.faults.spawn("exporter", async { panic!("boom") }).await.unwrap();
+        let answer = get(addr, "/healthz").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains("\"status\":\"failed\"") && answer.contains("exporter stopped: panicked: boom"),
+            "{answer}"
+        );
         task.abort();
     }
 }

@@ -127,7 +127,7 @@ impl Exporter {
                 }
                 let (tx, rx) = mpsc::channel(BATCH_QUEUE);
                 let sender = Sender::new(transport, spool, stats.clone(), shared.clone(), otlp, retry);
-                let task = tokio::spawn(sender.run(rx, settings_rx.clone()));
+                let task = health.faults.spawn("exporter sender", sender.run(rx, settings_rx.clone()));
                 (Sink::Otlp(tx), Some(task))
             }
             None => {
@@ -181,8 +181,11 @@ impl Exporter {
             interval: ex.interval.0,
         };
         health.exporter_running.store(true, Ordering::Relaxed);
-        let main_task = tokio::spawn(main.run(events_rx, logs_rx, stop_rx, settings_rx, health.clone()));
+        let main_task = health
+            .faults
+            .spawn("exporter", main.run(events_rx, logs_rx, stop_rx, settings_rx, health.clone()));
         Ok(ExporterHandle {
+            health,
             settings,
             scores,
             events: events_tx,
@@ -237,6 +240,7 @@ impl LogSender {
 /// stops its tasks at once, as a crash would: what is in memory is lost,
 /// what is in the spool stays for the next start.
 pub struct ExporterHandle {
+    health: Arc<Health>,
     /// The settings a reload changes while the exporter runs.
     settings: tokio::sync::watch::Sender<Arc<ExporterConfig>>,
     scores: AnomalyScores,
@@ -292,6 +296,12 @@ impl ExporterHandle {
 
     pub fn stats(&self) -> &Arc<AgentStats> {
         &self.stats
+    }
+
+    /// The agent's internal task faults: the exporter's own, and whatever
+    /// else reports into it (`/healthz` shows the first).
+    pub fn faults(&self) -> crate::daemon::Faults {
+        self.health.faults.clone()
     }
 
     /// A handle that applies reloaded exporter settings.

@@ -74,13 +74,14 @@ pub fn run_runbook(
                 unreachable = units.unreachable();
             }
             for rb in &report.runbooks {
-                println!(
+                let line = format!(
                     "{}: ok (runbook {}, service {}, {} steps)",
                     rb.source,
                     rb.name,
                     rb.service,
                     rb.steps.len()
                 );
+                println!("{}", crate::terminal::printable(&line));
             }
             for e in &report.errors {
                 eprintln!("{}", crate::terminal::printable(&e.to_string()));

@@ -1389,10 +1389,15 @@ impl Engine {
             Action::Stop => service_result(sm.stop(unit), "stop"),
             Action::Signal(s) => service_result(sm.kill(unit, *s), "signal"),
             Action::Exec(e) => {
-                let argv: Vec<String> = e.argv.iter().map(|a| a.render(ctx)).collect();
+                // Values a process chose cannot become options or paths
+                // elsewhere unless the step allows it (template.rs).
+                let argv: Result<Vec<String>, String> =
+                    e.argv.iter().map(|a| a.render_arg(ctx, e.policy)).collect();
                 let env: Vec<(String, String)> =
                     e.env.iter().map(|(k, v)| (k.clone(), v.render(ctx))).collect();
-                match crate::command::run_exec(&argv, &env, e.cwd.as_deref(), &e.run_as, e.timeout) {
+                match argv.and_then(|argv| {
+                    crate::command::run_exec(&argv, &env, e.cwd.as_deref(), &e.run_as, e.timeout)
+                }) {
                     Ok(out) => {
                         let detail = if out.timed_out {
                             format!("timed out after {} ms", out.duration_ms)

@@ -16,6 +16,9 @@ use std::time::SystemTime;
 /// reads them; the audit log keeps everything).
 pub const LAST_ACTIONS: usize = 100;
 
+/// Largest state file read: a few KiB per runbook and service.
+const MAX_STATE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Where a runbook's incident stands.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
@@ -174,16 +177,44 @@ impl StateStore {
         &self.path
     }
 
-    /// Reads the saved state; a missing file is an empty state.
+    /// Reads the saved state; a missing file is an empty state. A file
+    /// that is not runbook state (truncated, edited, not JSON) is set aside
+    /// as `runbooks.json.corrupt-<unix ms>` with a clear error and the
+    /// engine starts afresh: one bad file must not keep self-healing off.
+    /// A file that cannot be read now (permissions, I/O) is an error: it
+    /// may be fine, and saving over it would lose it.
     pub fn load(&self) -> Result<Saved, StateError> {
-        let read = |detail: String| StateError::Read { path: self.path.display().to_string(), detail };
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice::<File>(&bytes)
-                .map(|f| Saved { runbooks: f.runbooks, services: f.services })
-                .map_err(|e| read(e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Saved::default()),
-            Err(e) => Err(read(e.to_string())),
+        let shown = self.path.display().to_string();
+        let bytes = match crate::fsutil::read_bounded(&self.path, MAX_STATE_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Saved::default()),
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) =>
+            {
+                return self.set_aside(&e.to_string())
+            }
+            Err(e) => return Err(StateError::Read { path: shown, detail: e.to_string() }),
+        };
+        match serde_json::from_slice::<File>(&bytes) {
+            Ok(f) => Ok(Saved { runbooks: f.runbooks, services: f.services }),
+            Err(e) => self.set_aside(&e.to_string()),
         }
+    }
+
+    fn set_aside(&self, why: &str) -> Result<Saved, StateError> {
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let aside = self.path.with_extension(format!("json.corrupt-{ms}"));
+        std::fs::rename(&self.path, &aside).map_err(|e| StateError::Read {
+            path: self.path.display().to_string(),
+            detail: format!("{why}; and it could not be set aside: {e}"),
+        })?;
+        tracing::error!(
+            file = %self.path.display(),
+            set_aside = %aside.display(),
+            error = why,
+            "Runbook state is corrupt: set it aside; runbooks start from their first step with no cooldown or breaker."
+        );
+        Ok(Saved::default())
     }
 
     pub fn save(&self, saved: &Saved) -> Result<(), StateError> {
@@ -239,5 +270,24 @@ mod tests {
         let store = StateStore::new(dir.path());
         store.save(&saved).unwrap();
         assert_eq!(store.load().unwrap(), saved);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_set_aside_and_the_rest_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        std::fs::write(store.path(), b"{not json").unwrap();
+        assert_eq!(store.load().unwrap(), Saved::default());
+        assert!(!store.path().exists());
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(aside.len() == 1 && aside[0].starts_with("runbooks.json.corrupt-"), "{aside:?}");
+        assert_eq!(std::fs::read(dir.path().join(&aside[0])).unwrap(), b"{not json", "kept as it was");
+        let mut m = Saved::default();
+        m.runbooks.insert("rb".to_string(), RunbookState { position: 2, ..Default::default() });
+        store.save(&m).unwrap();
+        assert_eq!(store.load().unwrap(), m);
     }
 }

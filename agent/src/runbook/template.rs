@@ -109,6 +109,63 @@ impl Template {
     }
 }
 
+/// What a value substituted into an `exec` argument may be. A process
+/// names itself (`comm`), its executable and its arguments: a value that
+/// becomes an option (`-la`, `--output=/etc/x`) or leaves the directory a
+/// path was meant to stay in (`../y`) is refused unless the step says so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ArgPolicy {
+    /// `exec.allow_option_values`: a value may start an argument with `-`.
+    pub options: bool,
+    /// `exec.allow_path_values`: a value may hold `/`, or be `.` or `..`,
+    /// inside an argument that is a path.
+    pub paths: bool,
+}
+
+impl Template {
+    /// Renders one `exec` argument under `policy`: like [`Template::render`],
+    /// but a value that would turn the argument into an option, or, in an
+    /// argument written as a path (its text has a `/`), one with a path
+    /// separator or a `.`/`..` name, is an error naming the variable and the
+    /// value. A NUL byte is refused everywhere (it would cut the argument).
+    pub fn render_arg(&self, ctx: &Context, policy: ArgPolicy) -> Result<String, String> {
+        let is_path = self.segs.iter().any(|s| matches!(s, Seg::Lit(l) if l.contains('/')));
+        let mut out = String::new();
+        for seg in &self.segs {
+            let Seg::Var(var) = seg else {
+                if let Seg::Lit(l) = seg {
+                    out.push_str(l);
+                }
+                continue;
+            };
+            let value = Template { segs: vec![seg.clone()], source: String::new() }.render(ctx);
+            let refuse = |why: &str| {
+                Err(format!("`{{{{ {var} }}}}` is {value:?}, which {why} in `{}`: refused", self.source))
+            };
+            if value.contains('\0') {
+                return refuse("holds a NUL byte");
+            }
+            if out.is_empty() && value.starts_with('-') && !policy.options {
+                return refuse(
+                    "would become an option (set `allow_option_values: true` on the step if that is meant)",
+                );
+            }
+            if is_path && !policy.paths {
+                if value.contains('/') || value.contains('\\') {
+                    return refuse(
+                        "holds a path separator (set `allow_path_values: true` on the step if that is meant)",
+                    );
+                }
+                if value == "." || value == ".." {
+                    return refuse("would leave the directory (set `allow_path_values: true` on the step if that is meant)");
+                }
+            }
+            out.push_str(&value);
+        }
+        Ok(out)
+    }
+}
+
 fn parse_var(name: &str, event_fields: &BTreeSet<&'static str>) -> Result<Var, String> {
     match name.split_once('.') {
         Some(("service", "name")) => Ok(Var::ServiceName),
@@ -201,5 +258,36 @@ mod tests {
         let mut ctx = Context::default();
         ctx.event.insert("argv".into(), serde_json::json!(["a", "b"]));
         assert_eq!(t.render(&ctx), "[] a b");
+    }
+
+    #[test]
+    fn argv_values_cannot_become_options_or_leave_a_directory() {
+        let f = fields();
+        let mut ctx = Context::default();
+        let arg = |t: &str, ctx: &Context, p: ArgPolicy| Template::parse(t, &f).unwrap().render_arg(ctx, p);
+        ctx.event.insert("comm".into(), "-la".into());
+        let e = arg("{{ event.comm }}", &ctx, ArgPolicy::default()).unwrap_err();
+        assert!(e.contains("\"-la\"") && e.contains("would become an option"), "{e}");
+        assert_eq!(arg("--name={{ event.comm }}", &ctx, ArgPolicy::default()).unwrap(), "--name=-la");
+        assert_eq!(arg("{{ event.comm }}", &ctx, ArgPolicy { options: true, paths: false }).unwrap(), "-la");
+        ctx.event.insert("comm".into(), "../y/pwn".into());
+        let e = arg("/tmp/x/{{ event.comm }}", &ctx, ArgPolicy::default()).unwrap_err();
+        assert!(e.contains("path separator"), "{e}");
+        ctx.event.insert("comm".into(), "..".into());
+        assert!(arg("/tmp/x/{{ event.comm }}", &ctx, ArgPolicy::default())
+            .unwrap_err()
+            .contains("leave the directory"));
+        assert_eq!(
+            arg("/tmp/x/{{ event.comm }}", &ctx, ArgPolicy { options: false, paths: true }).unwrap(),
+            "/tmp/x/.."
+        );
+        // Not a path: a slash in a value is just text.
+        ctx.event.insert("comm".into(), "a/b".into());
+        assert_eq!(arg("name {{ event.comm }}", &ctx, ArgPolicy::default()).unwrap(), "name a/b");
+        ctx.event.insert("comm".into(), "api".into());
+        assert_eq!(
+            arg("/var/log/{{ event.comm }}.log", &ctx, ArgPolicy::default()).unwrap(),
+            "/var/log/api.log"
+        );
     }
 }

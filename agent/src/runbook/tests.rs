@@ -654,6 +654,40 @@ steps: [ { exec: { argv: ["/bin/echo", "{{ event.comm }}", "{{ service.unit }}"]
     assert!(!std::path::Path::new("/tmp/custos-pwned-unit").exists());
 }
 
+/// A process named `-la` would give `ls` an option; one named `../y/pwn`
+/// would write outside `/tmp/x`: the step fails instead of running.
+#[cfg(unix)]
+#[test]
+fn templated_argv_refuses_options_and_paths_from_event_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("x");
+    std::fs::create_dir(&inside).unwrap();
+    let fire = |argv: &str, comm: &str| {
+        let r = rig(vec![rb(&format!(
+            "name: diag\nservice: api\ntrigger: {{ event: process_exit }}\nsteps:\n  - exec: {{ argv: {argv}, run_as: root }}\n"
+        ))]);
+        let mut e = Event::new(
+            r.clock.now(),
+            EventBody::ProcessExit(ProcessExit { exit_code: Some(1), ..Default::default() }),
+        );
+        e.service = Some("api".into());
+        e.comm = comm.into();
+        r.engine.on_event(&e);
+        r.records().into_iter().find(|x| x.kind == AuditKind::Outcome).unwrap()
+    };
+    let out = fire(r#"["/bin/ls", "{{ event.comm }}"]"#, "-la");
+    assert_eq!(out.details["ok"], false, "{out:?}");
+    assert!(out.message.contains("would become an option"), "{out:?}");
+    let touch = format!(r#"["/usr/bin/touch", "{}/{{{{ event.comm }}}}"]"#, inside.display());
+    let out = fire(&touch, "../pwn");
+    assert_eq!(out.details["ok"], false, "{out:?}");
+    assert!(out.message.contains("path separator"), "{out:?}");
+    assert!(!dir.path().join("pwn").exists(), "a file was written outside {}", inside.display());
+    // A plain name is fine.
+    assert_eq!(fire(&touch, "api").details["ok"], true);
+    assert!(inside.join("api").exists());
+}
+
 #[test]
 fn reload_keeps_ladder_state() {
     let r = rig(vec![rb(LADDER)]);

@@ -111,6 +111,12 @@ struct RawExec {
     run_as: Option<Spanned<String>>,
     #[serde(default)]
     delay: Option<Spanned<HumanDuration>>,
+    /// A value substituted into an argument may start it with `-`.
+    #[serde(default)]
+    allow_option_values: bool,
+    /// A value substituted into a path may hold `/` or be `..`.
+    #[serde(default)]
+    allow_path_values: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -562,6 +568,10 @@ fn compile_step(
                 env: env.into_iter().collect::<Option<_>>()?,
                 cwd,
                 run_as,
+                policy: crate::runbook::template::ArgPolicy {
+                    options: e_.allow_option_values,
+                    paths: e_.allow_path_values,
+                },
             }),
             e_.delay,
         )

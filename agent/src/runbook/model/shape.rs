@@ -179,6 +179,8 @@ pub struct ExecAction {
     pub env: Vec<(String, Template)>,
     pub cwd: Option<PathBuf>,
     pub run_as: String,
+    /// What values substituted into `argv` may be.
+    pub policy: crate::runbook::template::ArgPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq)]
