@@ -76,7 +76,7 @@ pub fn start_sensor(
         session_name: config.raw.agent.windows.etw_session.value.clone(),
         process: s.process,
         tcp: s.tcp,
-        decoder: DecoderConfig { argv_max_args: s.argv_max_args as usize, ..DecoderConfig::default() },
+        decoder: DecoderConfig { argv_max_args: *s.argv_max_args as usize, ..DecoderConfig::default() },
         ..SensorConfig::default()
     };
     let etw = EtwSensor::start(sensor_config, ScopedSink { scope: scope.clone(), tx })?;
