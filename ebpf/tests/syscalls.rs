@@ -53,8 +53,9 @@ async fn collect(rx: &mut mpsc::Receiver<Event>, cgroup_id: u64) -> HashMap<Stri
         if e.cgroup_id != cgroup_id {
             continue;
         }
-        // Nominally 200 ms; the real length is reported.
-        assert!((150_000_000..2_000_000_000).contains(&s.interval_ns), "{}", s.interval_ns);
+        // Nominally 200 ms; the real length is reported (shorter after a
+        // late tick on a loaded machine, never zero or seconds).
+        assert!((1..2_000_000_000).contains(&s.interval_ns), "{}", s.interval_ns);
         for st in s.syscalls {
             let t = totals.entry(st.name.clone()).or_default();
             t.count += st.count;

@@ -289,7 +289,7 @@ fn corrupt_state_files_are_set_aside_and_the_agent_starts() {
     // The runbook ran on the replayed exit and was audited after the
     // damaged record, which stays as evidence: verify still points at it.
     let log = String::from_utf8_lossy(&std::fs::read(audit.join("audit.jsonl")).unwrap()).into_owned();
-    assert!(log.contains("\"kind\":\"firing\""), "{log}");
+    assert!(log.contains("\"runbook\":\"api-log\"") && log.contains("Trigger fired"), "{log}");
     let brk = custos::audit::verify(&audit).unwrap_err();
     assert_eq!(brk.line, 2, "{brk}");
 }
